@@ -1,0 +1,289 @@
+"""The `varbench` command line (typer): thin wrappers over the library; JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from varbench.errors import UsageError, VarbenchError
+from varbench.progress import setup_logging, stderr_console
+
+app = typer.Typer(
+    help="varbench: reproducible few-shot evaluation of image-variation models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    markdown = "markdown"
+    json = "json"
+
+
+class ListWhat(str, Enum):
+    models = "models"
+    protocols = "protocols"
+    metrics = "metrics"
+    encoders = "encoders"
+
+
+def _parse_weights(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise UsageError(
+                f"--weights {item!r}: expected NAME=PATH (e.g. inception=/w/pt_inception.pth)"
+            )
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/4") from None
+    return i, n
+
+
+def _echo_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command()
+def run(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="adapter name (see `varbench list models`)"
+    ),
+    protocol: str = typer.Option(..., "--protocol", "-p", help="protocol name or .toml path"),
+    data: Path = typer.Option(None, "--data", help="dataset root (not needed for demo_1shot)"),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that holds run folders"),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="KEY=VALUE override (adapter, protocol or metric option); lists: guidance=1,4",
+    ),
+    model_path: str = typer.Option(
+        None, "--model-path", help="local weights (diffusers folder or checkpoint)"
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="cuda, cuda:1, cpu; auto = cuda when available"
+    ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="float32, float16, bfloat16; auto = fp16 on GPU, fp32 on CPU"
+    ),
+    batch_size: int = typer.Option(
+        8, "--batch-size", "-b", help="samples per adapter call (does not change results)"
+    ),
+    shard: str = typer.Option(
+        "0/1", "--shard", help="INDEX/COUNT: generate only this shard's conditioning images"
+    ),
+    weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
+    cache_dir: Path = typer.Option(
+        None,
+        "--cache-dir",
+        help="feature/validation cache (default $VARBENCH_CACHE or ~/.cache/varbench)",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Generate samples for a model under a protocol, score them, write results.parquet.
+
+    Example: varbench run --model copy --protocol demo_1shot --out runs
+    """
+    setup_logging(verbose)
+    from varbench.runner import RunConfig, parse_sets
+    from varbench.runner import run as run_
+
+    rows = run_(
+        RunConfig(
+            model=model,
+            protocol=protocol,
+            out=out,
+            data=data,
+            sets=parse_sets(set_),
+            model_path=model_path,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            shard=_parse_shard(shard),
+            weights=_parse_weights(weights),
+        )
+    )
+    _echo_json(rows)
+
+
+@app.command()
+def leaderboard(
+    runs: Path = typer.Option(
+        Path("runs"), "--runs", help="folder searched recursively for results.parquet"
+    ),
+    protocol: str = typer.Option(None, "--protocol", "-p", help="only this protocol"),
+    model: str = typer.Option(None, "--model", "-m", help="only this model"),
+    fmt: Format = typer.Option(
+        Format.table, "--format", "-f", help="table | csv | markdown | json"
+    ),
+    published: bool = typer.Option(
+        True, "--published/--no-published", help="include the papers' numbers"
+    ),
+    columns: str = typer.Option(None, "--columns", help="comma-separated columns to show"),
+) -> None:
+    """Show every run under --runs beside the published numbers, best FID first.
+
+    Example: varbench leaderboard --runs runs --protocol demo_1shot --format csv
+    """
+    from varbench.leaderboard import collect, render, select
+
+    df = select(collect(runs, include_published=published), protocol, model)
+    text = render(df, fmt.value, columns.split(",") if columns else None)
+    if text is not None:
+        sys.stdout.write(text)
+
+
+@app.command("list")
+def list_(
+    what: ListWhat = typer.Argument(..., help="models | protocols | metrics | encoders"),
+) -> None:
+    """List registered models, protocols, metrics or encoders (JSON on stdout).
+
+    Example: varbench list models
+    """
+    if what == ListWhat.models:
+        from varbench.adapter import adapter_registry, get_adapter_class
+
+        out = []
+        for name in adapter_registry.names():
+            try:
+                cls = get_adapter_class(name)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
+                out.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            defaults = cls.default_options()
+            out.append(
+                {
+                    "name": name,
+                    "description": cls.description,
+                    "guidance_convention": cls.guidance_convention,
+                    "hub_ids": list(cls.hub_ids),
+                    "default_sweep": {a: list(defaults[a]) for a in cls.sweep_axes()},
+                    "params": {p.name: p.default for p in cls.params if not p.sweep},
+                }
+            )
+    elif what == ListWhat.protocols:
+        from varbench.protocol import load_protocol_file, protocol_files
+
+        out = []
+        for name, path in protocol_files().items():
+            s = load_protocol_file(path)
+            out.append(
+                {
+                    "name": name,
+                    "version": s.version,
+                    "description": s.description,
+                    "layout": s.layout,
+                    "n_classes": s.n_classes,
+                    "n_per_class": s.n_per_class,
+                    "k": s.k,
+                    "samples_per_cond": s.samples_per_cond,
+                    "resolution": s.resolution,
+                    "encoder": s.encoder,
+                    "metrics": list(s.metrics),
+                    "example": s.example,
+                }
+            )
+    elif what == ListWhat.metrics:
+        from varbench.metrics import metric_registry
+
+        out = [
+            {
+                "name": n,
+                "keys": list(metric_registry.get(n).keys),
+                "encoders": list(metric_registry.get(n).encoders),
+            }
+            for n in metric_registry.names()
+        ]
+    else:
+        from varbench.encoders import encoder_registry
+
+        out = [
+            {"name": n, "resize_mode": encoder_registry.get(n).resize_mode}
+            for n in encoder_registry.names()
+        ]
+    _echo_json(out)
+
+
+@app.command()
+def manifest(
+    protocol: str = typer.Option(..., "--protocol", "-p"),
+    data: Path = typer.Option(None, "--data", help="dataset root (not needed for demo_1shot)"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="protocol override KEY=VALUE (n_per_class, k, seed)"
+    ),
+    output: Path = typer.Option(
+        None, "--output", help="write the manifest JSON here (default: stdout)"
+    ),
+    cache_dir: Path = typer.Option(None, "--cache-dir"),
+) -> None:
+    """Validate a dataset and print (or write) the protocol's manifest.
+
+    Example: varbench manifest --protocol folder_kshot --data ./my_classes --set n_per_class=5
+    """
+    setup_logging()
+    from varbench.manifest import build_manifest, write_manifest
+    from varbench.protocol import load_protocol
+    from varbench.results import default_cache_dir
+    from varbench.runner import load_dataset, parse_sets
+
+    spec = load_protocol(protocol)
+    sets = parse_sets(set_)
+    if sets:
+        spec = spec.with_overrides(sets)
+    cache = Path(cache_dir or default_cache_dir())
+    m, _ = build_manifest(spec, load_dataset(spec, data, cache), cache)
+    if output:
+        write_manifest(output, m)
+        stderr_console.print(f"wrote {output} (sha256 {m.sha256})")
+    else:
+        _echo_json(m.to_json())
+
+
+@app.command()
+def validate(
+    paths: list[Path] = typer.Argument(None, help="protocol .toml files (default: all shipped)"),
+) -> None:
+    """Validate protocol spec files.
+
+    Example: varbench validate protocols/my_protocol.toml
+    """
+    from varbench.protocol import load_protocol_file, protocol_files
+
+    files = paths or list(protocol_files().values())
+    for p in files:
+        load_protocol_file(p)
+    _echo_json({"valid": [str(p) for p in files]})
+
+
+def main() -> None:
+    """Console-script entry: user errors print one clear message, no traceback."""
+    try:
+        app()
+    except VarbenchError as exc:
+        stderr_console.print(
+            f"error: {exc}", markup=False, highlight=False, soft_wrap=True, style="red"
+        )
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        stderr_console.print("interrupted; re-run the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

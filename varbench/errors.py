@@ -1,0 +1,33 @@
+"""User-facing errors: the CLI prints their message (no traceback) and exits non-zero."""
+
+from __future__ import annotations
+
+
+class VarbenchError(Exception):
+    """Base class for errors whose message tells the user what to fix."""
+
+    exit_code = 2
+
+
+class UsageError(VarbenchError):
+    """A flag, option or name the user gave is wrong."""
+
+
+class DatasetError(VarbenchError):
+    """The dataset on disk does not fit the protocol (all problems listed at once)."""
+
+    def __init__(self, root: str, problems: list[str]):
+        self.root = root
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"dataset {root} has {len(self.problems)} problem(s); nothing was generated:\n{lines}"
+        )
+
+
+class ManifestMismatchError(VarbenchError):
+    """The dataset changed since the run's manifest was written."""
+
+
+class WeightsUnavailableError(VarbenchError):
+    """Model or encoder weights are not on disk and cannot be downloaded."""

@@ -1,0 +1,16 @@
+"""Metric families, one module each, registered by name with lazy targets."""
+
+from __future__ import annotations
+
+from varbench.metrics.base import Metric
+from varbench.registry import Registry
+
+metric_registry: Registry[type[Metric]] = Registry(kind="metric", base=Metric)
+metric_registry.register("fid", "varbench.metrics.fid:FIDMetric")
+metric_registry.register("kid", "varbench.metrics.kid:KIDMetric")
+metric_registry.register("precision_recall", "varbench.metrics.prdc:PrecisionRecallMetric")
+
+# Options a user may pass with --set on `varbench run` / `varbench metrics`.
+METRIC_OPTIONS = {"kid_subsets": int, "kid_subset_size": int, "prc_k": int}
+
+__all__ = ["metric_registry", "METRIC_OPTIONS"]

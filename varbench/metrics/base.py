@@ -1,0 +1,36 @@
+"""Metric interface: a thin wrapper that pulls cached features from a context and calls pure functions."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+
+class MetricContext(Protocol):
+    """What a metric can ask for; features come from the content-keyed cache."""
+
+    default_encoder: str
+    seed: int
+    options: Mapping[str, Any]  # metric options from --set (e.g. kid_subset_size)
+    fake_cond_index: np.ndarray  # (M,) row of ``cond()`` each sample was conditioned on
+    fake_class: np.ndarray  # (M,) class index of each sample
+    real_class: np.ndarray  # (N,) class index of each reference image
+
+    def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray: ...
+    def fake(self, encoder: str | None = None, output: str = "features") -> np.ndarray: ...
+    def cond(self, encoder: str | None = None, output: str = "features") -> np.ndarray: ...
+
+
+class Metric(ABC):
+    """A registered metric family; ``keys`` are the result columns it fills."""
+
+    name: ClassVar[str] = ""
+    keys: ClassVar[tuple[str, ...]] = ()
+    encoders: ClassVar[tuple[str, ...]] = ()  # encoders needed besides the protocol default
+
+    @abstractmethod
+    def compute(self, ctx: MetricContext) -> dict[str, float]:
+        """Result values keyed by names in ``keys``."""

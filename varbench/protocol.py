@@ -1,0 +1,189 @@
+"""Protocol specs: versioned TOML files in ``protocols/`` loaded into a frozen, validated dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from varbench.errors import UsageError
+from varbench.registry import suggest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+LAYOUTS = ("demo", "imagefolder", "sun397")
+# Keys a user may override with --set on any protocol; the label then records the change.
+OVERRIDABLE = {"n_per_class": int, "k": int, "seed": int, "resolution": int, "n_classes": int}
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A K-shot protocol: which images are references, which condition, how many samples."""
+
+    name: str
+    version: int
+    description: str
+    layout: str  # demo | imagefolder | sun397
+    n_per_class: int  # reference images per class
+    k: int  # conditioning images per class, drawn from the references
+    seed: int
+    resolution: int  # generation resolution (pixels, square)
+    encoder: str  # default feature space of fid/kid/precision/recall
+    metrics: tuple[str, ...]
+    n_classes: int | None = None  # expected class count (None: whatever the data has)
+    class_names: str | None = None  # "imagenet": map wnids to names for prompts
+    example: str = ""
+    sweeps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # --set values applied
+
+    @property
+    def samples_per_cond(self) -> int:
+        """Samples generated for each conditioning image (n_per_class / k)."""
+        return self.n_per_class // self.k
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the user must pass ``--data`` (everything but the embedded demo)."""
+        return self.layout != "demo"
+
+    @property
+    def label(self) -> str:
+        """Name shown on leaderboards; overridden protocols say what changed."""
+        if not self.overrides:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
+        return f"{self.name}[{inner}]"
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes which images are used or made (hashed into run ids)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "layout": self.layout,
+            "n_per_class": self.n_per_class,
+            "k": self.k,
+            "seed": self.seed,
+            "resolution": self.resolution,
+            "n_classes": self.n_classes,
+        }
+
+    def validate(self) -> None:
+        """Raise ``UsageError`` naming every inconsistent field."""
+        problems = []
+        if self.layout not in LAYOUTS:
+            problems.append(f"layout={self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.version < 1:
+            problems.append("version must be >= 1")
+        if self.n_per_class < 1:
+            problems.append("n_per_class must be >= 1")
+        if self.k < 1 or self.k > self.n_per_class:
+            problems.append(f"k={self.k} must be between 1 and n_per_class={self.n_per_class}")
+        elif self.n_per_class % self.k:
+            problems.append(f"n_per_class={self.n_per_class} must be a multiple of k={self.k}")
+        if self.resolution < 8:
+            problems.append("resolution must be >= 8")
+        if self.n_classes is not None and self.n_classes < 1:
+            problems.append("n_classes must be >= 1")
+        if not self.metrics:
+            problems.append("metrics must name at least one metric")
+        from varbench.encoders import encoder_registry
+        from varbench.metrics import metric_registry
+
+        for m in self.metrics:
+            if m not in metric_registry:
+                problems.append(f"unknown metric {m!r}.{suggest(m, metric_registry.names())}")
+        if self.encoder not in encoder_registry:
+            problems.append(
+                f"unknown encoder {self.encoder!r}.{suggest(self.encoder, encoder_registry.names())}"
+            )
+        if problems:
+            raise UsageError(f"protocol {self.name!r} is invalid: " + "; ".join(problems))
+
+    def with_overrides(self, sets: Mapping[str, str]) -> ProtocolSpec:
+        """Apply ``--set`` values that name protocol keys; returns a new validated spec."""
+        changes: dict[str, Any] = {}
+        for key, text in sets.items():
+            try:
+                changes[key] = OVERRIDABLE[key](text)
+            except ValueError:
+                raise UsageError(f"--set {key}={text!r}: expected an integer") from None
+        changed = {k: v for k, v in changes.items() if getattr(self, k) != v}
+        spec = dataclasses.replace(self, **changes, overrides={**self.overrides, **changed})
+        spec.validate()
+        return spec
+
+
+def _protocol_dir() -> Path:
+    return Path(str(resources.files("varbench_protocols")))
+
+
+def protocol_files() -> dict[str, Path]:
+    """Protocol name -> TOML file shipped in ``protocols/``."""
+    return {p.stem: p for p in sorted(_protocol_dir().glob("*.toml"))}
+
+
+def parse_protocol(data: Mapping[str, Any], origin: str) -> ProtocolSpec:
+    """Build a spec from parsed TOML, naming the file in every error."""
+    known = {f.name for f in dataclasses.fields(ProtocolSpec)} - {"overrides"}
+    unknown = set(data) - known
+    if unknown:
+        key = sorted(unknown)[0]
+        raise UsageError(f"{origin}: unknown key {key!r}.{suggest(key, sorted(known))}")
+    required = ["name", "version", "layout", "n_per_class", "k", "seed", "resolution", "encoder"]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise UsageError(f"{origin}: missing required key(s) {', '.join(missing)}")
+    try:
+        spec = ProtocolSpec(
+            name=str(data["name"]),
+            version=int(data["version"]),
+            description=str(data.get("description", "")),
+            layout=str(data["layout"]),
+            n_per_class=int(data["n_per_class"]),
+            k=int(data["k"]),
+            seed=int(data["seed"]),
+            resolution=int(data["resolution"]),
+            encoder=str(data["encoder"]),
+            metrics=tuple(data.get("metrics", ("fid", "kid", "precision_recall"))),
+            n_classes=int(data["n_classes"]) if data.get("n_classes") is not None else None,
+            class_names=data.get("class_names"),
+            example=str(data.get("example", "")),
+            sweeps={k: dict(v) for k, v in data.get("sweeps", {}).items()},
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{origin}: {exc}") from None
+    spec.validate()
+    return spec
+
+
+def load_protocol_file(path: str | Path) -> ProtocolSpec:
+    """Load and validate one protocol TOML file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read protocol file {path}: {exc}") from None
+    spec = parse_protocol(data, str(path))
+    if spec.name != path.stem and path.parent == _protocol_dir():
+        raise UsageError(f"{path}: name {spec.name!r} must match the file name {path.stem!r}")
+    return spec
+
+
+def load_protocol(name_or_path: str) -> ProtocolSpec:
+    """A shipped protocol by name, or any protocol TOML file by path."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        return load_protocol_file(name_or_path)
+    files = protocol_files()
+    if name_or_path not in files:
+        raise UsageError(
+            f"unknown protocol {name_or_path!r}.{suggest(name_or_path, list(files))} "
+            f"Known: {', '.join(files)}. See `varbench list protocols`."
+        )
+    return load_protocol_file(files[name_or_path])

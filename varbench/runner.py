@@ -1,0 +1,494 @@
+"""Drives one run: protocol -> manifest -> adapter.generate -> sample store -> metrics -> results.
+
+Resumable by construction: samples on disk are skipped, features come from the content cache, and
+finished sweep points keep their stored result. Numbers depend only on the inputs and seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from varbench.adapter import Adapter, Request, RunContext, get_adapter_class
+from varbench.datasets import DatasetListing, list_dataset
+from varbench.demo_data import demo_root
+from varbench.encoders import encoder_registry
+from varbench.errors import ManifestMismatchError, UsageError
+from varbench.features import FeatureCache
+from varbench.hashing import pixel_sha256, sha256_json
+from varbench.io import atomic_write_json, atomic_write_png, read_rgb
+from varbench.manifest import Manifest, build_manifest, check_same, read_manifest, write_manifest
+from varbench.metrics import METRIC_OPTIONS, metric_registry
+from varbench.progress import progress_bar
+from varbench.protocol import OVERRIDABLE, ProtocolSpec, load_protocol
+from varbench.registry import suggest
+from varbench.results import environment, json_field, write_results
+from varbench.store import RunStore, SampleSlot, point_id, sample_slots
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """Everything `varbench run` was asked to do."""
+
+    model: str
+    protocol: str
+    out: Path
+    data: Path | None = None
+    sets: dict[str, str] = field(default_factory=dict)
+    model_path: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+    cache_dir: Path | None = None
+    shard: tuple[int, int] = (0, 1)  # (index, count)
+    weights: dict[str, str] = field(default_factory=dict)  # encoder name -> local weights file
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> float16 on GPU, float32 on CPU."""
+    if dtype != "auto":
+        return dtype
+    return "float16" if device.startswith("cuda") else "float32"
+
+
+def split_sets(
+    sets: Mapping[str, str], adapter_cls: type[Adapter]
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Route ``--set`` keys to the protocol, the metrics or the adapter; unknown keys are errors."""
+    proto, metric, adapter = {}, {}, {}
+    pmap = adapter_cls.param_map()
+    for key, value in sets.items():
+        if key in pmap:
+            adapter[key] = value
+        elif key in OVERRIDABLE:
+            proto[key] = value
+        elif key in METRIC_OPTIONS:
+            metric[key] = value
+        else:
+            known = sorted(set(pmap) | set(OVERRIDABLE) | set(METRIC_OPTIONS))
+            raise UsageError(
+                f"--set {key}=…: unknown key.{suggest(key, known)} "
+                f"{adapter_cls.name!r} takes: {', '.join(pmap) or '(none)'}; "
+                f"protocols take: {', '.join(OVERRIDABLE)}; metrics take: {', '.join(METRIC_OPTIONS)}."
+            )
+    for key, value in metric.items():
+        try:
+            METRIC_OPTIONS[key](value)
+        except ValueError:
+            raise UsageError(f"--set {key}={value!r}: expected an integer") from None
+    return proto, metric, adapter
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "b=x,y"]`` -> dict; malformed items are a usage error."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE (e.g. --set guidance=1,4)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> DatasetListing:
+    """The demo's generated folder, or the user's ``--data``."""
+    if spec.layout == "demo":
+        return list_dataset(demo_root(cache_dir), "imagefolder")
+    if data is None:
+        raise UsageError(
+            f"protocol {spec.name!r} needs --data PATH ({spec.layout} layout); see `varbench list protocols`"
+        )
+    return list_dataset(data, spec.layout, spec.class_names)
+
+
+def _as_uint8(image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Accept uint8 or float [0, 1] HxWx3 output; NaNs become 0 and are reported."""
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        return arr, False
+    has_nan = bool(np.isnan(arr).any())
+    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0)
+    return (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8), has_nan
+
+
+class Run:
+    """One `varbench run`: resolved spec, adapter options, manifest and store."""
+
+    def __init__(self, cfg: RunConfig):
+        from varbench.results import default_cache_dir
+
+        self.cfg = cfg
+        self.cache_dir = Path(cfg.cache_dir or default_cache_dir())
+        self.adapter_cls = get_adapter_class(cfg.model)
+        proto_sets, self.metric_options, adapter_sets = split_sets(cfg.sets, self.adapter_cls)
+        spec = load_protocol(cfg.protocol)
+        self.spec = spec.with_overrides(proto_sets) if proto_sets else spec
+        self.options = self.adapter_cls.resolve_options(
+            adapter_sets, self.spec.sweeps.get(self.adapter_cls.name, {})
+        )
+        self.points = self.adapter_cls.sweep_points(self.options)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        if not (0 <= cfg.shard[0] < cfg.shard[1]):
+            raise UsageError(f"--shard {cfg.shard[0]}/{cfg.shard[1]}: need 0 <= index < count")
+        if cfg.batch_size < 1:
+            raise UsageError("--batch-size must be >= 1")
+
+    # -- identity ----------------------------------------------------------------------
+    def base_key(self) -> dict[str, Any]:
+        """Identity of the run apart from the data (model, options, protocol)."""
+        return {
+            "model": self.adapter_cls.name,
+            "options": self.adapter_cls.fixed_options(self.options),
+            "protocol": self.spec.identity(),
+            "model_path": str(Path(self.cfg.model_path).resolve()) if self.cfg.model_path else None,
+        }
+
+    def run_id(self, manifest: Manifest) -> str:
+        """``<model>-<protocol>-<hash>`` of the base key and manifest hash."""
+        digest = sha256_json({**self.base_key(), "manifest": manifest.sha256})[:12]
+        return f"{self.adapter_cls.name}-{self.spec.name}-{digest}"
+
+    def _check_drift(self, manifest: Manifest, root: str) -> None:
+        """A changed dataset is an error: look for runs of this config on the same data root."""
+        key = sha256_json(self.base_key())
+        out = Path(self.cfg.out)
+        if not out.is_dir():
+            return
+        for run_json in sorted(out.glob("*/run.json")):
+            try:
+                info = json.loads(run_json.read_text())
+            except (OSError, ValueError):
+                continue
+            if (
+                info.get("base_key") == key
+                and info.get("data_root") == root
+                and info.get("manifest_sha256") != manifest.sha256
+            ):
+                stored = read_manifest(run_json.parent / "manifest.json")
+                check_same(stored, manifest, run_json.parent)
+
+    # -- stages --------------------------------------------------------------------------
+    def prepare(self) -> tuple[DatasetListing, Manifest, RunStore]:
+        """List and validate the dataset, build or verify the manifest, create the run folder."""
+        listing = load_dataset(self.spec, self.cfg.data, self.cache_dir)
+        manifest, _ = build_manifest(self.spec, listing, self.cache_dir)
+        self._check_drift(manifest, str(listing.root))
+        store = RunStore(Path(self.cfg.out) / self.run_id(manifest))
+        if store.manifest_path.is_file():
+            check_same(read_manifest(store.manifest_path), manifest, store.root)
+        else:
+            write_manifest(store.manifest_path, manifest)
+        if not store.run_json.is_file():
+            atomic_write_json(
+                store.run_json,
+                {
+                    "run_id": store.root.name,
+                    "model": self.adapter_cls.name,
+                    "options": self.options,
+                    "protocol": self.spec.identity(),
+                    "protocol_label": self.spec.label,
+                    "manifest_sha256": manifest.sha256,
+                    "base_key": sha256_json(self.base_key()),
+                    "data_root": str(listing.root),
+                    "model_path": self.cfg.model_path,
+                    "created_at": _now(),
+                },
+            )
+        return listing, manifest, store
+
+    def encoders_needed(self) -> list[str]:
+        """Default encoder plus any a metric declares."""
+        names = [self.spec.encoder]
+        for m in self.spec.metrics:
+            names += [e for e in metric_registry.get(m).encoders if e not in names]
+        return names
+
+    def make_encoder(self, name: str):
+        """Instantiate an encoder with its local weights file, if given."""
+        return encoder_registry.get(name)(weights=self.cfg.weights.get(name), device=self.device)
+
+    def execute(self) -> list[dict[str, Any]]:
+        """Run everything; return the result rows (empty for an unfinished shard)."""
+        listing, manifest, store = self.prepare()
+        encoders = {n: self.make_encoder(n) for n in self.encoders_needed()}
+        for enc in encoders.values():
+            enc.check_available()  # fail within seconds, before generating anything
+        slots = sample_slots(manifest, self.spec.samples_per_cond, self.spec.seed)
+        index, count = self.cfg.shard
+        cond_order = {c: i for i, c in enumerate(dict.fromkeys(s.cond_id for s in slots))}
+        mine = [s for s in slots if cond_order[s.cond_id] % count == index]
+        adapter: Adapter | None = None
+        rows = []
+        for point in self.points:
+            pid = point_id(point)
+            missing = store.missing(pid, mine)
+            if missing:
+                if adapter is None:
+                    adapter = self.adapter_cls(
+                        self.options,
+                        model_path=self.cfg.model_path,
+                        device=self.device,
+                        dtype=self.dtype,
+                    )
+                    adapter.check_available()
+                    adapter.setup(
+                        RunContext(
+                            protocol=self.spec,
+                            manifest=manifest,
+                            dataset=listing,
+                            device=self.device,
+                            dtype=self.dtype,
+                            cache_dir=str(self.cache_dir),
+                        )
+                    )
+                self._generate(adapter, listing, store, pid, point, missing)
+            if store.missing(pid, slots):
+                log.info("point %s: waiting for other shards to finish", pid)
+                continue
+            store.write_index(pid, slots)
+            rows.append(self._score(listing, manifest, store, pid, point, slots, encoders, adapter))
+        if rows and len(rows) == len(self.points):
+            write_results(store.results_path, rows)
+        return rows
+
+    def _generate(
+        self,
+        adapter: Adapter,
+        listing: DatasetListing,
+        store: RunStore,
+        pid: str,
+        point: dict[str, Any],
+        missing: list[SampleSlot],
+    ) -> None:
+        """Generate missing samples in batches of at most --batch-size, writing each PNG atomically."""
+        resolution = int(self.options.get("resolution") or self.spec.resolution)
+        cond_cache: dict[str, np.ndarray] = {}
+        timing_path = store.point_dir(pid) / "timing.json"
+        nan_path = store.point_dir(pid) / "nan.json"
+        timing = _read_json(timing_path, {"seconds": 0.0, "images": 0})
+        nan_slots = set(_read_json(nan_path, []))
+        with progress_bar(f"generating {self.adapter_cls.name} {pid}", len(missing)) as advance:
+            for start in range(0, len(missing), self.cfg.batch_size):
+                batch = missing[start : start + self.cfg.batch_size]
+                requests = []
+                for cond_id in dict.fromkeys(s.cond_id for s in batch):
+                    group = [s for s in batch if s.cond_id == cond_id]
+                    if cond_id not in cond_cache:
+                        cond_cache = {cond_id: read_rgb(listing.path(cond_id))}
+                    first = group[0]
+                    requests.append(
+                        Request(
+                            cond_image=cond_cache[cond_id],
+                            cond_id=cond_id,
+                            class_name=first.class_name,
+                            class_label=first.class_label,
+                            class_index=first.class_index,
+                            sample_indices=tuple(s.sample_index for s in group),
+                            seeds=tuple(s.seed for s in group),
+                            point=dict(point),
+                            resolution=resolution,
+                        )
+                    )
+                t0 = time.perf_counter()
+                outputs = adapter.generate(requests)
+                elapsed = time.perf_counter() - t0
+                if len(outputs) != len(requests):
+                    raise RuntimeError(
+                        f"adapter {self.adapter_cls.name} returned {len(outputs)} results for {len(requests)} requests"
+                    )
+                images: list[tuple[SampleSlot, np.ndarray]] = []
+                for req, imgs in zip(requests, outputs, strict=True):
+                    if len(imgs) != len(req.sample_indices):
+                        raise RuntimeError(
+                            f"adapter {self.adapter_cls.name} returned {len(imgs)} images for {len(req.sample_indices)} samples"
+                        )
+                    group = [s for s in batch if s.cond_id == req.cond_id]
+                    for slot, img in zip(group, imgs, strict=True):
+                        arr, had_nan = _as_uint8(img)
+                        if arr.ndim != 3 or arr.shape[2] != 3:
+                            raise RuntimeError(
+                                f"adapter {self.adapter_cls.name} returned an image of shape {arr.shape}; expected HxWx3"
+                            )
+                        if had_nan:
+                            nan_slots.add(slot.relpath)
+                        images.append((slot, arr))
+                if nan_slots:
+                    atomic_write_json(nan_path, sorted(nan_slots))  # before the PNGs exist
+                for slot, arr in images:
+                    atomic_write_png(store.sample_path(pid, slot), arr)
+                timing["seconds"] += elapsed
+                timing["images"] += len(images)
+                atomic_write_json(timing_path, timing)
+                advance(len(images))
+
+    def _score(
+        self,
+        listing: DatasetListing,
+        manifest: Manifest,
+        store: RunStore,
+        pid: str,
+        point: dict[str, Any],
+        slots: list[SampleSlot],
+        encoders: dict[str, Any],
+        adapter: Adapter | None,
+    ) -> dict[str, Any]:
+        """Compute (or reuse) the result row of one finished sweep point."""
+        metric_names = list(self.spec.metrics)
+        config = {
+            "metrics": metric_names,
+            "metric_options": self.metric_options,
+            "encoders": {n: e.cache_key() for n, e in encoders.items()},
+        }
+        config_key = sha256_json(config)
+        stored = store.read_point_result(pid)
+        if stored and stored.get("_config_key") == config_key:
+            return {k: v for k, v in stored.items() if not k.startswith("_")}
+        ctx = _Context(self, listing, manifest, store, pid, slots, encoders)
+        values: dict[str, Any] = {}
+        for name in metric_names:
+            metric = metric_registry.get(name)()
+            values.update(metric.compute(ctx))
+        timing = _read_json(store.point_dir(pid) / "timing.json", {"seconds": 0.0, "images": 0})
+        n_nan = len(_read_json(store.point_dir(pid) / "nan.json", []))
+        extra = adapter.provenance() if adapter is not None else (stored or {}).get("_extra", {})
+        row = {
+            "run_id": store.root.name,
+            "model": self.adapter_cls.name,
+            "protocol": self.spec.label,
+            "protocol_version": self.spec.version,
+            "params": json_field(point),
+            "options": json_field(self.adapter_cls.fixed_options(self.options)),
+            "guidance_convention": self.adapter_cls.guidance_convention,
+            "encoder": self.spec.encoder,
+            "n_samples": len(slots),
+            "n_real": len(manifest.references),
+            "n_classes": len(manifest.classes),
+            "n_black": ctx.n_black,
+            "n_nan": n_nan,
+            "source": "varbench",
+            "seed": self.spec.seed,
+            "manifest_sha256": manifest.sha256,
+            "device": self.device,
+            "dtype": self.dtype,
+            "wall_time_s": float(timing["seconds"]),
+            "images_per_s": float(timing["images"] / timing["seconds"])
+            if timing["seconds"] > 0
+            else None,
+            **environment(),
+            "created_at": _now(),
+            "model_path": self.cfg.model_path or "",
+            "extra": json_field(extra),
+            "notes": "",
+            **values,
+        }
+        atomic_write_json(
+            store.point_result_path(pid), {**row, "_config_key": config_key, "_extra": extra}
+        )
+        return row
+
+
+class _Context:
+    """MetricContext over one finished point: features through the content-keyed cache."""
+
+    def __init__(self, run: Run, listing, manifest, store, pid, slots, encoders):
+        self.run = run
+        self.default_encoder = run.spec.encoder
+        self.seed = run.spec.seed
+        self.options = run.metric_options
+        self.listing = listing
+        self.encoders = encoders
+        self._caches: dict[tuple[str, str], FeatureCache] = {}
+        refs = manifest.references
+        self.real_hashes = [manifest.pixel_sha256[r] for _, r in refs]
+        self.real_class = np.array([c.index for c, _ in refs])
+        conds = [(c, f) for c in manifest.classes for f in c.conditioning]
+        self.cond_hashes = [manifest.pixel_sha256[f] for _, f in conds]
+        cond_row = {f: i for i, (_, f) in enumerate(conds)}
+        self.fake_cond_index = np.array([cond_row[s.cond_id] for s in slots])
+        self.fake_class = np.array([s.class_index for s in slots])
+        self.paths: dict[str, Path] = {}
+        for _, r in refs:
+            self.paths[manifest.pixel_sha256[r]] = listing.path(r)
+        self.fake_hashes, self.n_black = self._hash_samples(store, pid, slots)
+
+    def _hash_samples(self, store: RunStore, pid: str, slots) -> tuple[list[str], int]:
+        hashes_path = store.point_dir(pid) / "hashes.json"
+        known = _read_json(hashes_path, {})
+        out, n_black, changed = [], 0, False
+        for s in slots:
+            path = store.sample_path(pid, s)
+            st = path.stat()
+            stamp = [st.st_size, st.st_mtime_ns]
+            hit = known.get(s.relpath)
+            if hit and hit[:2] == stamp:
+                digest, black = hit[2], hit[3]
+            else:
+                arr = read_rgb(path)
+                digest, black = pixel_sha256(arr), bool(arr.max() == 0)
+                known[s.relpath] = [*stamp, digest, black]
+                changed = True
+            self.paths.setdefault(digest, path)
+            out.append(digest)
+            n_black += int(black)
+        if changed:
+            atomic_write_json(hashes_path, known)
+        return out, n_black
+
+    def _features(
+        self, hashes: list[str], encoder: str | None, output: str, what: str
+    ) -> np.ndarray:
+        name = encoder or self.default_encoder
+        if name not in self.encoders:
+            self.encoders[name] = self.run.make_encoder(name)
+        key = (name, output)
+        if key not in self._caches:
+            self._caches[key] = FeatureCache(self.run.cache_dir, self.encoders[name], output)
+        return self._caches[key].features(hashes, lambda h: read_rgb(self.paths[h]), what)
+
+    def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
+        return self._features(self.real_hashes, encoder, output, "reference features")
+
+    def fake(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
+        return self._features(self.fake_hashes, encoder, output, "sample features")
+
+    def cond(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
+        return self._features(self.cond_hashes, encoder, output, "conditioning features")
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Entry point used by the CLI and tests."""
+    return Run(cfg).execute()
+
+
+__all__ = ["RunConfig", "Run", "run", "parse_sets", "ManifestMismatchError"]

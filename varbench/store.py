@@ -1,0 +1,117 @@
+"""The sample store: one folder per run, lossless PNGs written atomically as they are produced.
+
+A sample exists iff its final PNG exists (written to a temp file, then renamed), so a run killed
+at any moment resumes by skipping exactly the samples on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from varbench.hashing import sample_seed
+from varbench.io import atomic_write_json
+from varbench.manifest import Manifest
+
+
+def point_id(point: Mapping[str, Any]) -> str:
+    """File-safe, readable id of a sweep point, e.g. ``guidance-4.0_scale-1.0``."""
+    if not point:
+        return "default"
+    parts = [f"{k}-{v}" for k, v in point.items()]
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", "_".join(parts))
+
+
+@dataclass(frozen=True)
+class SampleSlot:
+    """Where one sample goes and how it is seeded."""
+
+    class_index: int
+    class_name: str
+    class_label: str
+    cond_rank: int  # position of the conditioning image within its class
+    cond_id: str
+    sample_index: int
+    seed: int
+
+    @property
+    def relpath(self) -> str:
+        """Path inside a point's ``samples/`` folder."""
+        return f"{self.class_index:05d}/c{self.cond_rank:02d}_s{self.sample_index:04d}.png"
+
+
+def sample_slots(manifest: Manifest, samples_per_cond: int, seed: int) -> list[SampleSlot]:
+    """Every sample of a protocol in canonical order (class, conditioning image, sample index)."""
+    slots = []
+    for cls in manifest.classes:
+        for rank, cond in enumerate(cls.conditioning):
+            for s in range(samples_per_cond):
+                slots.append(
+                    SampleSlot(
+                        class_index=cls.index,
+                        class_name=cls.name,
+                        class_label=cls.label,
+                        cond_rank=rank,
+                        cond_id=cond,
+                        sample_index=s,
+                        seed=sample_seed(seed, cond, s),
+                    )
+                )
+    return slots
+
+
+class RunStore:
+    """Paths and bookkeeping of ``<out>/<run_id>/``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results.parquet"
+
+    def point_dir(self, pid: str) -> Path:
+        return self.root / "points" / pid
+
+    def sample_path(self, pid: str, slot: SampleSlot) -> Path:
+        return self.point_dir(pid) / "samples" / slot.relpath
+
+    def missing(self, pid: str, slots: list[SampleSlot]) -> list[SampleSlot]:
+        """Slots whose PNG is not on disk yet."""
+        return [s for s in slots if not self.sample_path(pid, s).is_file()]
+
+    def write_index(self, pid: str, slots: list[SampleSlot]) -> None:
+        """Human-readable index of a finished point's samples (written once all exist)."""
+        atomic_write_json(
+            self.point_dir(pid) / "index.json",
+            [
+                {
+                    "file": f"samples/{s.relpath}",
+                    "class": s.class_name,
+                    "cond": s.cond_id,
+                    "sample_index": s.sample_index,
+                    "seed": s.seed,
+                }
+                for s in slots
+            ],
+        )
+
+    def point_result_path(self, pid: str) -> Path:
+        return self.point_dir(pid) / "result.json"
+
+    def read_point_result(self, pid: str) -> dict[str, Any] | None:
+        """The stored result row of a finished point, if any."""
+        path = self.point_result_path(pid)
+        return json.loads(path.read_text()) if path.is_file() else None
