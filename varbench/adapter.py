@@ -51,6 +51,12 @@ class Param:
     sweep: bool = False
     choices: tuple[Any, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.sweep and not isinstance(self.default, (list, tuple)):
+            object.__setattr__(self, "default", (self.default,))  # a scalar sweep default = 1 point
+        elif self.sweep:
+            object.__setattr__(self, "default", tuple(self.default))
+
     def parse(self, text: str, origin: str = "--set") -> Any:
         """Parse a ``--set`` value; sweep axes take comma-separated lists."""
         parser = _PARSERS[self.type]
