@@ -271,6 +271,28 @@ def validate(
     _echo_json({"valid": [str(p) for p in files]})
 
 
+@app.command()
+def check(
+    runs: Path = typer.Option(Path("runs"), "--runs", help="measured results: a runs folder or a results.parquet"),
+    baseline: Path = typer.Option(..., "--baseline", help="baseline results: a runs folder or a results.parquet"),
+    tolerance: str = typer.Option(None, "--tolerance", help="allowed worsening, e.g. fid=0.5,recall=0.01 (default: 0 for fid,kid,precision,recall)"),
+) -> None:
+    """CI regression gate: exit 1 if any metric is worse than its baseline beyond tolerance.
+
+    Example: varbench check --runs runs --baseline baselines/results.parquet --tolerance fid=0.5
+    """
+    from varbench.check import check as check_, load_rows, parse_tolerances
+
+    findings = check_(load_rows(runs), load_rows(baseline), parse_tolerances(tolerance))
+    for f in findings:
+        stderr_console.print(f.describe(), markup=False, highlight=False)
+    _echo_json([f.__dict__ for f in findings])
+    if not findings:
+        raise UsageError("varbench check: no measured row matches a baseline row (model, protocol, params)")
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry: user errors print one clear message, no traceback."""
     try:
