@@ -53,6 +53,10 @@ def build_published(csv_path: Path, parquet_path: Path) -> None:
 
 def collect(runs_dir: Path, include_published: bool = True) -> pd.DataFrame:
     """All result rows under ``runs_dir`` (recursively), plus published rows."""
+    if not Path(runs_dir).is_dir():
+        from varbench.errors import UsageError
+
+        raise UsageError(f"--runs {runs_dir}: no such folder (where `varbench run --out` wrote runs)")
     frames = [read_results(p) for p in sorted(Path(runs_dir).rglob("results.parquet"))]
     if include_published:
         frames.append(published_results())

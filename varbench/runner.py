@@ -63,6 +63,18 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> str:
+    """Reject a CUDA device that this machine does not have, naming the flag."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu (or auto)")
+    elif device not in ("cpu", "mps") and not device.startswith("xpu"):
+        raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
 def resolve_dtype(dtype: str, device: str) -> str:
     """``auto`` -> float16 on GPU, float32 on CPU."""
     if dtype != "auto":
@@ -112,6 +124,8 @@ def parse_sets(items: Sequence[str]) -> dict[str, str]:
 def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> DatasetListing:
     """The demo's generated folder, or the user's ``--data``."""
     if spec.layout == "demo":
+        if data is not None:
+            log.warning("protocol %s uses the embedded demo images; --data %s is ignored", spec.name, data)
         return list_dataset(demo_root(cache_dir), "imagefolder")
     if data is None:
         raise UsageError(
@@ -146,7 +160,7 @@ class Run:
             adapter_sets, self.spec.sweeps.get(self.adapter_cls.name, {})
         )
         self.points = self.adapter_cls.sweep_points(self.options)
-        self.device = resolve_device(cfg.device)
+        self.device = check_device(resolve_device(cfg.device))
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         if not (0 <= cfg.shard[0] < cfg.shard[1]):
             raise UsageError(f"--shard {cfg.shard[0]}/{cfg.shard[1]}: need 0 <= index < count")
