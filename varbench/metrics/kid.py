@@ -1,4 +1,13 @@
-"""Kernel Inception Distance: unbiased MMD^2 with a cubic polynomial kernel over random subsets."""
+"""Kernel Inception Distance: unbiased MMD^2 with a cubic polynomial kernel over random subsets.
+
+Same as torch-fidelity's ``kid_features_to_metric`` (generated set = its input 1): kernel
+(<x, y>/d + 1)^3, ``np.random.RandomState(2020)``, per subset one ``choice`` from the fakes then
+one from the reals, unbiased within-set terms and the full cross mean, population std over
+subsets. Unlike torch-fidelity (which refuses), a subset size larger than a set is capped at the
+smaller set and the cap is reported as ``kid_subset_size``. clean-fid's ``kernel_distance`` is
+the same estimator with the same cap, but draws from the unseeded global ``np.random`` (its
+``feats2`` first) and reports no std; seeded alike it gives the same mean.
+"""
 
 from __future__ import annotations
 

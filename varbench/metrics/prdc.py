@@ -1,12 +1,30 @@
-"""Improved precision and recall (Kynkäänniemi et al. 2019), exact under ties.
+"""Improved precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020).
 
 A point is inside the manifold of a set if its distance to some member is <= that member's
-distance to its k-th nearest neighbour (self excluded). Distances come from a fast float64
-matrix product; any decision within rounding of its threshold is re-made with exact
-direct-difference distances, so a copy at distance 0 always counts.
+distance to its k-th nearest neighbour (self excluded by index, so duplicates are neighbours).
+Every decision equals the one made with exact float64 direct-difference distances
+(``exact_sq_dists``; identical rows give exactly 0, so copies always count):
+
+* k-NN radii: an exact flat faiss index (GPU when faiss has GPU support and CUDA is present)
+  proposes neighbours in float32; every candidate that could be among the true k nearest under
+  a certified float32 error bound is re-ranked with exact distances.
+* ball membership: one float32 GEMM per pair of sets serves both directions (precision and
+  recall); pairs whose margin lies within the certified bound are re-decided exactly.
+
+The bound: for float32 inputs centred by a common shift, |approx - exact| <=
+``_eps(d) * (|x|^2 + |y|^2)`` holds for any summation order (gamma_d for the dot product and the
+norms, plus input and combination rounding), with a safety factor.
+
+Conventions: inclusive ``<=`` everywhere (torch-fidelity's precision/recall uses ``<=``; the
+clovaai ``prdc`` package uses strict ``<`` for all four numbers, which makes copies at distance 0
+miss when the radius is 0).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -14,80 +32,322 @@ from varbench.metrics.base import Metric
 
 KEY_PRECISION = "precision"
 KEY_RECALL = "recall"
+KEY_DENSITY = "density"
+KEY_COVERAGE = "coverage"
 
-_BLOCK = 1024
-_REL_TOL = 1e-9
-
-
-def _sq_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x)
-
-
-def _exact_sq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared distances by direct differences (0 exactly for identical rows)."""
-    d = a[:, None, :] - b[None, :, :]
-    return np.einsum("ijk,ijk->ij", d, d)
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+_EXTRA = 8  # candidates fetched beyond k + self, so the certified band rarely overflows
+_BLOCK = 2048  # rows per float32 GEMM block
+_PAIR_CHUNK = 4096  # pairs per exact-distance chunk
 
 
-def _approx_sq(a, na, b, nb) -> tuple[np.ndarray, np.ndarray]:
-    d2 = na[:, None] + nb[None, :] - 2.0 * (a @ b.T)
-    tol = _REL_TOL * (na[:, None] + nb[None, :]) + 1e-300
-    return d2, tol
+# -- exact distances ---------------------------------------------------------------------------
+def exact_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distances of paired rows a[i], b[i] by direct differences in float64."""
+    out = np.empty(len(a))
+    for s in range(0, len(a), _PAIR_CHUNK):
+        diff = a[s : s + _PAIR_CHUNK].astype(np.float64) - b[s : s + _PAIR_CHUNK]
+        out[s : s + _PAIR_CHUNK] = np.square(diff).sum(axis=1)
+    return out
+
+
+def _exact_pairs(x: np.ndarray, i: np.ndarray, y: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Exact squared distances |x[i] - y[j]|^2 for index arrays, chunked to bound memory."""
+    out = np.empty(len(i))
+    for s in range(0, len(i), _PAIR_CHUNK):
+        out[s : s + _PAIR_CHUNK] = exact_sq_dists(
+            x[i[s : s + _PAIR_CHUNK]], y[j[s : s + _PAIR_CHUNK]]
+        )
+    return out
+
+
+# -- float32 screening ---------------------------------------------------------------------------
+def _eps(d: int) -> float:
+    """Certified relative bound of float32 squared distances (see module docstring)."""
+    return 1.25 * (2 * d + 32) * _U32
+
+
+@dataclass
+class _Prepared:
+    """A feature set in float64 (exact) and shifted float32 (screening) form."""
+
+    x: np.ndarray  # (n, d) original values (float32 or float64); exact distances upcast them
+    xf: np.ndarray  # (n, d) float32, common shift removed
+    n32: np.ndarray  # (n,) float32 squared norms of xf as computed in float32
+    nf: np.ndarray  # (n,) float64 upper bounds of the squared norms of xf
+    slack: np.ndarray  # (n,) float64 absolute slack for the shift and exact-distance rounding
+
+
+def _prepare(*sets: np.ndarray) -> list[_Prepared]:
+    """Original rows (exact distances) plus float32 copies shifted by the common mean (tighter bounds)."""
+    xs = [np.ascontiguousarray(s) for s in sets]
+    if any(x.dtype not in (np.float32, np.float64) for x in xs):
+        xs = [np.ascontiguousarray(x, dtype=np.float64) for x in xs]
+    d = xs[0].shape[1]
+    total = sum(len(x) for x in xs)
+    shift = sum(x.sum(axis=0, dtype=np.float64) for x in xs) / total
+    shift_sq = float(shift @ shift)
+    out = []
+    for x in xs:
+        xf = (x - shift).astype(np.float32)
+        # Upper bounds (float32 sums inflated by their own worst-case error) suffice here.
+        grow = 1.0 + 2.0 * (d + 2) * _U32
+        n32 = np.einsum("ij,ij->i", xf, xf)
+        nf = n32.astype(np.float64) * grow
+        orig = np.einsum("ij,ij->i", x, x).astype(np.float64) * grow
+        slack = 8.0 * (d + 8) * _U64 * (orig + shift_sq + nf) + 1e-300
+        out.append(_Prepared(x, xf, n32, nf, slack))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _gpu_resources():
+    import faiss
+
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        return faiss.StandardGpuResources()
+    return None
+
+
+def _flat_index(xf: np.ndarray):
+    """Exact flat L2 faiss index over float32 rows; on the GPU when faiss-gpu and CUDA exist."""
+    import faiss
+
+    index = faiss.IndexFlatL2(xf.shape[1])
+    res = _gpu_resources()
+    if res is not None:
+        index = faiss.index_cpu_to_gpu(res, 0, index)
+    index.add(xf)
+    return index
+
+
+# -- exact k nearest neighbours ----------------------------------------------------------------
+def _duplicate_groups(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with >= k byte-identical other rows (radius exactly 0), and k such neighbours each."""
+    n, d = x.shape
+    keys = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * d))).ravel()
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    rows = np.flatnonzero(counts[inverse] > k)
+    if not len(rows):
+        return rows, np.empty((0, k), np.int64)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])[inverse[rows]]
+    nbr = np.empty((len(rows), k), np.int64)
+    for t, (r, s0) in enumerate(zip(rows, starts, strict=True)):
+        members = order[s0 : s0 + k + 1]
+        nbr[t] = members[members != r][:k]
+    return rows, nbr
+
+
+def _knn_rows(p: _Prepared, index, rows: np.ndarray, k: int, kk: int):
+    """Exact k-NN of ``rows`` from ``kk`` faiss candidates; also which rows need more candidates."""
+    n, d = p.x.shape
+    approx, idx = index.search(p.xf[rows], kk)
+    approx = approx.astype(np.float64)
+    r = np.arange(len(rows))
+    is_self = idx == rows[:, None]
+    # Drop self by index; where faiss did not return self (many exact duplicates), drop the last.
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), kk - 1)
+    keep = np.ones(idx.shape, dtype=bool)
+    keep[r, drop] = False
+    o_approx = approx[keep].reshape(len(rows), kk - 1)
+    o_idx = idx[keep].reshape(len(rows), kk - 1)
+    eps = _eps(d)
+    tol = eps * (p.nf[rows, None] + p.nf[np.clip(o_idx, 0, None)]) + p.slack[rows, None]
+    tol_any = eps * (p.nf[rows] + p.nf.max()) + p.slack[rows]
+    upper = (o_approx[:, :k] + tol[:, :k]).max(axis=1)  # >= the true k-th distance
+    cand = (o_approx - tol <= upper[:, None]) & (o_idx >= 0)
+    # Unreturned rows have approx >= the last returned one; they matter if within the bound.
+    overflow = (approx[:, -1] - tol_any <= upper) & (kk < n)
+    ci, cj = np.nonzero(cand & ~overflow[:, None])
+    exact = np.full(o_idx.shape, np.inf)
+    exact[ci, cj] = _exact_pairs(p.x, rows[ci], p.x, o_idx[ci, cj])
+    order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+    return (
+        np.take_along_axis(exact, order, axis=1),
+        np.take_along_axis(o_idx, order, axis=1),
+        overflow,
+    )
+
+
+def knn_exact(
+    x: np.ndarray, k: int, _prep: _Prepared | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact sorted squared distances and indices (n, k) of each row's k nearest other rows."""
+    p = _prep or _prepare(x)[0]
+    n = p.x.shape[0]
+    if n <= k:
+        raise ValueError(f"need more than k={k} points, got {n}")
+    dist = np.zeros((n, k))
+    nbr = np.zeros((n, k), np.int64)
+    dup_rows, dup_nbr = _duplicate_groups(p.x, k)
+    nbr[dup_rows] = dup_nbr
+    rows = np.setdiff1d(np.arange(n), dup_rows)
+    index = _flat_index(p.xf)
+    kk = min(n, k + 1 + _EXTRA)
+    while len(rows):
+        dr, nr, overflow = _knn_rows(p, index, rows, k, kk)
+        dist[rows[~overflow]], nbr[rows[~overflow]] = dr[~overflow], nr[~overflow]
+        rows = rows[overflow]
+        kk = min(n, 4 * kk)
+    return dist, nbr
 
 
 def kth_nn_sq_radii(x: np.ndarray, k: int = 3) -> np.ndarray:
-    """Exact squared distance of each row to its k-th nearest other row."""
-    x = np.asarray(x, np.float64)
-    n = len(x)
-    if n <= k:
-        raise ValueError(f"need more than k={k} points, got {n}")
-    nx = _sq_norms(x)
-    radii = np.empty(n)
+    """Exact squared distance of each row to its k-th nearest other row (by index)."""
+    return knn_exact(x, k)[0][:, k - 1]
+
+
+# -- exact ball membership -----------------------------------------------------------------------
+@dataclass
+class BallCounts:
+    """Exact counts from one pass over all (a_i, b_j) pairs.
+
+    ``b_in_a[j]`` = #{i: |a_i - b_j|^2 <= ra_i}; ``a_hit[i]`` = #{j: same condition};
+    ``a_in_b[i]`` = #{j: |a_i - b_j|^2 <= rb_j}; ``b_hit[j]`` = #{i: same condition}.
+    ``pairs_a`` = (i, j, exact d^2) of every pair inside a_i's ball, when requested.
+    """
+
+    b_in_a: np.ndarray | None = None
+    a_hit: np.ndarray | None = None
+    a_in_b: np.ndarray | None = None
+    b_hit: np.ndarray | None = None
+    pairs_a: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def _decide(margin, tol_row, pa, pb, rows0, radius_of, counts_row, counts_col, pairs):
+    """Count sure pairs; re-decide pairs within the bound exactly; optionally keep inside pairs."""
+    sure = margin < -tol_row
+    band = (margin <= tol_row) & ~sure
+    counts_row[rows0 : rows0 + len(margin)] += sure.sum(axis=1)
+    counts_col += sure.sum(axis=0)
+    bi, bj = np.nonzero(band)
+    if len(bi):
+        d2 = _exact_pairs(pa.x, bi + rows0, pb.x, bj)
+        ok = d2 <= radius_of(bi + rows0, bj)
+        np.add.at(counts_row, bi[ok] + rows0, 1)
+        np.add.at(counts_col, bj[ok], 1)
+    if pairs is not None:
+        si, sj = np.nonzero(sure)
+        if len(bi):
+            si = np.concatenate([si, bi[ok]])
+            sj = np.concatenate([sj, bj[ok]])
+        pairs.append((si + rows0, sj))
+
+
+def ball_counts(
+    a: np.ndarray | _Prepared,
+    b: np.ndarray | _Prepared,
+    ra: np.ndarray | None = None,
+    rb: np.ndarray | None = None,
+    keep_pairs_a: bool = False,
+) -> BallCounts:
+    """Exact ball-membership counts between sets a and b for squared radii ra (on a) and rb (on b)."""
+    pa, pb = (a, b) if isinstance(a, _Prepared) else _prepare(a, b)
+    n, d = pa.x.shape
+    m = pb.x.shape[0]
+    eps = _eps(d)
+    out = BallCounts()
+    if ra is not None:
+        out.b_in_a, out.a_hit = np.zeros(m, np.int64), np.zeros(n, np.int64)
+        ra32 = ra.astype(np.float32)
+    if rb is not None:
+        out.a_in_b, out.b_hit = np.zeros(n, np.int64), np.zeros(m, np.int64)
+        rb32 = rb.astype(np.float32)[None, :]
+    pairs: list | None = [] if keep_pairs_a and ra is not None else None
+    bnf32 = pb.n32[None, :]
+    nb_max = pb.nf.max()
+    slack_b = pb.slack.max()
     for s in range(0, n, _BLOCK):
-        d2, tol = _approx_sq(x[s : s + _BLOCK], nx[s : s + _BLOCK], x, nx)
-        for i in range(d2.shape[0]):
-            row, t = d2[i], tol[i]
-            row = row.copy()
-            row[s + i] = np.inf  # exclude self by index, not by value (duplicates are neighbours)
-            kth = np.partition(row, k - 1)[k - 1]
-            cand = np.flatnonzero(row <= kth + 2 * t.max())
-            cand = cand[cand != s + i]
-            exact = _exact_sq(x[s + i : s + i + 1], x[cand])[0]
-            radii[s + i] = np.partition(exact, k - 1)[k - 1]
-    return radii
+        e = min(n, s + _BLOCK)
+        g = pa.xf[s:e] @ pb.xf.T
+        g *= -2.0
+        g += bnf32
+        g += pa.n32[s:e, None]
+        # Per-row bound covering every pair of the row, plus the float32 rounding of the radii.
+        tol = eps * (pa.nf[s:e] + nb_max) + pa.slack[s:e] + slack_b
+        if ra is not None:
+            t = (tol + 2 * _U32 * ra[s:e]).astype(np.float32)[:, None]
+            _decide(
+                g - ra32[s:e, None], t, pa, pb, s,
+                lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs,
+            )  # fmt: skip
+        if rb is not None:
+            t = (tol + 2 * _U32 * rb.max()).astype(np.float32)[:, None]
+            _decide(
+                g - rb32, t, pa, pb, s,
+                lambda i, j: rb[j], out.a_in_b, out.b_hit, None,
+            )  # fmt: skip
+    if pairs is not None:
+        pi = np.concatenate([p[0] for p in pairs]).astype(np.int64)
+        pj = np.concatenate([p[1] for p in pairs]).astype(np.int64)
+        out.pairs_a = (pi, pj, _exact_pairs(pa.x, pi, pb.x, pj))
+    return out
 
 
 def coverage_mask(points: np.ndarray, centres: np.ndarray, radii_sq: np.ndarray) -> np.ndarray:
     """For each point, whether some centre c has |p - c|^2 <= radius_sq(c) (exact decisions)."""
-    p = np.asarray(points, np.float64)
-    c = np.asarray(centres, np.float64)
-    np_, nc = _sq_norms(p), _sq_norms(c)
-    inside = np.zeros(len(p), dtype=bool)
-    for s in range(0, len(p), _BLOCK):
-        d2, tol = _approx_sq(p[s : s + _BLOCK], np_[s : s + _BLOCK], c, nc)
-        margin = d2 - radii_sq[None, :]
-        sure = margin < -tol
-        unsure = np.abs(margin) <= tol
-        block_inside = sure.any(axis=1)
-        for i in np.flatnonzero(~block_inside & unsure.any(axis=1)):
-            cand = np.flatnonzero(unsure[i])
-            exact = _exact_sq(p[s + i : s + i + 1], c[cand])[0]
-            block_inside[i] = bool((exact <= radii_sq[cand]).any())
-        inside[s : s + _BLOCK] = block_inside
-    return inside
+    return ball_counts(centres, points, ra=np.asarray(radii_sq, np.float64)).b_in_a > 0
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
     """Precision: fraction of fakes inside the real manifold; recall: reals inside the fake one."""
-    real_r = kth_nn_sq_radii(real, k)
-    fake_r = kth_nn_sq_radii(fake, k)
-    precision = coverage_mask(fake, real, real_r).mean()
-    recall = coverage_mask(real, fake, fake_r).mean()
-    return {KEY_PRECISION: float(precision), KEY_RECALL: float(recall)}
+    pr, pf = _prepare(real, fake)
+    rr = knn_exact(pr.x, k, pr)[0][:, k - 1]
+    rf = knn_exact(pf.x, k, pf)[0][:, k - 1]
+    c = ball_counts(pr, pf, ra=rr, rb=rf)
+    return {KEY_PRECISION: float((c.b_in_a > 0).mean()), KEY_RECALL: float((c.a_in_b > 0).mean())}
+
+
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Density: mean number of real k-NN balls holding a fake, over k; coverage: real balls holding a fake."""
+    pr, pf = _prepare(real, fake)
+    rr = knn_exact(pr.x, k, pr)[0][:, k - 1]
+    c = ball_counts(pr, pf, ra=rr)
+    return {
+        KEY_DENSITY: float(c.b_in_a.sum() / (k * len(pf.x))),
+        KEY_COVERAGE: float((c.a_hit > 0).mean()),
+    }
+
+
+def per_class_precision_recall(
+    real: np.ndarray, fake: np.ndarray, real_class: np.ndarray, fake_class: np.ndarray, k: int = 3
+) -> dict[str, list]:
+    """Precision/recall within each class (class-c references vs class-c samples); NaN if a side has <= k rows."""
+    classes = sorted(set(np.unique(real_class).tolist()) | set(np.unique(fake_class).tolist()))
+    out: dict[str, list] = {
+        "class_index": [],
+        "n_real": [],
+        "n_fake": [],
+        "precision": [],
+        "recall": [],
+    }
+    for c in classes:
+        r, f = real[real_class == c], fake[fake_class == c]
+        if len(r) > k and len(f) > k:
+            pr = precision_recall(r, f, k)
+            prec, rec = pr[KEY_PRECISION], pr[KEY_RECALL]
+        else:
+            prec = rec = math.nan
+        out["class_index"].append(int(c))
+        out["n_real"].append(int(len(r)))
+        out["n_fake"].append(int(len(f)))
+        out["precision"].append(prec)
+        out["recall"].append(rec)
+    return out
+
+
+def _json_floats(values: list[float]) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in values]
 
 
 class PrecisionRecallMetric(Metric):
-    """Precision and recall with k = 3 in the protocol's default feature space."""
+    """Precision and recall (k = ``prc_k``, default 3) in the protocol's default feature space.
+
+    Artifact ``precision_recall.json``: per-class precision and recall (references of class c vs
+    samples of class c), ``null`` where a class has <= k rows on a side.
+    """
 
     name = "precision_recall"
     keys = (KEY_PRECISION, KEY_RECALL)
@@ -95,3 +355,23 @@ class PrecisionRecallMetric(Metric):
 
     def compute(self, ctx) -> dict[str, float]:
         return precision_recall(ctx.real(), ctx.fake(), k=int(ctx.options.get("prc_k", 3)))
+
+    def artifacts(self, ctx) -> dict[str, object]:
+        k = int(ctx.options.get("prc_k", 3))
+        per = per_class_precision_recall(ctx.real(), ctx.fake(), ctx.real_class, ctx.fake_class, k)
+        labels = list(getattr(ctx, "class_labels", []) or [])
+        per["class_label"] = [labels[i] if i < len(labels) else str(i) for i in per["class_index"]]
+        per["precision"] = _json_floats(per["precision"])
+        per["recall"] = _json_floats(per["recall"])
+        return {"k": k, "per_class": per}
+
+
+class DensityCoverageMetric(Metric):
+    """Density and coverage (k = ``dc_k``, default 5) in the protocol's default feature space."""
+
+    name = "density_coverage"
+    keys = (KEY_DENSITY, KEY_COVERAGE)
+    encoders: tuple[str, ...] = ()
+
+    def compute(self, ctx) -> dict[str, float]:
+        return density_coverage(ctx.real(), ctx.fake(), k=int(ctx.options.get("dc_k", 5)))
