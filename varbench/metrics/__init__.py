@@ -9,8 +9,18 @@ metric_registry: Registry[type[Metric]] = Registry(kind="metric", base=Metric)
 metric_registry.register("fid", "varbench.metrics.fid:FIDMetric")
 metric_registry.register("kid", "varbench.metrics.kid:KIDMetric")
 metric_registry.register("precision_recall", "varbench.metrics.prdc:PrecisionRecallMetric")
+metric_registry.register("density_coverage", "varbench.metrics.prdc:DensityCoverageMetric")
+metric_registry.register("isc", "varbench.metrics.isc:ISCMetric")
+metric_registry.register("sfid", "varbench.metrics.sfid:SFIDMetric")
+metric_registry.register("bootstrap", "varbench.metrics.bootstrap:BootstrapMetric")
 
 # Options a user may pass with --set on `varbench run` / `varbench metrics`.
-METRIC_OPTIONS = {"kid_subsets": int, "kid_subset_size": int, "prc_k": int}
+METRIC_OPTIONS = {
+    "kid_subsets": int,
+    "kid_subset_size": int,
+    "prc_k": int,
+    "dc_k": int,
+    "bootstrap": int,
+}
 
 __all__ = ["metric_registry", "METRIC_OPTIONS"]
