@@ -38,3 +38,9 @@ class Encoder(ABC):
     @abstractmethod
     def encode(self, images: Sequence[np.ndarray], output: str = "features") -> np.ndarray:
         """Features (N, D) for a batch of images, in order."""
+
+    def encode_many(
+        self, images: Sequence[np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Several outputs at once; networks override this to share one forward pass."""
+        return {o: self.encode(images, o) for o in outputs}

@@ -1,8 +1,22 @@
-"""torch-fidelity's TF-compatible InceptionV3: pool3 (2048-d) features and logits for FID/KID/PR/IS."""
+"""torch-fidelity's TF-compatible InceptionV3: pool3 features, logits and sFID's spatial map.
+
+Outputs (all float32 from the network, stored as float64):
+- ``features``: pool3, 2048-d (torch-fidelity feature ``2048``), for FID, KID, precision/recall.
+- ``logits``: ``logits_unbiased`` (1008-d, fc without bias), for the Inception Score.
+- ``spatial``: the ADM evaluator's ``mixed_6/conv:0`` as used for sFID: the ReLU output of the
+  1x1 branch of TF block ``mixed_6`` (torch-fidelity's ``Mixed_6d.branch1x1``, 192 x 17 x 17),
+  first 7 channels, flattened in TF's height-width-channel order -> 17 * 17 * 7 = 2023 dims.
+  torch-fidelity's own ``768`` feature is the spatially pooled ``Mixed_6e`` output, so it is
+  not this; the map is taken with a forward hook on the same network pass.
+
+Images go through the network one at a time, so a row never depends on what else is encoded
+with it (CPU convolution kernels are not guaranteed row-exact across batch sizes).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,80 +25,130 @@ from varbench.encoders.base import Encoder
 from varbench.encoders.weights import (
     find_weights,
     missing_weights_error,
+    network_reachable,
+    network_timeout,
     offline,
+    require_network,
     torch_hub_checkpoint,
+    weights_only_loads,
 )
 from varbench.hashing import sha256_file
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-OUTPUTS = {"features": "2048", "logits": "logits_unbiased"}
+WEIGHTS_HOST = "github.com"
+WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_FILE}"
+OUTPUTS = ("features", "logits", "spatial")
+SPATIAL_LAYER = "Mixed_6d.branch1x1"  # TF mixed_6/conv (torch-fidelity's conversion table)
+SPATIAL_CHANNELS = 7
+DIMS = {"features": 2048, "logits": 1008, "spatial": 2023}
 
 
 class InceptionEncoder(Encoder):
-    """InceptionV3 as torch-fidelity computes it (its own bilinear resize to 299 inside the net)."""
+    """InceptionV3 as torch-fidelity computes it (its own TF1-style bilinear resize to 299)."""
 
     name = "inception"
     resize_mode = "torch_fidelity_bilinear_299"
     batch_size = 32
-    outputs = tuple(OUTPUTS)
+    outputs = OUTPUTS
 
     def __init__(self, weights: str | None = None, device: str = "cpu", **options: Any) -> None:
         super().__init__(weights, device, **options)
         self._net = None
-        self._path = None
+        self._path: Path | None = None
+        self._searched = False
+        self._spatial = None
+        self._sha: str | None = None
 
-    def weights_path(self):
+    def weights_path(self) -> Path | None:
         """Local weights file, or None when it would have to be downloaded."""
-        if self._path is None:
+        if not self._searched:
             self._path = find_weights(
                 self.name, self.weights, WEIGHTS_FILE, [torch_hub_checkpoint(WEIGHTS_FILE)]
             )
+            self._searched = True
         return self._path
 
     def check_available(self) -> None:
-        if self.weights_path() is None and offline():
+        if self.weights_path() is None and (offline() or not network_reachable(WEIGHTS_HOST)):
             raise missing_weights_error(self.name, WEIGHTS_FILE, "torch-fidelity release")
 
+    def fetch(self) -> Path:
+        """Download torch-fidelity's weights into the torch hub cache; return the file."""
+        import torch.hub
+
+        require_network(f"{self.name} weights", WEIGHTS_HOST)
+        dst = torch_hub_checkpoint(WEIGHTS_FILE)
+        if not dst.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with network_timeout():
+                torch.hub.download_url_to_file(WEIGHTS_URL, str(dst), progress=False)
+        return dst
+
+    def resolved_path(self) -> Path:
+        """The weights file, downloaded first if it is not on this machine (and we are online)."""
+        if self.weights_path() is None:
+            self.check_available()
+            self._path = self.fetch()
+        return self._path
+
     def config(self) -> dict[str, Any]:
-        path = self.weights_path()
+        if self._sha is None:
+            self._sha = sha256_file(str(self.resolved_path()))
         return {
-            "version": 1,
-            "weights_sha256": sha256_file(str(path)) if path else WEIGHTS_FILE,
+            "version": 2,
+            "weights_sha256": self._sha,
             "resize_mode": self.resize_mode,
             "dtype": "float32",
+            "spatial": f"{SPATIAL_LAYER}[:{SPATIAL_CHANNELS}] hwc",
         }
 
     def network(self):
-        """The torch-fidelity module, loaded once."""
+        """The torch-fidelity module, loaded once (downloads into the torch hub cache if online)."""
         if self._net is None:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-            path = self.weights_path()
-            self._net = (
-                FeatureExtractorInceptionV3(
+            path = self.resolved_path()
+            with weights_only_loads():  # torch-fidelity calls torch.load(weights_only=False)
+                net = FeatureExtractorInceptionV3(
                     "inception-v3-compat",
-                    list(OUTPUTS.values()),
-                    feature_extractor_weights_path=str(path) if path else None,
+                    ["2048", "logits_unbiased"],
+                    feature_extractor_weights_path=str(path),
                 )
-                .eval()
-                .to(self.device)
-            )
+            net = net.eval().to(self.device)
+            net.get_submodule(SPATIAL_LAYER).register_forward_hook(self._keep_spatial)
+            self._net = net
         return self._net
 
-    def encode(self, images: Sequence[np.ndarray], output: str = "features") -> np.ndarray:
+    def _keep_spatial(self, module, inputs, output) -> None:
+        self._spatial = output
+
+    def encode_one(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """All three outputs of one HxWx3 uint8 image."""
         import torch
 
         net = self.network()
-        idx = list(OUTPUTS).index(output)
-        outs = []
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(self.device)
         with torch.no_grad():
-            for (
-                im
-            ) in images:  # one image at a time: sizes may differ and rows stay batch-independent
-                x = (
-                    torch.from_numpy(np.ascontiguousarray(im))
-                    .permute(2, 0, 1)[None]
-                    .to(self.device)
-                )
-                outs.append(net(x)[idx].double().cpu().numpy()[0])
-        return np.stack(outs)
+            pool3, logits = net(x)
+        spatial = self._spatial[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(1, -1)
+        return {
+            "features": pool3.double().cpu().numpy()[0],
+            "logits": logits.double().cpu().numpy()[0],
+            "spatial": spatial.double().cpu().numpy()[0],
+        }
+
+    def encode_many(
+        self, images: Sequence[np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Several outputs from one network pass per image."""
+        unknown = [o for o in outputs if o not in OUTPUTS]
+        if unknown:
+            raise ValueError(f"inception has no output {unknown[0]!r}; it has {', '.join(OUTPUTS)}")
+        per_image = [self.encode_one(im) for im in images]
+        return {
+            o: np.stack([p[o] for p in per_image]) if per_image else np.zeros((0, DIMS[o]))
+            for o in outputs
+        }
+
+    def encode(self, images: Sequence[np.ndarray], output: str = "features") -> np.ndarray:
+        return self.encode_many(images, [output])[output]

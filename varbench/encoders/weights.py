@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from varbench.errors import WeightsUnavailableError
+
+NETWORK_TIMEOUT_S = 10.0  # `varbench fetch` and online loads give up on a silent network
 
 
 def offline() -> bool:
@@ -49,3 +55,81 @@ def missing_weights_error(encoder: str, filename: str, source: str) -> WeightsUn
         f"and cannot be downloaded (offline). Run `varbench fetch --encoders {encoder}` where there is "
         f"internet, or pass --weights {encoder}=PATH, or put {filename} in $VARBENCH_WEIGHTS_DIR."
     )
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Force every ``torch.load`` inside (including libraries' own calls) to refuse pickled code."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Any]:
+    """A state dict from ``.safetensors`` or a torch file, never executing pickled code."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):  # common wrappers around a state dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsUnavailableError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return obj
+
+
+def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
+    """A file of ``repo_id`` already in the Hugging Face cache (no network), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in filenames:
+        hit = try_to_load_from_cache(repo_id, name)
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
+
+
+def network_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``host`` opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_network(what: str, host: str) -> None:
+    """Raise a clear error at once instead of hanging when ``host`` cannot be reached."""
+    if offline():
+        raise WeightsUnavailableError(
+            f"cannot fetch {what}: offline mode is set (HF_HUB_OFFLINE / VARBENCH_OFFLINE); "
+            "run `varbench fetch` on a machine with internet, then copy the caches."
+        )
+    if not network_reachable(host):
+        raise WeightsUnavailableError(
+            f"cannot fetch {what}: {host} is not reachable from this machine. Run `varbench fetch` "
+            "where there is internet (the files land in the torch hub / Hugging Face caches), "
+            "or pass local files with --weights NAME=PATH."
+        )
+
+
+@contextlib.contextmanager
+def network_timeout(seconds: float = NETWORK_TIMEOUT_S) -> Iterator[None]:
+    """Make sockets opened inside (urllib downloads) give up after ``seconds`` of silence."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
