@@ -293,6 +293,65 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command()
+def metrics(
+    real: Path = typer.Option(..., "--real", help="folder of real images (searched recursively)"),
+    fake: Path = typer.Option(..., "--fake", help="folder of generated images"),
+    metrics_: str = typer.Option(
+        "fid,kid,precision_recall",
+        "--metrics",
+        help="comma-separated metric names or result keys (precision, recall -> precision_recall)",
+    ),
+    encoder: str = typer.Option("inception", "--encoder", help="feature space of the metrics"),
+    weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
+    set_: list[str] = typer.Option([], "--set", help="metric option KEY=VALUE, e.g. kid_subset_size=50"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1"),
+    fmt: Format = typer.Option(Format.json, "--format", "-f", help="json (default) or table"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Score two image folders with registered metrics (like torch-fidelity's `fidelity`).
+
+    Example: varbench metrics --real refs/ --fake samples/ --metrics fid,kid,precision,recall
+    """
+    setup_logging(verbose)
+    from varbench.runner import parse_sets
+    from varbench.scoring import score_folders
+
+    values = score_folders(
+        real,
+        fake,
+        [m.strip() for m in metrics_.split(",") if m.strip()],
+        encoder=encoder,
+        weights=_parse_weights(weights),
+        sets=parse_sets(set_),
+        device=device,
+        cache_dir=cache_dir,
+    )
+    if fmt == Format.json:
+        _echo_json(values)
+    else:
+        sys.stdout.write("".join(f"{k}\t{v}\n" for k, v in values.items()))
+
+
+@app.command()
+def fetch(
+    protocol: str = typer.Option(None, "--protocol", "-p", help="fetch every encoder this protocol's metrics use"),
+    encoders: str = typer.Option(None, "--encoders", help="comma-separated encoder names"),
+    model: str = typer.Option(None, "--model", "-m", help="also fetch this adapter's weights"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Download weights into the torch hub / Hugging Face caches so compute nodes can run offline.
+
+    Example: varbench fetch --protocol imagenet_1shot --model ip_adapter
+    """
+    setup_logging(verbose)
+    from varbench.scoring import fetch as fetch_
+
+    names = [e.strip() for e in encoders.split(",") if e.strip()] if encoders else []
+    _echo_json(fetch_(names, protocol, model))
+
+
 def main() -> None:
     """Console-script entry: user errors print one clear message, no traceback."""
     try:

@@ -382,6 +382,9 @@ class Run:
         for name in metric_names:
             metric = metric_registry.get(name)()
             values.update(metric.compute(ctx))
+            artifacts = metric.artifacts(ctx)
+            if artifacts:
+                atomic_write_json(store.point_dir(pid) / "artifacts" / f"{name}.json", artifacts)
         timing = _read_json(store.point_dir(pid) / "timing.json", {"seconds": 0.0, "images": 0})
         n_nan = len(_read_json(store.point_dir(pid) / "nan.json", []))
         extra = adapter.provenance() if adapter is not None else (stored or {}).get("_extra", {})
@@ -440,6 +443,8 @@ class _Context:
         cond_row = {f: i for i, (_, f) in enumerate(conds)}
         self.fake_cond_index = np.array([cond_row[s.cond_id] for s in slots])
         self.fake_class = np.array([s.class_index for s in slots])
+        self.class_labels = [c.label for c in sorted(manifest.classes, key=lambda c: c.index)]
+        self._manifest = manifest
         self.paths: dict[str, Path] = {}
         for _, r in refs:
             self.paths[manifest.pixel_sha256[r]] = listing.path(r)
@@ -468,19 +473,46 @@ class _Context:
             atomic_write_json(hashes_path, known)
         return out, n_black
 
+    def encoder(self, name: str | None = None):
+        """The encoder instance (e.g. for CLIP text embeddings or LPIPS distances)."""
+        name = name or self.default_encoder
+        if name not in self.encoders:
+            self.encoders[name] = self.run.make_encoder(name)
+        return self.encoders[name]
+
     def _features(
         self, hashes: list[str], encoder: str | None, output: str, what: str
     ) -> np.ndarray:
         name = encoder or self.default_encoder
-        if name not in self.encoders:
-            self.encoders[name] = self.run.make_encoder(name)
         key = (name, output)
         if key not in self._caches:
-            self._caches[key] = FeatureCache(self.run.cache_dir, self.encoders[name], output)
+            self._caches[key] = FeatureCache(self.run.cache_dir, self.encoder(name), output)
         return self._caches[key].features(hashes, lambda h: read_rgb(self.paths[h]), what)
 
     def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
         return self._features(self.real_hashes, encoder, output, "reference features")
+
+    def image(self, digest: str) -> np.ndarray:
+        """Decoded image (HxWx3 uint8) of a reference, sample, conditioning or held-out hash."""
+        return read_rgb(self.paths[digest])
+
+    def features_of(
+        self, hashes: Sequence[str], encoder: str | None = None, output: str = "features"
+    ) -> np.ndarray:
+        """Cached features of any images this context knows by hash (e.g. ``heldout``)."""
+        return self._features(list(hashes), encoder, output, "features")
+
+    def heldout(self, per_class: int) -> tuple[list[str], np.ndarray]:
+        """Pixel hashes and class indices of the first ``per_class`` held-out images per class."""
+        hashes, classes = [], []
+        for c in self._manifest.classes:
+            for rel in c.heldout[:per_class]:
+                path = self.listing.path(rel)
+                digest = pixel_sha256(read_rgb(path))
+                self.paths.setdefault(digest, path)
+                hashes.append(digest)
+                classes.append(c.index)
+        return hashes, np.array(classes, dtype=int)
 
     def fake(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
         return self._features(self.fake_hashes, encoder, output, "sample features")

@@ -13,6 +13,11 @@ metric_registry.register("density_coverage", "varbench.metrics.prdc:DensityCover
 metric_registry.register("isc", "varbench.metrics.isc:ISCMetric")
 metric_registry.register("sfid", "varbench.metrics.sfid:SFIDMetric")
 metric_registry.register("bootstrap", "varbench.metrics.bootstrap:BootstrapMetric")
+metric_registry.register("alignment_dinov2", "varbench.metrics.alignment:AlignmentDinoMetric")
+metric_registry.register("alignment_clip", "varbench.metrics.alignment:AlignmentClipMetric")
+metric_registry.register("clip_score", "varbench.metrics.clip_score:ClipScoreMetric")
+metric_registry.register("lpips", "varbench.metrics.lpips:LpipsMetric")
+metric_registry.register("memorisation", "varbench.metrics.memorisation:MemorisationMetric")
 
 # Options a user may pass with --set on `varbench run` / `varbench metrics`.
 METRIC_OPTIONS = {
@@ -21,6 +26,9 @@ METRIC_OPTIONS = {
     "prc_k": int,
     "dc_k": int,
     "bootstrap": int,
+    "memorisation_candidates": int,
+    "memorisation_check": int,
+    "memorisation_heldout_per_class": int,
 }
 
 __all__ = ["metric_registry", "METRIC_OPTIONS"]

@@ -34,3 +34,7 @@ class Metric(ABC):
     @abstractmethod
     def compute(self, ctx: MetricContext) -> dict[str, float]:
         """Result values keyed by names in ``keys``."""
+
+    def artifacts(self, ctx: MetricContext) -> dict[str, object]:
+        """Per-sample arrays and histograms (JSON-ready) kept beside the result; after ``compute``."""
+        return {}
