@@ -77,7 +77,7 @@ def test_metrics_cli_matches_torch_fidelity(folders, inception_file):
         "--fake",
         str(fake),
         "--metrics",
-        "fid,kid,precision,recall",
+        "fid,kid,precision,recall,isc,sfid",
         "--weights",
         f"inception={inception_file}",
         "--set",
@@ -95,7 +95,7 @@ def test_metrics_cli_matches_torch_fidelity(folders, inception_file):
         fid=True,
         kid=True,
         prc=True,
-        isc=False,
+        isc=True,
         kid_subset_size=N_FAKE,
         batch_size=1,
         cuda=False,
@@ -108,6 +108,9 @@ def test_metrics_cli_matches_torch_fidelity(folders, inception_file):
         <= 1e-3 * ref["frechet_inception_distance"]
     )
     assert ours["kid"] == pytest.approx(ref["kernel_inception_distance_mean"], abs=1e-6)
+    assert ours["isc"] == pytest.approx(ref["inception_score_mean"], rel=1e-5)
+    assert ours["isc_std"] == pytest.approx(ref["inception_score_std"], rel=1e-4, abs=1e-6)
+    assert ours["sfid"] > 0.0  # spatial output reaches the sfid metric through the cache
     # same counts out of N (torch-fidelity reports float32 fractions)
     assert ours["precision"] == pytest.approx(ref["precision"], abs=1e-6)
     assert ours["recall"] == pytest.approx(ref["recall"], abs=1e-6)
