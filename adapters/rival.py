@@ -98,7 +98,7 @@ class RivalAdapter(Adapter):
             DEFAULT_BASE,
             "Hub id of the SD 1.5 diffusers weights (without --model-path)",
         ),
-        Param("revision", str, "main", "Hub revision of base_model"),
+        Param("base_revision", str, "main", "Hub revision of base_model"),
         Param("resolution", int, 0, "output side in pixels (0: the protocol's, 512 for ImageNet)"),
         Param(
             "exact_batching",
@@ -129,7 +129,7 @@ class RivalAdapter(Adapter):
                 self.name,
                 self.model_path,
                 str(self.options["base_model"]),
-                str(self.options["revision"]) or None,
+                str(self.options["base_revision"]) or None,
                 ALLOW_PATTERNS,
             )
             if self.model_path:
@@ -154,7 +154,7 @@ class RivalAdapter(Adapter):
         return [
             hf.fetch_snapshot(
                 str(self.options["base_model"]),
-                str(self.options["revision"]) or None,
+                str(self.options["base_revision"]) or None,
                 ALLOW_PATTERNS,
             )
         ]
@@ -173,7 +173,7 @@ class RivalAdapter(Adapter):
         dtype = hf.torch_dtype(self.dtype)
         load = {"use_safetensors": True}
         if path == self.options["base_model"]:  # downloadable, not cached yet
-            load["revision"] = str(self.options["revision"]) or None
+            load["revision"] = str(self.options["base_revision"]) or None
         self.unet = UNet2DConditionModel.from_pretrained(
             path, subfolder="unet", torch_dtype=dtype, **load
         )
