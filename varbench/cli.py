@@ -281,7 +281,8 @@ def check(
 
     Example: varbench check --runs runs --baseline baselines/results.parquet --tolerance fid=0.5
     """
-    from varbench.check import check as check_, load_rows, parse_tolerances
+    from varbench.check import check as check_
+    from varbench.check import load_rows, parse_tolerances
 
     findings = check_(load_rows(runs), load_rows(baseline), parse_tolerances(tolerance))
     for f in findings:

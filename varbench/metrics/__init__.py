@@ -13,6 +13,8 @@ metric_registry.register("density_coverage", "varbench.metrics.prdc:DensityCover
 metric_registry.register("isc", "varbench.metrics.isc:ISCMetric")
 metric_registry.register("sfid", "varbench.metrics.sfid:SFIDMetric")
 metric_registry.register("bootstrap", "varbench.metrics.bootstrap:BootstrapMetric")
+metric_registry.register("fd_dinov2", "varbench.metrics.fid:FDDinoV2Metric")
+metric_registry.register("alignment", "varbench.metrics.alignment:AlignmentMetric")
 metric_registry.register("alignment_dinov2", "varbench.metrics.alignment:AlignmentDinoMetric")
 metric_registry.register("alignment_clip", "varbench.metrics.alignment:AlignmentClipMetric")
 metric_registry.register("clip_score", "varbench.metrics.clip_score:ClipScoreMetric")

@@ -12,6 +12,8 @@ KEY_ALIGN_DINO_MEAN = "align_dino_mean"
 KEY_ALIGN_DINO_MEDIAN = "align_dino_median"
 KEY_ALIGN_CLIP_MEAN = "align_clip_mean"
 KEY_ALIGN_CLIP_MEDIAN = "align_clip_median"
+KEY_ALIGN_MEAN = "align_mean"
+KEY_ALIGN_MEDIAN = "align_median"
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -30,7 +32,7 @@ def alignment(samples: np.ndarray, cond: np.ndarray, cond_index: np.ndarray) -> 
 class _AlignmentMetric(Metric):
     """Mean and median alignment in one encoder's space; per-sample values as artifacts."""
 
-    encoder: ClassVar[str] = ""
+    encoder: ClassVar[str | None] = None  # None: the protocol's default encoder
 
     def compute(self, ctx) -> dict[str, float]:
         self._values = alignment(
@@ -41,6 +43,16 @@ class _AlignmentMetric(Metric):
 
     def artifacts(self, ctx) -> dict[str, object]:
         return {"encoder": self.encoder, "per_sample": self._values.tolist()}
+
+
+class AlignmentMetric(_AlignmentMetric):
+    """Alignment in the protocol's default feature space (e.g. the demo's weight-free encoder)."""
+
+    name = "alignment"
+    keys = (KEY_ALIGN_MEAN, KEY_ALIGN_MEDIAN)
+
+    def artifacts(self, ctx) -> dict[str, object]:
+        return {"encoder": ctx.default_encoder, "per_sample": self._values.tolist()}
 
 
 class AlignmentDinoMetric(_AlignmentMetric):

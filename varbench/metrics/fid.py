@@ -128,3 +128,17 @@ class FIDMetric(Metric):
 
     def compute(self, ctx) -> dict[str, float]:
         return {KEY_FID: fid_from_features(ctx.real(), ctx.fake())}
+
+
+KEY_FD_DINOV2 = "fd_dinov2"
+
+
+class FDDinoV2Metric(Metric):
+    """Fréchet distance in DINOv2 ViT-L/14 space (FD-DINOv2, as dgm-eval and EDM2 report it)."""
+
+    name = "fd_dinov2"
+    keys = (KEY_FD_DINOV2,)
+    encoders: tuple[str, ...] = ("dinov2_l",)
+
+    def compute(self, ctx) -> dict[str, float]:
+        return {KEY_FD_DINOV2: fid_from_features(ctx.real("dinov2_l"), ctx.fake("dinov2_l"))}
