@@ -124,11 +124,13 @@ def test_changed_dataset_is_an_error(tmp_path):
     # inception weights are not available offline here, so use the demo encoder via a protocol file
     proto = tmp_path / "folder_demo.toml"
     text = (Path(__file__).parents[1] / "protocols" / "folder_kshot.toml").read_text()
-    proto.write_text(
-        text.replace('encoder = "inception"', 'encoder = "demo"').replace(
-            'name = "folder_kshot"', 'name = "folder_demo"'
-        )
-    )
+    text = text.replace('encoder = "inception"', 'encoder = "demo"')
+    text = text.replace('name = "folder_kshot"', 'name = "folder_demo"')
+    lines = [
+        'metrics = ["fid", "precision_recall"]' if ln.startswith("metrics") else ln
+        for ln in text.splitlines()
+    ]
+    proto.write_text("\n".join(lines) + "\n")
     args = tuple(str(proto) if a == "folder_kshot" else a for a in args)
     first = run_json(*args, env=env)[0]
     assert first["precision"] == 1.0
