@@ -17,25 +17,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from varbench.encoders.base import Encoder
+from varbench.encoders.filed import WeightsFileEncoder
 from varbench.encoders.transforms import normalised_batch
 from varbench.encoders.weights import (
-    find_weights,
     hf_cached_file,
-    missing_weights_error,
-    network_reachable,
-    offline,
-    require_network,
     weights_only_loads,
 )
-from varbench.hashing import sha256_file
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-class ClipEncoder(Encoder):
+class ClipEncoder(WeightsFileEncoder):
     """CLIP ViT-B/16 (OpenAI weights) image and text embeddings."""
 
     name = "clip"
@@ -46,55 +40,27 @@ class ClipEncoder(Encoder):
     batch_size = 32
     outputs = ("features",)
 
-    def __init__(self, weights: str | None = None, device: str = "cpu", **options: Any) -> None:
-        super().__init__(weights, device, **options)
-        self._net = None
-        self._path: Path | None = None
-        self._searched = False
-        self._sha: str | None = None
-
     @classmethod
     def weights_file(cls) -> str:
-        """File name looked up in ``$VARBENCH_WEIGHTS_DIR``."""
         return f"{cls.model_name}-openai.safetensors"
 
-    def weights_path(self) -> Path | None:
-        """Local weights file, or None when it would have to be downloaded."""
-        if not self._searched:
-            cached = hf_cached_file(self.hf_repo, HF_FILES)
-            self._path = find_weights(
-                self.name, self.weights, self.weights_file(), [cached] if cached else []
-            )
-            self._searched = True
-        return self._path
+    def cached_candidates(self) -> list[Path]:
+        cached = hf_cached_file(self.hf_repo, HF_FILES)
+        return [cached] if cached else []
 
-    def check_available(self) -> None:
-        if self.weights_path() is None and (offline() or not network_reachable()):
-            raise missing_weights_error(
-                self.name, self.weights_file(), f"Hugging Face {self.hf_repo}"
-            )
+    def source(self) -> str:
+        return f"Hugging Face {self.hf_repo}"
 
-    def fetch(self) -> Path:
-        """Download the open_clip checkpoint into the Hugging Face cache; return its path."""
+    def download(self) -> Path:
         from huggingface_hub import hf_hub_download
 
-        require_network(f"{self.name} weights", "huggingface.co")
         return Path(hf_hub_download(self.hf_repo, HF_FILES[0]))
 
-    def resolved_path(self) -> Path:
-        """The weights file, downloaded first if it is not on this machine (and we are online)."""
-        if self.weights_path() is None:
-            self.check_available()
-            self._path = self.fetch()
-        return self._path
-
     def config(self) -> dict[str, Any]:
-        if self._sha is None:
-            self._sha = sha256_file(str(self.resolved_path()))
         return {
             "version": 1,
             "model": f"{self.model_name}-quickgelu",
-            "weights_sha256": self._sha,
+            "weights_sha256": self.weights_sha256(),
             "resize_mode": self.resize_mode,
             "image_size": self.image_size,
             "dtype": "float32",

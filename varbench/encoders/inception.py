@@ -21,18 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from varbench.encoders.base import Encoder
+from varbench.encoders.filed import WeightsFileEncoder
 from varbench.encoders.weights import (
-    find_weights,
-    missing_weights_error,
-    network_reachable,
     network_timeout,
-    offline,
-    require_network,
     torch_hub_checkpoint,
     weights_only_loads,
 )
-from varbench.hashing import sha256_file
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_HOST = "github.com"
@@ -43,7 +37,7 @@ SPATIAL_CHANNELS = 7
 DIMS = {"features": 2048, "logits": 1008, "spatial": 2023}
 
 
-class InceptionEncoder(Encoder):
+class InceptionEncoder(WeightsFileEncoder):
     """InceptionV3 as torch-fidelity computes it (its own TF1-style bilinear resize to 299)."""
 
     name = "inception"
@@ -51,32 +45,26 @@ class InceptionEncoder(Encoder):
     batch_size = 32
     outputs = OUTPUTS
 
+    host = WEIGHTS_HOST
+
     def __init__(self, weights: str | None = None, device: str = "cpu", **options: Any) -> None:
         super().__init__(weights, device, **options)
-        self._net = None
-        self._path: Path | None = None
-        self._searched = False
         self._spatial = None
-        self._sha: str | None = None
 
-    def weights_path(self) -> Path | None:
-        """Local weights file, or None when it would have to be downloaded."""
-        if not self._searched:
-            self._path = find_weights(
-                self.name, self.weights, WEIGHTS_FILE, [torch_hub_checkpoint(WEIGHTS_FILE)]
-            )
-            self._searched = True
-        return self._path
+    @classmethod
+    def weights_file(cls) -> str:
+        return WEIGHTS_FILE
 
-    def check_available(self) -> None:
-        if self.weights_path() is None and (offline() or not network_reachable(WEIGHTS_HOST)):
-            raise missing_weights_error(self.name, WEIGHTS_FILE, "torch-fidelity release")
+    def cached_candidates(self) -> list[Path]:
+        return [torch_hub_checkpoint(WEIGHTS_FILE)]
 
-    def fetch(self) -> Path:
+    def source(self) -> str:
+        return "torch-fidelity release"
+
+    def download(self) -> Path:
         """Download torch-fidelity's weights into the torch hub cache; return the file."""
         import torch.hub
 
-        require_network(f"{self.name} weights", WEIGHTS_HOST)
         dst = torch_hub_checkpoint(WEIGHTS_FILE)
         if not dst.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -84,19 +72,10 @@ class InceptionEncoder(Encoder):
                 torch.hub.download_url_to_file(WEIGHTS_URL, str(dst), progress=False)
         return dst
 
-    def resolved_path(self) -> Path:
-        """The weights file, downloaded first if it is not on this machine (and we are online)."""
-        if self.weights_path() is None:
-            self.check_available()
-            self._path = self.fetch()
-        return self._path
-
     def config(self) -> dict[str, Any]:
-        if self._sha is None:
-            self._sha = sha256_file(str(self.resolved_path()))
         return {
             "version": 2,
-            "weights_sha256": self._sha,
+            "weights_sha256": self.weights_sha256(),
             "resize_mode": self.resize_mode,
             "dtype": "float32",
             "spatial": f"{SPATIAL_LAYER}[:{SPATIAL_CHANNELS}] hwc",
