@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
+from varbench.adapter import Request
 from varbench.errors import UsageError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -155,3 +159,81 @@ def load_safetensors_or_torch(path: str | Path) -> dict[str, Any]:
     import torch
 
     return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def snapshot_commit(path: str | Path) -> str | None:
+    """The commit hash of a HF-cache snapshot folder (``.../snapshots/<commit>/...``), else None."""
+    parts = Path(path).resolve().parts
+    for i, part in enumerate(parts[:-1]):
+        if part == "snapshots" and len(parts[i + 1]) == 40:
+            return parts[i + 1]
+    return None
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """One pipeline call: per-sample conditioning, labels and generators, one sweep point."""
+
+    cond_images: tuple[np.ndarray, ...]  # HxWx3 uint8, one per sample (repeated within a request)
+    cond_ids: tuple[str, ...]
+    class_labels: tuple[str, ...]
+    generators: tuple  # one torch.Generator per sample
+    point: Mapping[str, Any]
+    resolution: int
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+
+def sample_requests(
+    requests: Sequence[Request],
+    call: Callable[[SampleJob], Sequence[np.ndarray]],
+    *,
+    exact_batching: bool = True,
+    group_by_condition: bool = False,
+    generator_device: str = "cpu",
+) -> list[list[np.ndarray]]:
+    """Run ``call`` over every sample of ``requests``; return images per request, in order.
+
+    ``exact_batching`` (the default) makes one call per sample, so outputs are bit-identical
+    whatever ``--batch-size`` is (CPU kernels are not bit-exact across batch shapes); otherwise
+    samples sharing a sweep point (and, with ``group_by_condition``, a conditioning image) go in
+    one call, halved on CUDA out-of-memory. Each sample draws its noise from its own generator
+    seeded with its per-sample seed (on ``generator_device``, CPU by default so the initial noise
+    is the same on every device). ``call`` returns HxWx3 images (uint8 or float in [0, 1]).
+    """
+    items = [
+        (ri, r, seed) for ri, r in enumerate(requests) for seed in r.seeds
+    ]  # (request index, request, seed), in request order
+
+    def run(chunk: Sequence[tuple[int, Request, int]]) -> list[np.ndarray]:
+        first = chunk[0][1]
+        job = SampleJob(
+            cond_images=tuple(r.cond_image for _, r, _ in chunk),
+            cond_ids=tuple(r.cond_id for _, r, _ in chunk),
+            class_labels=tuple(r.class_label for _, r, _ in chunk),
+            generators=tuple(generators([s for _, _, s in chunk], generator_device)),
+            point=first.point,
+            resolution=first.resolution,
+        )
+        images = list(call(job))
+        if len(images) != len(chunk):
+            raise RuntimeError(f"pipeline returned {len(images)} images for {len(chunk)} samples")
+        return images
+
+    groups: dict[tuple, list[tuple[int, Request, int]]] = {}
+    for item in items:
+        _, r, _ = item
+        key: tuple = (tuple(sorted(r.point.items())), r.resolution)
+        if group_by_condition:
+            key += (r.cond_id,)
+        groups.setdefault(key, []).append(item)
+    out: list[list[np.ndarray]] = [[] for _ in requests]
+    for chunk in groups.values():
+        if exact_batching:
+            images = [img for item in chunk for img in with_oom_backoff(run, [item])]
+        else:
+            images = with_oom_backoff(run, chunk)
+        for (ri, _, _), img in zip(chunk, images, strict=True):
+            out[ri].append(img)
+    return out
