@@ -146,3 +146,129 @@ def save_tiny_sd15(folder: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def tiny_vae_f8():
+    """AutoencoderKL with the real models' downsampling factor of 8 (small latents, fast tests)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=64,
+    )
+
+
+def save_tiny_sd15_f8(folder: Path, seed: int = 0) -> Path:
+    """``save_tiny_sd15`` with the factor-8 VAE: 64 px images have 8x8 latents, as 512 px have 64x64."""
+    folder = save_tiny_sd15(folder, seed)
+    torch.manual_seed(seed + 1)
+    tiny_vae_f8().save_pretrained(Path(folder) / "vae", safe_serialization=True)
+    return Path(folder)
+
+
+def save_tiny_sd_image_variation(folder: Path, seed: int = 0) -> Path:
+    """A tiny StableDiffusionImageVariationPipeline (lambdalabs SD-IV layout) saved to ``folder``."""
+    from diffusers import StableDiffusionImageVariationPipeline
+
+    torch.manual_seed(seed)
+    pipe = StableDiffusionImageVariationPipeline(
+        vae=tiny_vae_f8(),
+        image_encoder=tiny_image_encoder(),
+        unet=tiny_unet(),
+        scheduler=ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=tiny_feature_extractor(),
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def save_tiny_versatile_diffusion(folder: Path, seed: int = 0) -> Path:
+    """The image-variation half of a tiny Versatile Diffusion repo, saved to ``folder``.
+
+    ``model_index.json`` is rewritten to the full VersatileDiffusionPipeline index (text branch
+    listed but absent), as in ``shi-labs/versatile-diffusion`` fetched with only the image files.
+    """
+    from diffusers import VersatileDiffusionImageVariationPipeline
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    pipe = VersatileDiffusionImageVariationPipeline(
+        image_feature_extractor=tiny_feature_extractor(),
+        image_encoder=tiny_image_encoder(),
+        image_unet=tiny_unet(),
+        vae=tiny_vae_f8(),
+        scheduler=ddim_scheduler(),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "VersatileDiffusionPipeline"
+    index["text_unet"] = ["versatile_diffusion", "UNetFlatConditionModel"]
+    index["text_encoder"] = ["transformers", "CLIPTextModelWithProjection"]
+    index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def ip_adapter_state_dict(unet, image_embed_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random IP-Adapter (SD 1.5 "ip-adapter_sd15") weights for ``unet``, flat safetensors keys.
+
+    ``image_proj.proj`` maps the CLIP image embedding to 4 context tokens (+ ``norm``);
+    ``ip_adapter.{2i+1}.to_{k,v}_ip`` are the i-th cross-attention layer's image key/value maps.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    channels = list(unet.config.block_out_channels)
+    sd: dict[str, torch.Tensor] = {
+        "image_proj.proj.weight": torch.randn(4 * cross, image_embed_dim, generator=gen) * 0.2,
+        "image_proj.proj.bias": torch.randn(4 * cross, generator=gen) * 0.2,
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = channels[int(name[len("down_blocks.")])]
+        for kind in ("to_k_ip", "to_v_ip"):
+            w = torch.randn(hidden, cross, generator=gen) / cross**0.5
+            sd[f"ip_adapter.{key_id}.{kind}.weight"] = w
+        key_id += 2
+    return sd
+
+
+def save_tiny_ip_adapter(folder: Path, base: Path, seed: int = 0, fmt: str = "safetensors") -> Path:
+    """An h94/IP-Adapter layout for the tiny SD 1.5 at ``base``: models/ip-adapter_sd15.* + image_encoder."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    models = folder / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    encoder = tiny_image_encoder()
+    encoder.save_pretrained(models / "image_encoder", safe_serialization=True)
+    unet = UNet2DConditionModel.from_pretrained(Path(base) / "unet")
+    flat = ip_adapter_state_dict(unet, encoder.config.projection_dim, seed)
+    if fmt == "safetensors":
+        save_file(flat, str(models / "ip-adapter_sd15.safetensors"))
+    else:  # the original release's pickle: {"image_proj": {...}, "ip_adapter": {...}}
+        nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+        for key, value in flat.items():
+            prefix, _, rest = key.partition(".")
+            nested[prefix][rest] = value
+        torch.save(nested, models / "ip-adapter_sd15.bin")
+    return folder
