@@ -17,6 +17,11 @@ import pytest
 import torch
 from conftest import read_pngs, run_cli
 from tiny_pipelines import save_tiny_sd15
+
+from varbench.adapter import Request
+from varbench.datasets import imagenet_labels
+from varbench.demo_data import demo_image
+from varbench.errors import WeightsUnavailableError
 from varbench_adapters.rival import DEFAULT_BASE, RivalAdapter
 from varbench_adapters.rival_core import (
     DDIMSchedule,
@@ -27,11 +32,6 @@ from varbench_adapters.rival_core import (
     permute_positions,
     sample,
 )
-
-from varbench.adapter import Request
-from varbench.datasets import imagenet_labels
-from varbench.demo_data import demo_image
-from varbench.errors import WeightsUnavailableError
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 CLI_ARGS = [

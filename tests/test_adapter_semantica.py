@@ -14,6 +14,10 @@ import pytest
 import torch
 from conftest import decoded, read_pngs, run_cli
 from tiny_semantica import save_tiny_semantica
+
+from varbench.adapter import Request, get_adapter_class
+from varbench.demo_data import demo_image
+from varbench.errors import UsageError, WeightsUnavailableError
 from varbench_adapters.semantica_model import (
     SemanticaConfig,
     UViT,
@@ -25,10 +29,6 @@ from varbench_adapters.semantica_model import (
     logsnr_shifted,
     x0_from_v,
 )
-
-from varbench.adapter import Request, get_adapter_class
-from varbench.demo_data import demo_image
-from varbench.errors import UsageError, WeightsUnavailableError
 
 N_CLASSES = 10  # demo_1shot
 BASE = ["--protocol", "demo_1shot", "--set", "steps=2", "--set", "resolution=64"]

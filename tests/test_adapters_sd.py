@@ -24,13 +24,13 @@ from tiny_pipelines import (
     save_tiny_sd_image_variation,
     save_tiny_versatile_diffusion,
 )
-from varbench_adapters import hf
-from varbench_adapters.ip_adapter import load_ip_adapter_state_dict
-from varbench_adapters.sd_iv import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 from varbench.adapter import Request, get_adapter_class
 from varbench.demo_data import demo_image
 from varbench.errors import WeightsUnavailableError
+from varbench_adapters import hf
+from varbench_adapters.ip_adapter import load_ip_adapter_state_dict
+from varbench_adapters.sd_iv import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 MODELS = ("sd_iv", "versatile_diffusion", "ip_adapter")
 HUB_IDS = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from varbench_adapters.semantica_checkpoint import save_checkpoint
 from varbench_adapters.semantica_model import (
     EncoderConfig,
