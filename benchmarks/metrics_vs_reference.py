@@ -1,6 +1,6 @@
 """Speed and agreement of varbench's array metrics against reference implementations.
 
-Usage: python benchmarks/metrics_vs_reference.py [--n 10000] [--dim 2048]
+Usage: python benchmarks/metrics_vs_reference.py [--n 10000] [--dim 2048] [--lpips-weights PATH]
 
 Prints ``key=value`` lines. Speed ratios compare against the reference in the same run, each
 side timed as the fastest of ``--repeats`` runs (the machine may be shared, so absolute times
@@ -98,9 +98,70 @@ def section_prc(args: argparse.Namespace, real: np.ndarray, fake: np.ndarray) ->
     }
 
 
+def section_memorisation(
+    args: argparse.Namespace, real: np.ndarray, fake: np.ndarray
+) -> dict[str, object]:
+    """Memorisation nearest neighbours: faiss prefilter + exact LPIPS re-rank vs brute-force LPIPS.
+
+    Uses demo images (references and fresh "samples" of the same classes), the demo encoder for
+    the prefilter and an LPIPS network from ``--lpips-weights`` (a whole-module state dict) or,
+    offline, AlexNet-LPIPS with a random trunk and the package's linear layers.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from varbench.demo_data import demo_image
+    from varbench.encoders.demo import demo_features
+    from varbench.encoders.lpips import LpipsEncoder
+    from varbench.metrics.memorisation import _Features, brute_force, candidates, rerank
+
+    images = {f"r{i}": demo_image(i % 10, i) for i in range(args.mem_real)}
+    ref_keys = list(images)
+    q_keys = [f"q{i}" for i in range(args.mem_fake)]
+    images.update({k: demo_image(i % 10, 10**6 + i) for i, k in enumerate(q_keys)})
+
+    def feats(keys: list[str]) -> np.ndarray:
+        return np.stack([demo_features(images[k]) for k in keys])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = args.lpips_weights
+        if weights is None:
+            import lpips
+
+            torch.manual_seed(0)
+            net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+            weights = str(Path(tmp) / "lpips-random-trunk.pth")
+            torch.save(net.state_dict(), weights)
+        enc = LpipsEncoder(weights=weights)
+
+        def prefiltered() -> np.ndarray:
+            cand = candidates(feats(q_keys), feats(ref_keys), args.mem_candidates)
+            return rerank(enc, _Features(enc, images.__getitem__), q_keys, ref_keys, cand, False)[0]
+
+        def brute() -> np.ndarray:
+            return brute_force(enc, _Features(enc, images.__getitem__), q_keys, ref_keys)
+
+        ours, t_ours = timed(prefiltered)
+        ref, t_ref = timed(brute)
+    return {
+        "memorisation_queries": len(q_keys),
+        "memorisation_references": len(ref_keys),
+        "memorisation_candidates": args.mem_candidates,
+        "memorisation_lpips_weights": "given" if args.lpips_weights else "random trunk (offline)",
+        "memorisation_prefilter_seconds": t_ours,
+        "memorisation_bruteforce_seconds": t_ref,
+        "memorisation_prefilter_speedup_vs_bruteforce": t_ref / t_ours,
+        "memorisation_prefilter_agreement": float(np.mean(np.abs(ours - ref) <= 1e-6)),
+        "memorisation_prefilter_mean_excess": float(np.mean(ours - ref)),
+    }
+
+
 SECTIONS: list[Callable[[argparse.Namespace, np.ndarray, np.ndarray], dict[str, object]]] = [
     section_fid,
     section_prc,
+    section_memorisation,
 ]
 
 
@@ -109,6 +170,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10000, help="rows per set")
     parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
     parser.add_argument("--repeats", type=int, default=2, help="timing repeats per side (min)")
+    parser.add_argument("--mem-real", type=int, default=300, help="memorisation: reference images")
+    parser.add_argument("--mem-fake", type=int, default=100, help="memorisation: query samples")
+    parser.add_argument("--mem-candidates", type=int, default=10, help="memorisation: faiss top-C")
+    parser.add_argument("--lpips-weights", default=None, help="whole-module LPIPS state dict")
     args = parser.parse_args()
     real = synthetic_features(args.n, args.dim, seed=0)
     fake = synthetic_features(args.n, args.dim, seed=1, shift=0.15)
