@@ -69,7 +69,9 @@ def check_device(device: str) -> str:
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu (or auto)")
+            raise UsageError(
+                f"--device {device}: CUDA is not available here; use --device cpu (or auto)"
+            )
     elif device not in ("cpu", "mps") and not device.startswith("xpu"):
         raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     return device
@@ -125,7 +127,9 @@ def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> Data
     """The demo's generated folder, or the user's ``--data``."""
     if spec.layout == "demo":
         if data is not None:
-            log.warning("protocol %s uses the embedded demo images; --data %s is ignored", spec.name, data)
+            log.warning(
+                "protocol %s uses the embedded demo images; --data %s is ignored", spec.name, data
+            )
         return list_dataset(demo_root(cache_dir), "imagefolder")
     if data is None:
         raise UsageError(
@@ -203,14 +207,20 @@ class Run:
 
     # -- stages --------------------------------------------------------------------------
     def prepare(self) -> tuple[DatasetListing, Manifest, RunStore]:
-        """List and validate the dataset, build or verify the manifest, create the run folder."""
+        """List and validate the dataset, build the manifest and verify it against the run's."""
         listing = load_dataset(self.spec, self.cfg.data, self.cache_dir)
         manifest, _ = build_manifest(self.spec, listing, self.cache_dir)
         self._check_drift(manifest, str(listing.root))
         store = RunStore(Path(self.cfg.out) / self.run_id(manifest))
         if store.manifest_path.is_file():
             check_same(read_manifest(store.manifest_path), manifest, store.root)
-        else:
+        return listing, manifest, store
+
+    def _write_run_files(
+        self, listing: DatasetListing, manifest: Manifest, store: RunStore
+    ) -> None:
+        """Create the run folder (manifest and configuration) once every check has passed."""
+        if not store.manifest_path.is_file():
             write_manifest(store.manifest_path, manifest)
         if not store.run_json.is_file():
             atomic_write_json(
@@ -228,7 +238,6 @@ class Run:
                     "created_at": _now(),
                 },
             )
-        return listing, manifest, store
 
     def encoders_needed(self) -> list[str]:
         """Default encoder plus any a metric declares."""
@@ -252,19 +261,20 @@ class Run:
         cond_order = {c: i for i, c in enumerate(dict.fromkeys(s.cond_id for s in slots))}
         mine = [s for s in slots if cond_order[s.cond_id] % count == index]
         adapter: Adapter | None = None
+        if any(store.missing(point_id(p), mine) for p in self.points):
+            adapter = self.adapter_cls(
+                self.options, model_path=self.cfg.model_path, device=self.device, dtype=self.dtype
+            )
+            adapter.check_available()  # weights missing: fail now, before the run folder exists
+        self._write_run_files(listing, manifest, store)
+        ready = False
         rows = []
         for point in self.points:
             pid = point_id(point)
             missing = store.missing(pid, mine)
             if missing:
-                if adapter is None:
-                    adapter = self.adapter_cls(
-                        self.options,
-                        model_path=self.cfg.model_path,
-                        device=self.device,
-                        dtype=self.dtype,
-                    )
-                    adapter.check_available()
+                if not ready:
+                    ready = True
                     adapter.setup(
                         RunContext(
                             protocol=self.spec,
