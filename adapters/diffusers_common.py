@@ -136,10 +136,7 @@ class WeightsSource:
         """Download the needed files (the first available of each alternative) into the HF cache."""
         if self.local:
             return str(Path(self.local).expanduser())
-        if hf.hub_offline():
-            raise hf.missing_hub_error(
-                self.model, self.repo_id, self.revision, "HF_HUB_OFFLINE is set"
-            )
+        hf.require_hub_for_fetch(self.repo_id, self.revision)
         from huggingface_hub import HfApi
 
         listed = set(HfApi().list_repo_files(self.repo_id, revision=self.revision))

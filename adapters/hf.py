@@ -97,11 +97,32 @@ def resolve_weights(
     return repo_id  # downloadable: from_pretrained fetches it
 
 
+def require_hub_for_fetch(repo_id: str, revision: str | None, timeout: float = 5.0) -> None:
+    """Fail at once (not after retries) when a download of ``repo_id`` cannot happen here."""
+    rev = f" (revision {revision})" if revision else ""
+    if hub_offline():
+        why = "HF_HUB_OFFLINE / VARBENCH_OFFLINE is set"
+    else:
+        from huggingface_hub import HfApi
+
+        try:
+            HfApi().model_info(repo_id, revision=revision, timeout=timeout)
+            return
+        except Exception as exc:  # noqa: BLE001 - network, auth and 404 all end the same way
+            why = f"the Hub did not answer: {type(exc).__name__}"
+    raise WeightsUnavailableError(
+        f"cannot download {repo_id}{rev}: {why}. Run `varbench fetch` on a machine with internet "
+        f"and copy its Hugging Face cache ($HF_HOME) here, or pass --model-path to a local copy."
+    )
+
+
 def fetch_snapshot(
     repo_id: str, revision: str | None, allow_patterns: Sequence[str] | None = None
 ) -> str:
     """Download ``repo_id`` at ``revision`` into the HF cache; return the local path."""
     from huggingface_hub import snapshot_download
+
+    require_hub_for_fetch(repo_id, revision)
 
     return snapshot_download(
         repo_id, revision=revision, allow_patterns=list(allow_patterns) if allow_patterns else None

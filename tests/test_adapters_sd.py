@@ -320,6 +320,7 @@ def test_cache_lookup_and_fetch_choose_the_needed_files(tiny, tmp_path, monkeypa
     monkeypatch.setattr(
         "huggingface_hub.HfApi.list_repo_files", lambda self, repo, revision=None: listed
     )
+    monkeypatch.setattr(diffusers_common.hf, "require_hub_for_fetch", lambda repo, rev: None)
     monkeypatch.setattr(
         diffusers_common.hf,
         "fetch_snapshot",
