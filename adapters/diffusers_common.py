@@ -173,6 +173,21 @@ class WeightsSource:
         }
 
 
+def single_repo_params(repo_id: str, revision: str) -> tuple[Param, ...]:
+    """Guidance sweep 1, 4, 6, 8 (the paper's), the common keys and the repo's revision."""
+    return (
+        Param(
+            "guidance",
+            float,
+            (1.0, 4.0, 6.0, 8.0),
+            "guidance scale g (sd: 1 = unguided)",
+            sweep=True,
+        ),
+        *common_params("default"),
+        Param("revision", str, revision, "Hub revision of " + repo_id),
+    )
+
+
 class DiffusersVariationAdapter(Adapter):
     """Base of the diffusers adapters: subclasses implement ``sources``, ``load`` and ``call``."""
 
@@ -183,10 +198,18 @@ class DiffusersVariationAdapter(Adapter):
 
     pipe: Any = None
 
+    # One Hub repo (sd_iv, versatile_diffusion): set these and ``sources`` needs no override.
+    repo_id: ClassVar[str | None] = None
+    default_revision: ClassVar[str] = "main"
+    files: ClassVar[tuple] = ()
+
     # -- what subclasses provide -----------------------------------------------------------
     def sources(self) -> list[WeightsSource]:
-        """The weights this adapter loads, in load order."""
-        raise NotImplementedError
+        """The weights this adapter loads, in load order (default: the one ``repo_id``)."""
+        if self.repo_id is None:
+            raise NotImplementedError
+        revision = str(self.options.get("revision") or self.default_revision)
+        return [WeightsSource(self.name, self.repo_id, revision, self.files, local=self.model_path)]
 
     def load(self, paths: list[str], torch_dtype: Any) -> Any:
         """Build the pipeline from the local folders of ``sources()`` (safety checker off)."""

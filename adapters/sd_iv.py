@@ -15,9 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from varbench.adapter import Param
-
-from .diffusers_common import DiffusersVariationAdapter, WeightsSource, common_params
+from .diffusers_common import DiffusersVariationAdapter, single_repo_params
 from .hf import SampleJob
 
 REPO_ID = "lambdalabs/sd-image-variations-diffusers"
@@ -63,28 +61,10 @@ class SdImageVariationsAdapter(DiffusersVariationAdapter):
     description = "Stable Diffusion Image Variations v2 (lambdalabs, revision v2.0)"
     hub_ids = (REPO_ID,)
     licence = "CreativeML OpenRAIL-M"
-    params = (
-        Param(
-            "guidance",
-            float,
-            (1.0, 4.0, 6.0, 8.0),
-            "guidance scale g (sd: 1 = unguided)",
-            sweep=True,
-        ),
-        *common_params("default"),
-        Param("revision", str, REVISION, "Hub revision of " + REPO_ID),
-    )
-
-    def sources(self) -> list[WeightsSource]:
-        return [
-            WeightsSource(
-                self.name,
-                REPO_ID,
-                str(self.options.get("revision") or REVISION),
-                FILES,
-                local=self.model_path,
-            )
-        ]
+    repo_id = REPO_ID
+    default_revision = REVISION
+    files = FILES
+    params = single_repo_params(REPO_ID, REVISION)
 
     def load(self, paths: list[str], torch_dtype: Any) -> Any:
         from diffusers import StableDiffusionImageVariationPipeline
