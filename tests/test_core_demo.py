@@ -134,24 +134,9 @@ def test_killed_run_resumes_to_same_numbers(tmp_path, plugin_env):
         env=plugin_env,
     )[0]
     out = tmp_path / "killed"
-    args = [
-        sys.executable,
-        "-m",
-        "varbench.cli",
-        "run",
-        "--model",
-        "slow_noise",
-        "--protocol",
-        "demo_1shot",
-        "--out",
-        str(out),
-        "--set",
-        "mix=0.3",
-        "--set",
-        "delay=0.05",
-        "-b",
-        "3",
-    ]
+    run_args = ["run", "--model", "slow_noise", "--protocol", "demo_1shot", "--out", str(out),
+                "--set", "mix=0.3", "--set", "delay=0.05"]  # fmt: skip
+    args = [sys.executable, "-m", "varbench.cli", *run_args, "-b", "3"]
     proc = subprocess.Popen(
         args, env={**os.environ, **plugin_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -162,20 +147,7 @@ def test_killed_run_resumes_to_same_numbers(tmp_path, plugin_env):
     proc.wait()
     n_before = len(list(out.rglob("*.png")))
     assert 0 < n_before < 100, n_before
-    resumed = run_json(
-        "run",
-        "--model",
-        "slow_noise",
-        "--protocol",
-        "demo_1shot",
-        "--out",
-        str(out),
-        "--set",
-        "mix=0.3",
-        "--set",
-        "delay=0.05",
-        env=plugin_env,
-    )[0]
+    resumed = run_json(*run_args, env=plugin_env)[0]
     for key in ("fid", "kid", "precision", "recall"):
         assert resumed[key] == ref[key], key
     assert read_pngs(next(out.iterdir())) == read_pngs(next((tmp_path / "ref").iterdir()))
