@@ -46,6 +46,39 @@ def run_json(*args: str, env: dict | None = None):
     return json.loads(run_cli(*args, env=env).stdout)
 
 
+def random_inception_file(path: Path, images: list[np.ndarray]) -> Path:
+    """Random-weight torch-fidelity Inception, BatchNorm recalibrated on ``images``, saved.
+
+    Recalibration keeps the random network's features from vanishing, so FID values are O(1+)
+    and comparisons with torch-fidelity are meaningful. Images must share one shape.
+    """
+    from unittest import mock
+
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    torch.manual_seed(0)
+    with (
+        mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(
+            tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None
+        ),
+    ):
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batch
+    net.train()
+    batch = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
+    with torch.no_grad():
+        net(batch)
+    net.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
 @pytest.fixture
 def cli():
     return run_cli

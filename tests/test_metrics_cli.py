@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder_dataset, run_cli, run_json
+from conftest import make_folder_dataset, random_inception_file, run_cli, run_json
 from PIL import Image
 
 from varbench.demo_data import demo_image
@@ -36,34 +35,10 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory, folders) -> Path:
     """Random-weight torch-fidelity Inception, BatchNorm recalibrated on the test images, saved."""
-    import torch_fidelity.feature_extractor_inceptionv3 as tfi
-
-    torch.manual_seed(0)
-    with (
-        mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}),
-        mock.patch.object(
-            tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None
-        ),
-    ):
-        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batch
-    net.train()
-    batch = torch.stack(
-        [
-            torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
-            for d in folders
-            for p in sorted(d.glob("*.png"))
-        ]
-    )
-    with torch.no_grad():
-        net(batch)
-    net.eval()
-    path = tmp_path_factory.mktemp("w") / "inception-random.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    images = [
+        np.array(Image.open(p).convert("RGB")) for d in folders for p in sorted(d.glob("*.png"))
+    ]
+    return random_inception_file(tmp_path_factory.mktemp("w") / "inception-random.pth", images)
 
 
 def test_metrics_cli_matches_torch_fidelity(folders, inception_file):

@@ -195,6 +195,7 @@ def list_(
                     "samples_per_cond": s.samples_per_cond,
                     "resolution": s.resolution,
                     "encoder": s.encoder,
+                    "prepare": s.image_prep.label,
                     "metrics": list(s.metrics),
                     "example": s.example,
                 }
@@ -307,6 +308,14 @@ def metrics(
     weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
     set_: list[str] = typer.Option([], "--set", help="metric option KEY=VALUE, e.g. kid_subset_size=50"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1"),
+    prepare: str = typer.Option(
+        None,
+        "--prepare",
+        help="preparation of both folders' images, e.g. adm_center_crop (default: none)",
+    ),
+    resolution: int = typer.Option(
+        None, "--resolution", help="target size of --prepare (e.g. 512)"
+    ),
     fmt: Format = typer.Option(Format.json, "--format", "-f", help="json (default) or table"),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -328,6 +337,8 @@ def metrics(
         sets=parse_sets(set_),
         device=device,
         cache_dir=cache_dir,
+        prepare=prepare,
+        resolution=resolution,
     )
     if fmt == Format.json:
         _echo_json(values)

@@ -1,4 +1,4 @@
-"""Feature cache keyed by (encoder configuration hash, image pixel hash).
+"""Feature cache keyed by (encoder configuration and image preparation hash, image pixel hash).
 
 Identical images get bit-identical features wherever they appear (a copy of a reference image
 reuses the reference's row), and uncached images are encoded in fixed-size chunks of their sorted
@@ -19,6 +19,7 @@ import numpy as np
 from varbench.encoders.base import Encoder
 from varbench.hashing import sha256_json
 from varbench.io import atomic_write_bytes, atomic_write_json
+from varbench.prepare import ImagePrep
 from varbench.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,27 @@ log = logging.getLogger(__name__)
 class FeatureCache:
     """Chunks of ``(hashes, features)`` under ``<cache>/features/<encoder>-<key>/<output>/``."""
 
-    def __init__(self, cache_dir: str | Path, encoder: Encoder, output: str = "features"):
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        encoder: Encoder,
+        output: str = "features",
+        prep: ImagePrep | None = None,
+    ):
         self.encoder = encoder
         self.output = output
-        key = encoder.cache_key()
+        self.prep = prep or ImagePrep()
+        key = sha256_json({"encoder": encoder.cache_key(), "prepare": self.prep.identity()})
         self.base = Path(cache_dir) / "features" / f"{encoder.name}-{key[:20]}"
         self.root = self.base / output
         self._rows: dict[str, np.ndarray] = {}
         self._read: set[str] = set()
-        self._config = {"encoder": encoder.name, "key": key, **encoder.config()}
+        self._config = {
+            "encoder": encoder.name,
+            "key": key,
+            "prepare": self.prep.identity(),
+            **encoder.config(),
+        }
 
     def _load(self) -> dict[str, np.ndarray]:
         """Read chunks not read yet (another cache of the same encoder may have added some)."""
@@ -69,7 +82,10 @@ class FeatureCache:
         load: Callable[[str], np.ndarray],
         description: str = "encoding",
     ) -> np.ndarray:
-        """Features for images identified by pixel hash; ``load(hash)`` decodes uncached ones."""
+        """Features for images identified by pixel hash; ``load(hash)`` decodes uncached ones.
+
+        Decoded images pass through the cache's preparation before the encoder sees them.
+        """
         rows = self._load()
         missing = sorted(set(hashes) - rows.keys())
         if missing:
@@ -78,7 +94,7 @@ class FeatureCache:
             with progress_bar(f"{description} ({self.encoder.name})", len(missing)) as advance:
                 for start in range(0, len(missing), size):
                     chunk = missing[start : start + size]
-                    many = self.encoder.encode_many([load(h) for h in chunk], outputs)
+                    many = self.encoder.encode_many([self.prep(load(h)) for h in chunk], outputs)
                     for output in outputs:
                         if np.asarray(many[output]).shape[0] != len(chunk):
                             raise RuntimeError(

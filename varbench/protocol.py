@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from varbench.errors import UsageError
+from varbench.prepare import ImagePrep, preparation_registry
 from varbench.registry import suggest
 
 if sys.version_info >= (3, 11):
@@ -20,7 +21,14 @@ else:  # pragma: no cover
 
 LAYOUTS = ("demo", "imagefolder", "sun397")
 # Keys a user may override with --set on any protocol; the label then records the change.
-OVERRIDABLE = {"n_per_class": int, "k": int, "seed": int, "resolution": int, "n_classes": int}
+OVERRIDABLE = {
+    "n_per_class": int,
+    "k": int,
+    "seed": int,
+    "resolution": int,
+    "n_classes": int,
+    "prepare": str,
+}
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,18 @@ class ProtocolSpec:
     class_names: str | None = None  # "imagenet": map wnids to names for prompts
     example: str = ""
     sweeps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    prepare: str = "none"  # named preparation of every scored image (varbench.prepare)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set values applied
 
     @property
     def samples_per_cond(self) -> int:
         """Samples generated for each conditioning image (n_per_class / k)."""
         return self.n_per_class // self.k
+
+    @property
+    def image_prep(self) -> ImagePrep:
+        """The preparation applied to every scored image, at the protocol resolution."""
+        return ImagePrep(self.prepare, self.resolution)
 
     @property
     def needs_data(self) -> bool:
@@ -72,6 +86,7 @@ class ProtocolSpec:
             "seed": self.seed,
             "resolution": self.resolution,
             "n_classes": self.n_classes,
+            "prepare": self.image_prep.identity(),
         }
 
     def validate(self) -> None:
@@ -93,6 +108,12 @@ class ProtocolSpec:
             problems.append("n_classes must be >= 1")
         if not self.metrics:
             problems.append("metrics must name at least one metric")
+        if self.prepare not in preparation_registry:
+            names = preparation_registry.names()
+            problems.append(
+                f"unknown preparation prepare={self.prepare!r}.{suggest(self.prepare, names)} "
+                f"Known: {', '.join(names)}"
+            )
         from varbench.encoders import encoder_registry
         from varbench.metrics import metric_registry
 
@@ -156,6 +177,7 @@ def parse_protocol(data: Mapping[str, Any], origin: str) -> ProtocolSpec:
             class_names=data.get("class_names"),
             example=str(data.get("example", "")),
             sweeps={k: dict(v) for k, v in data.get("sweeps", {}).items()},
+            prepare=str(data.get("prepare", "none")),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{origin}: {exc}") from None

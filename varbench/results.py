@@ -31,6 +31,10 @@ CORE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "options": (pa.string(), "the adapter's other options as JSON"),
     "guidance_convention": (pa.string(), "sd (g=1 unguided) | one_plus_w (w=0 unguided) | none"),
     "encoder": (pa.string(), "feature space of fid/kid/precision/recall"),
+    "prepare": (
+        pa.string(),
+        "preparation of every scored image, name/version@resolution (e.g. adm_center_crop/v1@512)",
+    ),
     "n_samples": (pa.int64(), "generated samples scored"),
     "n_real": (pa.int64(), "reference images scored"),
     "n_classes": (pa.int64(), "classes in the manifest"),

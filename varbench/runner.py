@@ -407,6 +407,7 @@ class Run:
             "options": json_field(self.adapter_cls.fixed_options(self.options)),
             "guidance_convention": self.adapter_cls.guidance_convention,
             "encoder": self.spec.encoder,
+            "prepare": self.spec.image_prep.label,
             "n_samples": len(slots),
             "n_real": len(manifest.references),
             "n_classes": len(manifest.classes),
@@ -439,6 +440,7 @@ class _Context:
 
     def __init__(self, run: Run, listing, manifest, store, pid, slots, encoders):
         self.run = run
+        self.prep = run.spec.image_prep  # every scored image passes through it
         self.default_encoder = run.spec.encoder
         self.seed = run.spec.seed
         self.options = run.metric_options
@@ -496,15 +498,17 @@ class _Context:
         name = encoder or self.default_encoder
         key = (name, output)
         if key not in self._caches:
-            self._caches[key] = FeatureCache(self.run.cache_dir, self.encoder(name), output)
+            self._caches[key] = FeatureCache(
+                self.run.cache_dir, self.encoder(name), output, self.prep
+            )
         return self._caches[key].features(hashes, lambda h: read_rgb(self.paths[h]), what)
 
     def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
         return self._features(self.real_hashes, encoder, output, "reference features")
 
     def image(self, digest: str) -> np.ndarray:
-        """Decoded image (HxWx3 uint8) of a reference, sample, conditioning or held-out hash."""
-        return read_rgb(self.paths[digest])
+        """Prepared image (HxWx3 uint8) of a reference, sample, conditioning or held-out hash."""
+        return self.prep(read_rgb(self.paths[digest]))
 
     def features_of(
         self, hashes: Sequence[str], encoder: str | None = None, output: str = "features"

@@ -17,6 +17,7 @@ from varbench.features import FeatureCache
 from varbench.hashing import pixel_sha256
 from varbench.io import read_rgb
 from varbench.metrics import METRIC_OPTIONS, metric_registry
+from varbench.prepare import ImagePrep, check_preparation
 from varbench.registry import suggest
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,20 @@ def parse_metric_options(sets: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def folder_prep(prepare: str | None, resolution: int | None) -> ImagePrep:
+    """The preparation named by ``--prepare``/``--resolution``; a mismatch names both flags."""
+    name = check_preparation(prepare or "none", "--prepare")
+    if name == "none":
+        if resolution is not None:
+            raise UsageError(
+                f"--resolution {resolution} needs --prepare NAME (e.g. --prepare adm_center_crop)"
+            )
+        return ImagePrep()
+    if resolution is None:
+        raise UsageError(f"--prepare {name} needs --resolution R (e.g. --resolution 512)")
+    return ImagePrep(name, resolution)
+
+
 def list_images(folder: Path) -> list[Path]:
     """Every image file under ``folder`` (recursive, sorted); an empty folder is a usage error."""
     if not Path(folder).is_dir():
@@ -87,7 +102,9 @@ class FolderContext:
         cache_dir: Path,
         options: Mapping[str, Any],
         seed: int = 0,
+        prep: ImagePrep | None = None,
     ):
+        self.prep = prep or ImagePrep()
         self.default_encoder = encoder
         self.seed = seed
         self.options = dict(options)
@@ -121,7 +138,10 @@ class FolderContext:
         return self.encoders[name]
 
     def image(self, digest: str) -> np.ndarray:
-        """Decoded image by pixel hash."""
+        """Prepared image by pixel hash."""
+        return self.prep(read_rgb(self.paths[digest]))
+
+    def _decoded(self, digest: str) -> np.ndarray:
         return read_rgb(self.paths[digest])
 
     def features_of(
@@ -131,8 +151,8 @@ class FolderContext:
         name = encoder or self.default_encoder
         key = (name, output)
         if key not in self._caches:
-            self._caches[key] = FeatureCache(self.cache_dir, self.encoder(name), output)
-        return self._caches[key].features(list(hashes), self.image, f"{output} ({name})")
+            self._caches[key] = FeatureCache(self.cache_dir, self.encoder(name), output, self.prep)
+        return self._caches[key].features(list(hashes), self._decoded, f"{output} ({name})")
 
     def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
         return self.features_of(self.real_hashes, encoder, output)
@@ -159,10 +179,17 @@ def score_folders(
     sets: Mapping[str, str] | None = None,
     device: str = "cpu",
     cache_dir: Path | None = None,
+    prepare: str | None = None,
+    resolution: int | None = None,
 ) -> dict[str, Any]:
-    """Values of the requested metrics between two folders (flat dict of result keys)."""
+    """Values of the requested metrics between two folders (flat dict of result keys).
+
+    ``prepare``/``resolution`` apply a named preparation to both folders' images first
+    (default: none, so the numbers equal torch-fidelity's on the same folders).
+    """
     from varbench.results import default_cache_dir
 
+    prep = folder_prep(prepare, resolution)
     names = resolve_metric_names(metrics)
     options = parse_metric_options(sets or {})
     ctx = FolderContext(
@@ -173,6 +200,7 @@ def score_folders(
         device,
         Path(cache_dir or default_cache_dir()),
         options,
+        prep=prep,
     )
     for name in [encoder, *(e for n in names for e in metric_registry.get(n).encoders)]:
         ctx.encoder(name)  # fail within seconds if any weights are missing
