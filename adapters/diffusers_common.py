@@ -1,7 +1,7 @@
 """Shared base of the diffusers image-variation adapters (sd_iv, versatile_diffusion, ip_adapter).
 
 It owns what the three have in common: the run-time parameters (steps, resolution, dtype,
-scheduler, exact batching), locating weights (``--model-path``, the HF cache, else a download of
+scheduler), locating weights (``--model-path``, the HF cache, else a download of
 exactly the files needed), the scheduler swap, device/dtype placement with the safety checker off,
 the sampling loop (``adapters.hf.sample_requests``) and the provenance record. Subclasses say which
 files they need, how to load the pipeline and how to call it on one ``SampleJob``.
@@ -46,14 +46,6 @@ def common_params(scheduler: str = "default") -> tuple[Param, ...]:
             scheduler,
             "sampler: default (the checkpoint's own), ddim (eta 0), pndm (PLMS) or dpm (DPM-Solver++)",
             choices=SCHEDULERS,
-        ),
-        Param(
-            "exact_batching",
-            bool,
-            True,
-            "True: one pipeline call per sample (its guidance pair still batched), so images are "
-            "bit-identical whatever --batch-size; False batches samples together for throughput "
-            "on GPU; results then differ in the last bits across batch sizes",
         ),
     )
 
@@ -193,8 +185,8 @@ class DiffusersVariationAdapter(Adapter):
 
     guidance_convention = "sd"
     needs_weights = True
-    # Batch samples of different conditioning images in one call (False: IP-Adapter broadcasts one).
-    batch_across_conditions: ClassVar[bool] = True
+    # One pipeline call per generation group of 8 samples (may span conditioning images).
+    images_per_call = 8
 
     pipe: Any = None
 
@@ -277,10 +269,7 @@ class DiffusersVariationAdapter(Adapter):
                 return self.call(job, size, size)
 
         return hf.sample_requests(
-            requests,
-            run,
-            exact_batching=bool(self.options.get("exact_batching", True)),
-            group_by_condition=not self.batch_across_conditions,
+            requests, run, group_by_condition=self.group_by_condition, on_backoff=self.warn
         )
 
     def attention_processors(self) -> list[str]:
@@ -303,7 +292,6 @@ class DiffusersVariationAdapter(Adapter):
             "steps": int(self.options.get("steps", 50)),
             "dtype": self.resolved_dtype(),
             "attention": self.attention_processors(),
-            "exact_batching": bool(self.options.get("exact_batching", True)),
             "noise": "one CPU torch.Generator per sample, seeded with the sample seed",
             "diffusers": diffusers.__version__,
         }

@@ -147,9 +147,15 @@ def generators(seeds: Sequence[int], device: str) -> list:
 
 
 def with_oom_backoff(
-    run: Callable[[Sequence[T]], list], items: Sequence[T], flag_hint: str = "--batch-size"
+    run: Callable[[Sequence[T]], list],
+    items: Sequence[T],
+    on_backoff: Callable[[str], None] | None = None,
 ) -> list:
-    """Run ``run(items)``; on CUDA out-of-memory, split the batch in halves and retry."""
+    """Run ``run(items)``; on CUDA out-of-memory, split the group in halves and retry.
+
+    A split changes which samples share a model call, so the images are no longer bit-identical
+    to a run without it: ``on_backoff`` (the adapter's ``warn``) records it for the result row.
+    """
     import torch
 
     try:
@@ -158,15 +164,19 @@ def with_oom_backoff(
         torch.cuda.empty_cache()
         if len(items) <= 1:
             raise UsageError(
-                f"out of GPU memory with a single sample; lower the resolution (--set resolution=…), "
-                f"use --dtype float16, or a larger GPU ({flag_hint} is already 1)"
+                "out of GPU memory with a single sample; lower the resolution (--set resolution=…), "
+                "use --dtype float16, or a larger GPU (--images-per-call is already 1)"
             ) from None
         half = len(items) // 2
-        log.warning(
-            "out of GPU memory with %d samples; retrying in halves (%s)", len(items), flag_hint
+        message = (
+            f"out of GPU memory with {len(items)} samples in one call; split into "
+            f"{half} + {len(items) - half} (use a smaller --images-per-call to avoid this)"
         )
-        return with_oom_backoff(run, items[:half], flag_hint) + with_oom_backoff(
-            run, items[half:], flag_hint
+        log.warning(message)
+        if on_backoff is not None:
+            on_backoff(message)
+        return with_oom_backoff(run, items[:half], on_backoff) + with_oom_backoff(
+            run, items[half:], on_backoff
         )
 
 
@@ -210,18 +220,18 @@ def sample_requests(
     requests: Sequence[Request],
     call: Callable[[SampleJob], Sequence[np.ndarray]],
     *,
-    exact_batching: bool = True,
     group_by_condition: bool = False,
     generator_device: str = "cpu",
+    on_backoff: Callable[[str], None] | None = None,
 ) -> list[list[np.ndarray]]:
     """Run ``call`` over every sample of ``requests``; return images per request, in order.
 
-    ``exact_batching`` (the default) makes one call per sample, so outputs are bit-identical
-    whatever ``--batch-size`` is (CPU kernels are not bit-exact across batch shapes); otherwise
-    samples sharing a sweep point (and, with ``group_by_condition``, a conditioning image) go in
-    one call, halved on CUDA out-of-memory. Each sample draws its noise from its own generator
-    seeded with its per-sample seed (on ``generator_device``, CPU by default so the initial noise
-    is the same on every device). ``call`` returns HxWx3 images (uint8 or float in [0, 1]).
+    ``requests`` are one generation group of the runner (fixed by the protocol and the group
+    size, never by --batch-size or shards): samples sharing a sweep point (and, with
+    ``group_by_condition``, a conditioning image) go in one call, halved on CUDA out-of-memory
+    (reported through ``on_backoff``). Each sample draws its noise from its own generator seeded
+    with its per-sample seed (on ``generator_device``, CPU by default so the initial noise is the
+    same on every device). ``call`` returns HxWx3 images (uint8 or float in [0, 1]).
     """
     items = [
         (ri, r, seed) for ri, r in enumerate(requests) for seed in r.seeds
@@ -251,10 +261,7 @@ def sample_requests(
         groups.setdefault(key, []).append(item)
     out: list[list[np.ndarray]] = [[] for _ in requests]
     for chunk in groups.values():
-        if exact_batching:
-            images = [img for item in chunk for img in with_oom_backoff(run, [item])]
-        else:
-            images = with_oom_backoff(run, chunk)
+        images = with_oom_backoff(run, chunk, on_backoff)
         for (ri, _, _), img in zip(chunk, images, strict=True):
             out[ri].append(img)
     return out

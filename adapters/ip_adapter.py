@@ -87,7 +87,8 @@ class IPAdapterAdapter(DiffusersVariationAdapter):
     )
     hub_ids = (BASE_MODEL, IP_ADAPTER_REPO)
     licence = "Apache-2.0 (IP-Adapter weights); CreativeML OpenRAIL-M (SD 1.5 base)"
-    batch_across_conditions = False  # the SD pipeline broadcasts one IP image over a call
+    group_by_condition = True  # the SD pipeline broadcasts one IP image over a call
+    images_per_call = 16  # all of a conditioning image's samples in one call (10 on ImageNet 1-shot)
     params = (
         Param(
             "guidance",

@@ -62,6 +62,9 @@ class RivalAdapter(Adapter):
     hub_ids = (DEFAULT_BASE,)
     licence = "CreativeML OpenRAIL-M (SD 1.5 weights); RIVAL method: Apache-2.0 code by the authors"
     needs_weights = True
+    # the DDIM-inversion reference chain is shared by a conditioning image's samples
+    group_by_condition = True
+    images_per_call = 16
     params = (
         Param(
             "guidance",
@@ -100,12 +103,6 @@ class RivalAdapter(Adapter):
         ),
         Param("base_revision", str, "main", "Hub revision of base_model"),
         Param("resolution", int, 0, "output side in pixels (0: the protocol's, 512 for ImageNet)"),
-        Param(
-            "exact_batching",
-            bool,
-            True,
-            "denoise each sample on its own: output bit-identical for any --batch-size",
-        ),
     )
 
     def __init__(self, options: Any, **kwargs: Any) -> None:
@@ -274,7 +271,7 @@ class RivalAdapter(Adapter):
     # -- generation ----------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[list[np.ndarray]]:
         items = [(ri, j) for ri, r in enumerate(requests) for j in range(len(r.seeds))]
-        flat = hf.with_oom_backoff(lambda chunk: self._run(requests, chunk), items)
+        flat = hf.with_oom_backoff(lambda chunk: self._run(requests, chunk), items, self.warn)
         out: list[list[np.ndarray]] = [[] for _ in requests]
         for (ri, _), img in zip(items, flat, strict=True):
             out[ri].append(img)
@@ -308,17 +305,9 @@ class RivalAdapter(Adapter):
         if len(guid) != 1:
             raise ValueError(f"rival: one batch mixes guidance values {sorted(guid)}")
         settings = self.settings(guid.pop())
-        latents: list = []
-        if self.options["exact_batching"]:
-            for g in groups:  # one reference pass per image, one variation pass per sample
-                latents += list(
-                    sample(self.unet, self.state, [g], self.schedule, settings, var_chunk=1)[0]
-                )
-            images = [img for lat in latents for img in self.decode(lat[None])]
-        else:
-            latents = sample(self.unet, self.state, groups, self.schedule, settings)
-            images = self.decode(torch.cat(latents))
-        return images
+        # one reference pass per conditioning image and one batched variation pass per group
+        latents = sample(self.unet, self.state, groups, self.schedule, settings)
+        return self.decode(torch.cat(latents))
 
     def provenance(self) -> dict[str, Any]:
         """Weights, scheduler and the deliberate departures from the authors' script."""
@@ -337,6 +326,6 @@ class RivalAdapter(Adapter):
             "attention": "attn1 only; ref K/V while t - steps_offset > t_align, then ref + own",
             "adain": "per-channel noise AdaIN while t > t_early",
             "guidance_1_injects": True,
-            "exact_batching": bool(self.options["exact_batching"]),
+            "generation": "one call per group of a conditioning image's samples",
             "diffusers": diffusers.__version__,
         }

@@ -59,15 +59,10 @@ class SemanticaAdapter(Adapter):
             "w in eps = (1 + w) eps(c) - w eps(none); 0 is unguided",
             sweep=True,
         ),
-        Param(
-            "exact_batching",
-            bool,
-            True,
-            "run each sample alone (bit-identical for any --batch-size); false batches the samples",
-        ),
     )
     guidance_convention = "one_plus_w"
     needs_weights = True
+    images_per_call = 8
 
     def __init__(self, options: Any, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -147,13 +142,12 @@ class SemanticaAdapter(Adapter):
         guidance = float(requests[0].point["guidance"]) if requests else 0.0
         if any(float(r.point["guidance"]) != guidance for r in requests):
             raise ValueError("semantica: one generate() call must share one guidance value")
-        if self.options.get("exact_batching", True):
-            chunks = [[it] for it in items]
-        else:
-            chunks = [items] if items else []
-        images: list[np.ndarray] = []
-        for chunk in chunks:
-            images += with_oom_backoff(lambda part: self._sample(part, guidance), chunk)
+        # one model call per generation group (the runner's; never --batch-size dependent)
+        images = (
+            with_oom_backoff(lambda part: self._sample(part, guidance), items, self.warn)
+            if items
+            else []
+        )
         native = self._checkpoint.config.image_size
         out: list[list[np.ndarray]] = [[] for _ in requests]
         for ri, img in zip(owners, images, strict=True):

@@ -316,15 +316,16 @@ def test_injection_guidance_one_and_conditioning_change_outputs(tiny_dir):
     assert not np.allclose(both[0], both[1], atol=1e-3)
 
 
-def test_batched_mode_matches_exact_mode(tiny_dir):
-    """exact_batching=false runs all samples of all requests in one loop: same images to ~1e-4."""
-    reqs = [request(demo_image(0, 1), "circle", seeds=(1, 2)), request(demo_image(4, 1), "ring")]
-    exact = make_adapter(tiny_dir, steps=3).generate(reqs)
-    batched = make_adapter(tiny_dir, steps=3, exact_batching=False).generate(reqs)
-    assert [len(r) for r in batched] == [2, 1]
-    for e_imgs, b_imgs in zip(exact, batched, strict=True):
-        for e, b in zip(e_imgs, b_imgs, strict=True):
-            np.testing.assert_allclose(e, b, atol=1e-4)
+def test_group_call_matches_one_call_per_sample(tiny_dir):
+    """A group (one call for all of a conditioning image's samples) equals per-sample calls to
+    ~1e-4: another group size is statistically equivalent, not bit-identical."""
+    adapter = make_adapter(tiny_dir, steps=3)
+    image = demo_image(0, 1)
+    grouped = adapter.generate([request(image, "circle", seeds=(1, 2, 3))])[0]
+    single = [adapter.generate([request(image, "circle", seeds=(s,))])[0][0] for s in (1, 2, 3)]
+    assert len(grouped) == 3
+    for g, s in zip(grouped, single, strict=True):
+        np.testing.assert_allclose(g, s, atol=1e-4)
 
 
 def test_permutation_is_seeded_and_leaves_global_rng_alone():

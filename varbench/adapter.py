@@ -1,9 +1,11 @@
 """The adapter interface: typed requests in, images out, in order.
 
 Every model is wrapped as an ``Adapter`` subclass that declares its parameters (``Param``), which
-of them are sweep axes, and its guidance convention. The runner hands it batches of ``Request``s;
-each request carries per-sample seeds derived from (protocol seed, conditioning id, sample index),
-so an adapter that draws its noise from one generator per sample is batch-size invariant.
+of them are sweep axes, and its guidance convention. The runner hands it one generation group at
+a time (a list of ``Request``s, one per conditioning image in the group); each request carries
+per-sample seeds derived from (protocol seed, conditioning id, sample index). An adapter makes one
+model call per group and draws each sample's noise from its own generator, so images depend only
+on the protocol, the seeds and the group size, never on --batch-size, shards or resumes.
 """
 
 from __future__ import annotations
@@ -141,6 +143,12 @@ class Adapter(ABC):
     licence: ClassVar[str] = ""
     # Samples of this model may be exact copies of real images (baselines), nothing else implied.
     needs_weights: ClassVar[bool] = False
+    # Generation groups (issue 8): the runner calls ``generate`` once per group of consecutive
+    # sample slots in manifest order, of at most ``images_per_call`` samples (one sweep point;
+    # with ``group_by_condition``, one conditioning image). Group composition depends only on
+    # the protocol and these settings, never on --batch-size, shards or interruptions.
+    images_per_call: ClassVar[int] = 8
+    group_by_condition: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -228,6 +236,14 @@ class Adapter(ABC):
     def provenance(self) -> dict[str, Any]:
         """Extra facts recorded with every result row (e.g. safety checker off)."""
         return {}
+
+    def warn(self, message: str) -> None:
+        """Record an event that makes numbers differ from a normal run (e.g. OOM back-off)."""
+        self.__dict__.setdefault("_warnings", []).append(message)
+
+    def drain_warnings(self) -> list[str]:
+        """Warnings recorded since the last call (the runner stores them with the point)."""
+        return self.__dict__.pop("_warnings", [])
 
 
 adapter_registry: Registry[type[Adapter]] = Registry(

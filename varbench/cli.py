@@ -81,7 +81,16 @@ def run(
         "auto", "--dtype", help="float32, float16, bfloat16; auto = fp16 on GPU, fp32 on CPU"
     ),
     batch_size: int = typer.Option(
-        8, "--batch-size", "-b", help="samples per adapter call (does not change results)"
+        None,
+        "--batch-size",
+        "-b",
+        help="retired: accepted and ignored (model calls are fixed groups, see --images-per-call)",
+    ),
+    images_per_call: int = typer.Option(
+        None,
+        "--images-per-call",
+        help="generation group size G (default: the model's, >= 8 for diffusion models); "
+        "another G is statistically equivalent, not bit-identical, and is another run",
     ),
     shard: str = typer.Option(
         "0/1", "--shard", help="INDEX/COUNT: generate only this shard's conditioning images"
@@ -113,6 +122,7 @@ def run(
             device=device,
             dtype=dtype,
             batch_size=batch_size,
+            images_per_call=images_per_call,
             cache_dir=cache_dir,
             shard=_parse_shard(shard),
             weights=_parse_weights(weights),

@@ -55,6 +55,14 @@ CORE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "numpy_version": (pa.string(), "numpy version"),
     "platform": (pa.string(), "OS and machine"),
     "created_at": (pa.string(), "UTC time the row was computed (ISO 8601)"),
+    "images_per_call": (
+        pa.int64(),
+        "generation group size G: samples per model call (changing it is statistically equivalent, not bit-identical)",
+    ),
+    "generation_warnings": (
+        pa.int64(),
+        "events that made generation differ from a normal run (e.g. out-of-memory back-off; see notes)",
+    ),
     "model_path": (pa.string(), "--model-path, if given"),
     "extra": (pa.string(), "adapter provenance as JSON (e.g. safety checker off)"),
     "notes": (pa.string(), "free text (published rows: table/figure and setting)"),

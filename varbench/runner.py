@@ -31,7 +31,7 @@ from varbench.progress import progress_bar
 from varbench.protocol import OVERRIDABLE, ProtocolSpec, load_protocol
 from varbench.registry import suggest
 from varbench.results import environment, json_field, write_results
-from varbench.store import RunStore, SampleSlot, point_id, sample_slots
+from varbench.store import RunStore, SampleSlot, generation_groups, point_id, sample_slots
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class RunConfig:
     model_path: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None  # retired: generation calls are fixed groups (images_per_call)
+    images_per_call: int | None = None  # group size G; None: the adapter's default
     cache_dir: Path | None = None
     shard: tuple[int, int] = (0, 1)  # (index, count)
     weights: dict[str, str] = field(default_factory=dict)  # encoder name -> local weights file
@@ -168,8 +169,17 @@ class Run:
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         if not (0 <= cfg.shard[0] < cfg.shard[1]):
             raise UsageError(f"--shard {cfg.shard[0]}/{cfg.shard[1]}: need 0 <= index < count")
-        if cfg.batch_size < 1:
-            raise UsageError("--batch-size must be >= 1")
+        if cfg.batch_size is not None:
+            if cfg.batch_size < 1:
+                raise UsageError("--batch-size must be >= 1")
+            log.warning(
+                "--batch-size no longer changes how samples are generated: each model call is one "
+                "fixed group of up to --images-per-call samples (here %d), so it is ignored",
+                cfg.images_per_call or self.adapter_cls.images_per_call,
+            )
+        self.images_per_call = int(cfg.images_per_call or self.adapter_cls.images_per_call)
+        if self.images_per_call < 1:
+            raise UsageError(f"--images-per-call {self.images_per_call}: need >= 1")
 
     # -- identity ----------------------------------------------------------------------
     def base_key(self) -> dict[str, Any]:
@@ -179,6 +189,15 @@ class Run:
             "options": self.adapter_cls.fixed_options(self.options),
             "protocol": self.spec.identity(),
             "model_path": str(Path(self.cfg.model_path).resolve()) if self.cfg.model_path else None,
+            # the group size fixes which samples share a model call, so it changes the bits
+            "generation": self.generation(),
+        }
+
+    def generation(self) -> dict[str, Any]:
+        """How samples are grouped into model calls (part of the run id and of provenance)."""
+        return {
+            "images_per_call": self.images_per_call,
+            "group_by_condition": bool(self.adapter_cls.group_by_condition),
         }
 
     def run_id(self, manifest: Manifest) -> str:
@@ -257,9 +276,10 @@ class Run:
         for enc in encoders.values():
             enc.check_available()  # fail within seconds, before generating anything
         slots = sample_slots(manifest, self.spec.samples_per_cond, self.spec.seed)
+        groups = generation_groups(slots, self.images_per_call, self.adapter_cls.group_by_condition)
         index, count = self.cfg.shard
-        cond_order = {c: i for i, c in enumerate(dict.fromkeys(s.cond_id for s in slots))}
-        mine = [s for s in slots if cond_order[s.cond_id] % count == index]
+        my_groups = [g for gi, g in enumerate(groups) if gi % count == index]
+        mine = [s for g in my_groups for s in g]
         adapter: Adapter | None = None
         if any(store.missing(point_id(p), mine) for p in self.points):
             adapter = self.adapter_cls(
@@ -285,7 +305,7 @@ class Run:
                             cache_dir=str(self.cache_dir),
                         )
                     )
-                self._generate(adapter, listing, store, pid, point, missing)
+                self._generate(adapter, listing, store, pid, point, my_groups)
             if store.missing(pid, slots):
                 log.info("point %s: waiting for other shards to finish", pid)
                 continue
@@ -302,24 +322,32 @@ class Run:
         store: RunStore,
         pid: str,
         point: dict[str, Any],
-        missing: list[SampleSlot],
+        groups: list[tuple[SampleSlot, ...]],
     ) -> None:
-        """Generate missing samples in batches of at most --batch-size, writing each PNG atomically."""
+        """One ``adapter.generate`` call per group with a missing sample; each PNG written atomically.
+
+        A group is regenerated whole (its other samples come out bit-identical) so that every
+        sample is always made in the same model call as in an uninterrupted run.
+        """
         resolution = int(self.options.get("resolution") or self.spec.resolution)
         cond_cache: dict[str, np.ndarray] = {}
-        timing_path = store.point_dir(pid) / "timing.json"
-        nan_path = store.point_dir(pid) / "nan.json"
+        point_dir = store.point_dir(pid)
+        timing_path = point_dir / "timing.json"
+        nan_path = point_dir / "nan.json"
+        warnings_path = point_dir / "warnings.json"
         timing = _read_json(timing_path, {"seconds": 0.0, "images": 0})
         nan_slots = set(_read_json(nan_path, []))
-        with progress_bar(f"generating {self.adapter_cls.name} {pid}", len(missing)) as advance:
-            for start in range(0, len(missing), self.cfg.batch_size):
-                batch = missing[start : start + self.cfg.batch_size]
+        todo = [(g, store.missing(pid, list(g))) for g in groups]
+        todo = [(g, miss) for g, miss in todo if miss]
+        total = sum(len(miss) for _, miss in todo)
+        with progress_bar(f"generating {self.adapter_cls.name} {pid}", total) as advance:
+            for group, missing in todo:
                 requests = []
-                for cond_id in dict.fromkeys(s.cond_id for s in batch):
-                    group = [s for s in batch if s.cond_id == cond_id]
+                for cond_id in dict.fromkeys(s.cond_id for s in group):
+                    members = [s for s in group if s.cond_id == cond_id]
                     if cond_id not in cond_cache:
                         cond_cache = {cond_id: read_rgb(listing.path(cond_id))}
-                    first = group[0]
+                    first = members[0]
                     requests.append(
                         Request(
                             cond_image=cond_cache[cond_id],
@@ -327,8 +355,8 @@ class Run:
                             class_name=first.class_name,
                             class_label=first.class_label,
                             class_index=first.class_index,
-                            sample_indices=tuple(s.sample_index for s in group),
-                            seeds=tuple(s.seed for s in group),
+                            sample_indices=tuple(s.sample_index for s in members),
+                            seeds=tuple(s.seed for s in members),
                             point=dict(point),
                             resolution=resolution,
                         )
@@ -336,23 +364,31 @@ class Run:
                 t0 = time.perf_counter()
                 outputs = adapter.generate(requests)
                 elapsed = time.perf_counter() - t0
+                events = adapter.drain_warnings()
+                if events:
+                    for event in events:
+                        log.warning("%s %s: %s", self.adapter_cls.name, pid, event)
+                    atomic_write_json(warnings_path, _read_json(warnings_path, []) + events)
                 if len(outputs) != len(requests):
                     raise RuntimeError(
                         f"adapter {self.adapter_cls.name} returned {len(outputs)} results for {len(requests)} requests"
                     )
+                wanted = {s.relpath for s in missing}
                 images: list[tuple[SampleSlot, np.ndarray]] = []
                 for req, imgs in zip(requests, outputs, strict=True):
                     if len(imgs) != len(req.sample_indices):
                         raise RuntimeError(
                             f"adapter {self.adapter_cls.name} returned {len(imgs)} images for {len(req.sample_indices)} samples"
                         )
-                    group = [s for s in batch if s.cond_id == req.cond_id]
-                    for slot, img in zip(group, imgs, strict=True):
+                    members = [s for s in group if s.cond_id == req.cond_id]
+                    for slot, img in zip(members, imgs, strict=True):
                         arr, had_nan = _as_uint8(img)
                         if arr.ndim != 3 or arr.shape[2] != 3:
                             raise RuntimeError(
                                 f"adapter {self.adapter_cls.name} returned an image of shape {arr.shape}; expected HxWx3"
                             )
+                        if slot.relpath not in wanted:
+                            continue  # on disk already, and bit-identical to this one
                         if had_nan:
                             nan_slots.add(slot.relpath)
                         images.append((slot, arr))
@@ -361,7 +397,7 @@ class Run:
                 for slot, arr in images:
                     atomic_write_png(store.sample_path(pid, slot), arr)
                 timing["seconds"] += elapsed
-                timing["images"] += len(images)
+                timing["images"] += len(group)
                 atomic_write_json(timing_path, timing)
                 advance(len(images))
 
@@ -397,6 +433,7 @@ class Run:
                 atomic_write_json(store.point_dir(pid) / "artifacts" / f"{name}.json", artifacts)
         timing = _read_json(store.point_dir(pid) / "timing.json", {"seconds": 0.0, "images": 0})
         n_nan = len(_read_json(store.point_dir(pid) / "nan.json", []))
+        gen_warnings = _read_json(store.point_dir(pid) / "warnings.json", [])
         extra = adapter.provenance() if adapter is not None else (stored or {}).get("_extra", {})
         row = {
             "run_id": store.root.name,
@@ -424,9 +461,15 @@ class Run:
             else None,
             **environment(),
             "created_at": _now(),
+            "images_per_call": self.images_per_call,
+            "generation_warnings": len(gen_warnings),
             "model_path": self.cfg.model_path or "",
-            "extra": json_field(extra),
-            "notes": "",
+            "extra": json_field({**extra, "generation": self.generation()}),
+            "notes": "; ".join(
+                ["NOT bit-identical to a run without these events: " + " | ".join(gen_warnings)]
+                if gen_warnings
+                else []
+            ),
             **values,
         }
         atomic_write_json(

@@ -64,6 +64,26 @@ def sample_slots(manifest: Manifest, samples_per_cond: int, seed: int) -> list[S
     return slots
 
 
+def generation_groups(
+    slots: list[SampleSlot], size: int, by_condition: bool = False
+) -> list[tuple[SampleSlot, ...]]:
+    """Fixed groups of consecutive slots in manifest order, at most ``size`` each.
+
+    With ``by_condition`` a group never spans two conditioning images (models that share work
+    per conditioning image, or broadcast one image over a call). The groups are a function of
+    the manifest and these two settings only, so one model call per group gives the same bits
+    under any --batch-size, shard split or resume.
+    """
+    if size < 1:
+        raise ValueError("group size must be >= 1")
+    runs: list[list[SampleSlot]] = []
+    for slot in slots:
+        if not runs or (by_condition and runs[-1][-1].cond_id != slot.cond_id):
+            runs.append([])
+        runs[-1].append(slot)
+    return [tuple(run[i : i + size]) for run in runs for i in range(0, len(run), size)]
+
+
 class RunStore:
     """Paths and bookkeeping of ``<out>/<run_id>/``."""
 
