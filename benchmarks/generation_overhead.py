@@ -1,0 +1,147 @@
+"""Harness overhead of grouped generation: `varbench run` vs a plain diffusers loop, same run.
+
+Both sides run the tiny random-weight SD Image Variations pipeline (tests/tiny_pipelines.py) on
+the demo protocol's conditioning images with the same images per pipeline call, the same
+per-sample CPU generators, the same preprocessing and the same number of steps. The varbench side
+is timed over its generation stage (reading conditioning images, building requests, the pipeline
+calls, writing PNGs and progress files); pipeline loading and scoring are excluded on both sides.
+
+Prints ``generation_overhead_ratio`` = varbench time / plain loop time (issue bar: <= 1.10),
+as the median over ``--repeats`` alternating measurements, with the spread.
+
+    python benchmarks/generation_overhead.py [--steps 4] [--resolution 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def plain_loop(model_dir: Path, groups, conds, steps: int, size: int, guidance: float) -> float:
+    """Seconds for the groups through the pipeline directly (one call per group)."""
+    import torch
+    from diffusers import StableDiffusionImageVariationPipeline
+
+    from varbench.io import read_rgb
+    from varbench_adapters.sd_iv import clip_preprocess
+
+    pipe = StableDiffusionImageVariationPipeline.from_pretrained(
+        str(model_dir), safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    enc_size = int(pipe.image_encoder.config.image_size)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for group in groups:
+            prepped = {
+                c: clip_preprocess([read_rgb(conds[c])], enc_size)
+                for c in dict.fromkeys(s.cond_id for s in group)
+            }
+            pixels = torch.cat([prepped[s.cond_id] for s in group])
+            gens = [torch.Generator("cpu").manual_seed(int(s.seed)) for s in group]
+            out = pipe(
+                image=pixels,
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=gens,
+                output_type="np",
+            ).images
+            _ = [(np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in out]
+    return time.perf_counter() - t0
+
+
+def varbench_run(model_dir: Path, out: Path, steps: int, size: int, guidance: float) -> float:
+    """Seconds spent in the runner's generation stage of one `varbench run`."""
+    from varbench import runner
+
+    spent = [0.0]
+    original = runner.Run._generate
+
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    runner.Run._generate = timed
+    try:
+        runner.run(
+            runner.RunConfig(
+                model="sd_iv",
+                protocol="demo_1shot",
+                out=out,
+                model_path=str(model_dir),
+                device="cpu",
+                sets={"steps": str(steps), "resolution": str(size), "guidance": str(guidance)},
+                cache_dir=out / "cache",
+            )
+        )
+    finally:
+        runner.Run._generate = original
+    return spent[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    import os
+
+    os.environ.setdefault("VARBENCH_NO_PROGRESS", "1")
+    from tiny_pipelines import save_tiny_sd_image_variation
+
+    from varbench.adapter import get_adapter_class
+    from varbench.demo_data import demo_root
+    from varbench.manifest import build_manifest
+    from varbench.protocol import load_protocol
+    from varbench.runner import load_dataset
+    from varbench.store import generation_groups, sample_slots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = save_tiny_sd_image_variation(tmp / "sdiv")
+        spec = load_protocol("demo_1shot")
+        listing = load_dataset(spec, None, tmp / "cache")
+        manifest, _ = build_manifest(spec, listing, tmp / "cache")
+        slots = sample_slots(manifest, spec.samples_per_cond, spec.seed)
+        cls = get_adapter_class("sd_iv")
+        groups = generation_groups(slots, cls.images_per_call, cls.group_by_condition)
+        conds = {s.cond_id: listing.path(s.cond_id) for s in slots}
+        assert demo_root(tmp / "cache").is_dir()
+        ratios, ours_t, plain_t = [], [], []
+        for r in range(args.repeats):
+            ours = varbench_run(
+                model_dir, tmp / f"runs{r}", args.steps, args.resolution, args.guidance
+            )
+            plain = plain_loop(model_dir, groups, conds, args.steps, args.resolution, args.guidance)
+            ours_t.append(ours)
+            plain_t.append(plain)
+            ratios.append(ours / plain)
+        print(f"images_per_call\t{cls.images_per_call}")
+        print(f"samples\t{len(slots)}")
+        print(f"varbench_generation_s\t{statistics.median(ours_t):.3f}")
+        print(f"plain_loop_s\t{statistics.median(plain_t):.3f}")
+        print(
+            f"generation_overhead_ratio\t{statistics.median(ratios):.3f}"
+            f"\t(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} runs)"
+        )
+
+
+if __name__ == "__main__":
+    main()
