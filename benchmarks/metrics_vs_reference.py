@@ -6,7 +6,8 @@ Prints ``key=value`` lines. Speed ratios compare against the reference in the sa
 side timed as the fastest of ``--repeats`` runs (the machine may be shared, so absolute times
 vary). The precision/recall speed reference is torch-fidelity on float32 features (its usual
 input); ``prc_equal`` compares against torch-fidelity on float64 features (no float32 ties). One function per section: add a section by
-writing ``section_<name>(args, real, fake) -> dict`` and listing it in ``SECTIONS``.
+writing ``section_<name>(args, real, fake) -> dict`` and listing it in ``SECTIONS``; run a subset
+with ``--sections extract,prc``.
 """
 
 from __future__ import annotations
@@ -158,11 +159,82 @@ def section_memorisation(
     }
 
 
-SECTIONS: list[Callable[[argparse.Namespace, np.ndarray, np.ndarray], dict[str, object]]] = [
-    section_fid,
-    section_prc,
-    section_memorisation,
-]
+def section_extract(
+    args: argparse.Namespace, real: np.ndarray, fake: np.ndarray
+) -> dict[str, object]:
+    """`varbench metrics --metrics fid` vs torch-fidelity calculate_metrics(fid=True), Inception.
+
+    Two folders of ``--extract-n`` PNGs (256 px); the same random-weight Inception file on both
+    sides (BatchNorm recalibrated so features do not vanish); varbench starts with an empty
+    feature cache each time, so its time includes hashing, decoding, encoding and cache writes.
+    """
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import torch_fidelity
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import random_inception_file
+
+    from varbench.demo_data import demo_image
+    from varbench.scoring import score_folders
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dirs = {}
+        for name, offset in (("real", 0), ("fake", 5000)):
+            d = dirs[name] = root / name
+            d.mkdir()
+            for i in range(args.extract_n):
+                im = Image.fromarray(demo_image(i % 10, offset + i)).resize((256, 256))
+                im.save(d / f"{i:04d}.png")
+        calib = [
+            np.asarray(Image.open(p).convert("RGB"))
+            for p in sorted(dirs["real"].glob("*.png"))[:64]
+        ]
+        weights = random_inception_file(root / "inception.pth", calib)
+        runs = []
+
+        def ours() -> dict:
+            cache = root / f"cache{len(runs)}"
+            runs.append(cache)
+            return score_folders(
+                dirs["real"], dirs["fake"], ["fid"], weights={"inception": str(weights)},
+                cache_dir=cache,
+            )  # fmt: skip
+
+        def reference() -> dict:
+            return torch_fidelity.calculate_metrics(
+                input1=str(dirs["fake"]), input2=str(dirs["real"]), fid=True, cuda=False,
+                feature_extractor_weights_path=str(weights), verbose=False,
+            )  # fmt: skip
+
+        times_ours, times_ref = [], []
+        for _ in range(max(1, args.repeats)):  # alternate, so load affects both sides alike
+            got, t = timed(ours)
+            times_ours.append(t)
+            ref, t = timed(reference)
+            times_ref.append(t)
+    ratios = sorted(o / r for o, r in zip(times_ours, times_ref, strict=True))
+    return {
+        "extract_images": 2 * args.extract_n,
+        "extract_seconds": float(np.median(times_ours)),
+        "extract_torch_fidelity_seconds": float(np.median(times_ref)),
+        "extract_time_ratio_vs_torch_fidelity": float(np.median(ratios)),
+        "extract_time_ratio_range": f"{ratios[0]:.3f}-{ratios[-1]:.3f}",
+        "extract_fid_rel_diff": abs(got["fid"] - ref["frechet_inception_distance"])
+        / ref["frechet_inception_distance"],
+    }
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace, np.ndarray, np.ndarray], dict[str, object]]] = {
+    "fid": section_fid,
+    "prc": section_prc,
+    "memorisation": section_memorisation,
+    "extract": section_extract,
+}
 
 
 def main() -> None:
@@ -174,13 +246,17 @@ def main() -> None:
     parser.add_argument("--mem-fake", type=int, default=100, help="memorisation: query samples")
     parser.add_argument("--mem-candidates", type=int, default=10, help="memorisation: faiss top-C")
     parser.add_argument("--lpips-weights", default=None, help="whole-module LPIPS state dict")
+    parser.add_argument("--extract-n", type=int, default=300, help="extract: images per folder")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}"
+    )
     args = parser.parse_args()
     real = synthetic_features(args.n, args.dim, seed=0)
     fake = synthetic_features(args.n, args.dim, seed=1, shift=0.15)
     print(f"n={args.n}", flush=True)
     print(f"dim={args.dim}", flush=True)
-    for section in SECTIONS:
-        for key, value in section(args, real, fake).items():
+    for name in args.sections.split(","):
+        for key, value in SECTIONS[name.strip()](args, real, fake).items():
             print(f"{key}={value}", flush=True)
 
 

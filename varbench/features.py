@@ -1,8 +1,11 @@
 """Feature cache keyed by (encoder configuration and image preparation hash, image pixel hash).
 
 Identical images get bit-identical features wherever they appear (a copy of a reference image
-reuses the reference's row), and uncached images are encoded in fixed-size chunks of their sorted
-hashes, so neither --batch-size nor an interruption changes a single feature. Encoders with
+reuses the reference's row), and uncached images are encoded in chunks of their sorted hashes
+(``Encoder.chunk_size``: 64 on CPU, 256 on GPU), decoded and prepared by a thread pool one chunk
+ahead of the forward pass. Batched kernels are not bit-exact across batch compositions, so a
+row can differ in the last float32 bits depending on which images it was encoded with; the
+measured size of that is in docs/metrics.md. Encoders with
 several outputs (Inception: pool3, logits, spatial) fill all their outputs' caches from one
 forward pass, so asking for the logits after the pool3 features costs no second pass.
 """
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ from varbench.prepare import ImagePrep
 from varbench.progress import progress_bar
 
 log = logging.getLogger(__name__)
+_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 class FeatureCache:
@@ -90,11 +96,24 @@ class FeatureCache:
         missing = sorted(set(hashes) - rows.keys())
         if missing:
             outputs = list(dict.fromkeys([self.output, *self.encoder.outputs]))
-            size = self.encoder.batch_size
-            with progress_bar(f"{description} ({self.encoder.name})", len(missing)) as advance:
-                for start in range(0, len(missing), size):
-                    chunk = missing[start : start + size]
-                    many = self.encoder.encode_many([self.prep(load(h)) for h in chunk], outputs)
+            size = self.encoder.chunk_size()
+            chunks = [missing[s : s + size] for s in range(0, len(missing), size)]
+
+            def decode(chunk: list[str]) -> list[np.ndarray]:
+                return list(pool.map(lambda h: self.prep(load(h)), chunk))
+
+            with (
+                ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool,
+                ThreadPoolExecutor(max_workers=1) as ahead,
+                progress_bar(f"{description} ({self.encoder.name})", len(missing)) as advance,
+            ):
+                # decoding and preparing chunk i + 1 overlaps the forward pass of chunk i
+                pending = ahead.submit(decode, chunks[0])
+                for i, chunk in enumerate(chunks):
+                    images = pending.result()
+                    if i + 1 < len(chunks):
+                        pending = ahead.submit(decode, chunks[i + 1])
+                    many = self.encoder.encode_many(images, outputs)
                     for output in outputs:
                         if np.asarray(many[output]).shape[0] != len(chunk):
                             raise RuntimeError(

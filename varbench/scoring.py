@@ -121,11 +121,13 @@ class FolderContext:
         self.fake_cond_index = np.full(len(self.fake_hashes), -1)
 
     def _hash(self, files: list[Path]) -> list[str]:
-        out = []
-        for f in files:
-            digest = pixel_sha256(read_rgb(f))
+        """Pixel hashes of the files (decoded by a thread pool), in order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            out = list(pool.map(lambda f: pixel_sha256(read_rgb(f)), files))
+        for f, digest in zip(files, out, strict=True):
             self.paths.setdefault(digest, f)
-            out.append(digest)
         return out
 
     def encoder(self, name: str | None = None):

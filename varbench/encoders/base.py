@@ -16,7 +16,8 @@ class Encoder(ABC):
 
     name: ClassVar[str] = ""
     resize_mode: ClassVar[str] = ""  # named resize (part of every cache key)
-    batch_size: ClassVar[int] = 32  # fixed internal batch, independent of the user's --batch-size
+    batch_size: ClassVar[int] = 64  # images per forward pass on CPU (never the user's flag)
+    gpu_batch_size: ClassVar[int] = 256  # images per forward pass on CUDA
     outputs: ClassVar[tuple[str, ...]] = ("features",)
 
     def __init__(self, weights: str | None = None, device: str = "cpu", **options: Any) -> None:
@@ -27,6 +28,10 @@ class Encoder(ABC):
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """Everything that changes the features: weights hash, resize mode, dtype, version."""
+
+    def chunk_size(self) -> int:
+        """Images per forward pass on this encoder's device."""
+        return self.gpu_batch_size if str(self.device).startswith("cuda") else self.batch_size
 
     def cache_key(self) -> str:
         """Hash of the fully resolved configuration."""

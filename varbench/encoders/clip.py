@@ -37,7 +37,6 @@ class ClipEncoder(WeightsFileEncoder):
     hf_repo: ClassVar[str] = "timm/vit_base_patch16_clip_224.openai"
     image_size: ClassVar[int] = 224
     resize_mode = "pil_bicubic_shortest_224_centercrop"
-    batch_size = 32
     outputs = ("features",)
 
     @classmethod
@@ -58,7 +57,7 @@ class ClipEncoder(WeightsFileEncoder):
 
     def config(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,
             "model": f"{self.model_name}-quickgelu",
             "weights_sha256": self.weights_sha256(),
             "resize_mode": self.resize_mode,
@@ -85,12 +84,11 @@ class ClipEncoder(WeightsFileEncoder):
         if output != "features":
             raise ValueError(f"{self.name} has only the output 'features'")
         net = self.network()
-        outs = []
-        with torch.no_grad():
-            for im in images:  # one at a time: rows independent of batch composition
-                x = normalised_batch([im], self.image_size, OPENAI_MEAN, OPENAI_STD)
-                outs.append(net.encode_image(x.to(self.device)).double().cpu().numpy()[0])
-        return np.stack(outs) if outs else np.zeros((0, net.visual.output_dim))
+        if not len(images):
+            return np.zeros((0, net.visual.output_dim))
+        x = normalised_batch(images, self.image_size, OPENAI_MEAN, OPENAI_STD)
+        with torch.no_grad():  # one batch (the feature cache's chunk)
+            return net.encode_image(x.to(self.device)).double().cpu().numpy()
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Projected text embeddings (N, D) of the prompts, one at a time."""

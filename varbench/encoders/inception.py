@@ -9,8 +9,10 @@ Outputs (all float32 from the network, stored as float64):
   torch-fidelity's own ``768`` feature is the spatially pooled ``Mixed_6e`` output, so it is
   not this; the map is taken with a forward hook on the same network pass.
 
-Images go through the network one at a time, so a row never depends on what else is encoded
-with it (CPU convolution kernels are not guaranteed row-exact across batch sizes).
+Images go through the network in batches of equal-shaped images (64 on CPU, 256 on GPU, as
+torch-fidelity batches); CPU convolution kernels are not row-exact across batch compositions,
+so a row can differ in the last float32 bits with its batch companions (measured in
+docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ class InceptionEncoder(WeightsFileEncoder):
 
     name = "inception"
     resize_mode = "torch_fidelity_bilinear_299"
-    batch_size = 32
     outputs = OUTPUTS
 
     host = WEIGHTS_HOST
@@ -74,7 +75,7 @@ class InceptionEncoder(WeightsFileEncoder):
 
     def config(self) -> dict[str, Any]:
         return {
-            "version": 2,
+            "version": 3,
             "weights_sha256": self.weights_sha256(),
             "resize_mode": self.resize_mode,
             "dtype": "float32",
@@ -101,33 +102,38 @@ class InceptionEncoder(WeightsFileEncoder):
     def _keep_spatial(self, module, inputs, output) -> None:
         self._spatial = output
 
-    def encode_one(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """All three outputs of one HxWx3 uint8 image."""
+    def _forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """All three outputs of an (N, H, W, 3) uint8 batch of equal-shaped images."""
         import torch
 
         net = self.network()
-        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(self.device)
         with torch.no_grad():
             pool3, logits = net(x)
-        spatial = self._spatial[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(1, -1)
+        n = x.shape[0]
+        spatial = self._spatial[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(n, -1)
         return {
-            "features": pool3.double().cpu().numpy()[0],
-            "logits": logits.double().cpu().numpy()[0],
-            "spatial": spatial.double().cpu().numpy()[0],
+            "features": pool3.double().cpu().numpy(),
+            "logits": logits.double().cpu().numpy(),
+            "spatial": spatial.double().cpu().numpy(),
         }
 
     def encode_many(
         self, images: Sequence[np.ndarray], outputs: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        """Several outputs from one network pass per image."""
+        """Several outputs from one network pass per group of equal-shaped images, in order."""
         unknown = [o for o in outputs if o not in OUTPUTS]
         if unknown:
             raise ValueError(f"inception has no output {unknown[0]!r}; it has {', '.join(OUTPUTS)}")
-        per_image = [self.encode_one(im) for im in images]
-        return {
-            o: np.stack([p[o] for p in per_image]) if per_image else np.zeros((0, DIMS[o]))
-            for o in outputs
-        }
+        out = {o: np.zeros((len(images), DIMS[o])) for o in outputs}
+        by_shape: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            by_shape.setdefault(np.shape(im), []).append(i)
+        for idx in by_shape.values():
+            got = self._forward(np.stack([np.asarray(images[i], dtype=np.uint8) for i in idx]))
+            for o in outputs:
+                out[o][idx] = got[o]
+        return out
 
     def encode(self, images: Sequence[np.ndarray], output: str = "features") -> np.ndarray:
         return self.encode_many(images, [output])[output]
