@@ -212,6 +212,17 @@ class DiffusersVariationAdapter(Adapter):
         raise NotImplementedError
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def __init__(self, options: Any, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        for g in self.options.get("guidance", ()):
+            if float(g) < 1.0:
+                raise UsageError(
+                    f"--set guidance={g:g}: {self.name} uses the sd convention "
+                    "eps(none) + g * (eps(c) - eps(none)), and diffusers switches guidance off "
+                    "for g <= 1, so g < 1 would silently run unguided; use g >= 1 "
+                    "(g = 1 is exactly unguided)"
+                )
+
     def check_available(self) -> None:
         for source in self.sources():
             source.check()

@@ -88,7 +88,8 @@ class IPAdapterAdapter(DiffusersVariationAdapter):
     hub_ids = (BASE_MODEL, IP_ADAPTER_REPO)
     licence = "Apache-2.0 (IP-Adapter weights); CreativeML OpenRAIL-M (SD 1.5 base)"
     group_by_condition = True  # the SD pipeline broadcasts one IP image over a call
-    images_per_call = 16  # all of a conditioning image's samples in one call (10 on ImageNet 1-shot)
+    # all of a conditioning image's samples in one call (10 on ImageNet 1-shot)
+    images_per_call = 16
     params = (
         Param(
             "guidance",

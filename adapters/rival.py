@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # maintained mirror of runwayml's
 # The authors' negative prompt for variations (assets/images/configs_variation.json), verbatim.
 NEGATIVE_PROMPT = ", monochrome, lowres, bad anatomy, worst quality, low quality"
+# The authors' variation config pairs that negative prompt with this positive suffix; the two
+# are one template and are used (and recorded) together.
+POSITIVE_SUFFIX = ", best quality, extremely detailed"
+PROMPT_TEMPLATE = "{label}" + POSITIVE_SUFFIX
 # Only what RIVAL loads: no safety checker, no feature extractor, no pickled .bin weights.
 ALLOW_PATTERNS = (
     "model_index.json",
@@ -93,7 +97,12 @@ class RivalAdapter(Adapter):
             "cross-image self-attention (false: plain self-attention, an ablation)",
         ),
         Param("adain", bool, True, "early-step AdaIN latent alignment (false: an ablation)"),
-        Param("prompt", str, "{label}", "text prompt; {label} is the class name"),
+        Param(
+            "prompt",
+            str,
+            PROMPT_TEMPLATE,
+            "text prompt; {label} is the class name (default: the authors' template)",
+        ),
         Param("negative_prompt", str, NEGATIVE_PROMPT, "negative prompt of the variation branch"),
         Param(
             "base_model",
@@ -326,6 +335,8 @@ class RivalAdapter(Adapter):
             "attention": "attn1 only; ref K/V while t - steps_offset > t_align, then ref + own",
             "adain": "per-channel noise AdaIN while t > t_early",
             "guidance_1_injects": True,
+            "prompt_template": str(self.options["prompt"]),
+            "negative_prompt": str(self.options["negative_prompt"]),
             "generation": "one call per group of a conditioning image's samples",
             "diffusers": diffusers.__version__,
         }

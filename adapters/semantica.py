@@ -63,6 +63,8 @@ class SemanticaAdapter(Adapter):
     guidance_convention = "one_plus_w"
     needs_weights = True
     images_per_call = 8
+    # never float16 by default: bfloat16 on GPU (float32 on CPU, like the other adapters)
+    gpu_auto_dtype = "bfloat16"
 
     def __init__(self, options: Any, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -93,6 +95,11 @@ class SemanticaAdapter(Adapter):
         if self._checkpoint is None:
             self.check_available()
         model, encoder = load_checkpoint(self._checkpoint)
+        if not str(self.device).startswith("cuda") and self.dtype != "float32":
+            log.warning(
+                "semantica: %s on %s runs in float32 (CPU fallback)", self.dtype, self.device
+            )
+            self.dtype = "float32"
         dtype = torch_dtype(self.dtype)
         self.model = model.to(device=self.device, dtype=dtype)
         self.encoder = encoder.to(device=self.device, dtype=dtype)
@@ -165,6 +172,7 @@ class SemanticaAdapter(Adapter):
             return {}
         cfg = self._checkpoint.config
         return {
+            "dtype": self.dtype,
             "native_resolution": cfg.image_size,
             "encoder": cfg.encoder.timm_name,
             "unconditional": "learned null context token",

@@ -372,3 +372,18 @@ def test_imagenet_class_names_file():
     assert (wnids[0], labels[wnids[0]]) == ("n01440764", "tench")
     assert labels["n01443537"] == "goldfish" and labels["n15075141"] == "toilet tissue"
     assert labels["n02012849"] == labels["n03126707"] == "crane"  # the known duplicate
+
+
+def test_default_prompts_are_the_authors_template():
+    """Positive suffix and negative prompt come as one template (RIVAL's variation config)."""
+    from varbench_adapters.rival import NEGATIVE_PROMPT, RivalAdapter
+
+    options = RivalAdapter.resolve_options({})
+    assert (
+        options["prompt"].format(label="tabby cat") == "tabby cat, best quality, extremely detailed"
+    )
+    assert (
+        options["negative_prompt"]
+        == ", monochrome, lowres, bad anatomy, worst quality, low quality"
+    )
+    assert options["negative_prompt"] == NEGATIVE_PROMPT

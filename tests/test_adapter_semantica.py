@@ -285,3 +285,26 @@ def test_paper_architecture_shapes():
     assert v.shape == (1, 3, 256, 256)
     assert len(model.transformer) == 16
     assert [b[0].conv1.out_channels for b in model.down] == [128, 128, 256, 512]
+
+
+def test_auto_dtype_is_never_float16():
+    """--dtype auto: bfloat16 on GPU for semantica (float16 for the SD pipelines), float32 on CPU."""
+    from varbench.adapter import get_adapter_class
+    from varbench.runner import resolve_dtype
+
+    cls = get_adapter_class("semantica")
+    assert resolve_dtype("auto", "cuda", cls.gpu_auto_dtype) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", cls.gpu_auto_dtype) == "float32"
+    assert resolve_dtype("auto", "cuda", get_adapter_class("sd_iv").gpu_auto_dtype) == "float16"
+
+
+def test_sun397_sweep_has_table6_points():
+    from varbench.protocol import load_protocol
+
+    assert load_protocol("sun397_1shot").sweeps["semantica"]["guidance"] == [
+        0.1,
+        0.3,
+        0.5,
+        0.7,
+        1.0,
+    ]

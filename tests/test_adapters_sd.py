@@ -346,3 +346,13 @@ def test_cache_lookup_and_fetch_choose_the_needed_files(tiny, tmp_path, monkeypa
     source.fetch()
     assert "image_unet/diffusion_pytorch_model.safetensors" in asked["p"]
     assert not any(p.endswith(".bin") or p.startswith("text_") for p in asked["p"])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_guidance_below_one_is_rejected(model, tiny):
+    """diffusers runs unguided for g <= 1, so 0 < g < 1 must not pass silently."""
+    from varbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--set guidance=0.5.*g >= 1"):
+        make_adapter(model, tiny, guidance="0.5")
+    make_adapter(model, tiny, guidance="1")  # exactly unguided is allowed

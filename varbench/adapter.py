@@ -149,6 +149,8 @@ class Adapter(ABC):
     # the protocol and these settings, never on --batch-size, shards or interruptions.
     images_per_call: ClassVar[int] = 8
     group_by_condition: ClassVar[bool] = False
+    # What ``--dtype auto`` means on a GPU for this model (CPU is always float32).
+    gpu_auto_dtype: ClassVar[str] = "float16"
 
     def __init__(
         self,

@@ -52,6 +52,8 @@ CORE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "python_version": (pa.string(), "Python version"),
     "torch_version": (pa.string(), "torch version"),
     "diffusers_version": (pa.string(), "diffusers version"),
+    "transformers_version": (pa.string(), "transformers version (CLIP image/text encoders)"),
+    "torch_fidelity_version": (pa.string(), "torch-fidelity version (Inception network)"),
     "numpy_version": (pa.string(), "numpy version"),
     "platform": (pa.string(), "OS and machine"),
     "created_at": (pa.string(), "UTC time the row was computed (ISO 8601)"),
@@ -153,6 +155,8 @@ def environment() -> dict[str, str]:
         "python_version": platform.python_version(),
         "torch_version": _version("torch"),
         "diffusers_version": _version("diffusers"),
+        "transformers_version": _version("transformers"),
+        "torch_fidelity_version": _version("torch-fidelity"),
         "numpy_version": numpy.__version__,
         "platform": f"{platform.system()}-{platform.machine()}",
     }

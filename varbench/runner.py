@@ -78,11 +78,11 @@ def check_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto`` -> float16 on GPU, float32 on CPU."""
+def resolve_dtype(dtype: str, device: str, gpu_auto: str = "float16") -> str:
+    """``auto`` -> the model's GPU dtype (float16 unless it says otherwise) on GPU, float32 on CPU."""
     if dtype != "auto":
         return dtype
-    return "float16" if device.startswith("cuda") else "float32"
+    return gpu_auto if device.startswith("cuda") else "float32"
 
 
 def split_sets(
@@ -166,7 +166,7 @@ class Run:
         )
         self.points = self.adapter_cls.sweep_points(self.options)
         self.device = check_device(resolve_device(cfg.device))
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device, self.adapter_cls.gpu_auto_dtype)
         if not (0 <= cfg.shard[0] < cfg.shard[1]):
             raise UsageError(f"--shard {cfg.shard[0]}/{cfg.shard[1]}: need 0 <= index < count")
         if cfg.batch_size is not None:
