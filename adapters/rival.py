@@ -298,7 +298,8 @@ class RivalAdapter(Adapter):
         for ri, js in by_req.items():
             r = requests[ri]
             chain = self.chain_for(r)
-            gens = hf.generators([r.seeds[j] for j in js], self.device)
+            # CPU generators: the permutation and noise depend on the seed only, not the device
+            gens = hf.generators([r.seeds[j] for j in js], "cpu")
             x_T = torch.cat([permute_positions(chain[-1], g) for g in gens])
             prompt = self.prompt_for(r)
             groups.append(

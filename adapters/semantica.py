@@ -131,7 +131,8 @@ class SemanticaAdapter(Adapter):
         from .semantica_model import sample
 
         tokens = torch.cat([t for t, _ in items])
-        gens = generators([s for _, s in items], self.device)
+        # CPU generators: the same seed gives the same noise (and images) on any device
+        gens = generators([s for _, s in items], "cpu")
         x = sample(self.model, tokens, guidance, int(self.options["steps"]), gens)
         x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return list(x.permute(0, 2, 3, 1).cpu().numpy())

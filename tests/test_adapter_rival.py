@@ -387,3 +387,19 @@ def test_default_prompts_are_the_authors_template():
         == ", monochrome, lowres, bad anatomy, worst quality, low quality"
     )
     assert options["negative_prompt"] == NEGATIVE_PROMPT
+
+
+def test_permutation_generators_are_cpu_seeded(tiny_dir, monkeypatch):
+    """The latent permutation is drawn from a CPU generator per sample seed (device-independent)."""
+    from varbench_adapters import rival
+
+    seen = []
+    original = rival.permute_positions
+
+    def spy(latent, generator):
+        seen.append((str(generator.device), generator.initial_seed()))
+        return original(latent, generator)
+
+    monkeypatch.setattr(rival, "permute_positions", spy)
+    make_adapter(tiny_dir, steps=2).generate([request(demo_image(0, 1), "circle", seeds=(3, 4))])
+    assert seen == [("cpu", 3), ("cpu", 4)]

@@ -308,3 +308,31 @@ def test_sun397_sweep_has_table6_points():
         0.7,
         1.0,
     ]
+
+
+def test_initial_noise_comes_from_cpu_generators(ckpt, monkeypatch):
+    """Noise is drawn from one CPU generator per sample seed, whatever the device."""
+    import torch
+
+    from varbench_adapters import semantica_model
+
+    seen = {}
+    original = semantica_model._noise
+
+    def spy(generators, shape):
+        seen.setdefault(
+            "first",
+            original([torch.Generator().manual_seed(g.initial_seed()) for g in generators], shape),
+        )
+        seen.setdefault("devices", {str(g.device) for g in generators})
+        seen.setdefault("seeds", [g.initial_seed() for g in generators])
+        return original(generators, shape)
+
+    monkeypatch.setattr(semantica_model, "_noise", spy)
+    _adapter(ckpt).generate([_request(demo_image(0, 1), (7, 8), 0.5)])
+    assert seen["devices"] == {"cpu"} and seen["seeds"] == [7, 8]
+    shape = tuple(seen["first"].shape[1:])
+    expected = torch.stack(
+        [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in (7, 8)]
+    )
+    torch.testing.assert_close(seen["first"], expected, rtol=0, atol=0)
