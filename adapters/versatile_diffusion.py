@@ -35,6 +35,21 @@ FILES = (
 )
 
 
+# Unconditional input for classifier-free guidance: a mid-grey image. diffusers' pipeline builds
+# it as a float array of 0.5 that current CLIP processors rescale by 1/255 again (nearly black,
+# and dependent on the transformers version); a uint8 grey image goes through the processor the
+# same way the conditioning images do.
+GREY = 128
+UNCONDITIONAL = f"grey uint8 RGB image ({GREY}, {GREY}, {GREY}), 512 px, through the CLIP processor"
+
+
+def grey_image(size: int = 512):
+    """The unconditional image (PIL, uint8)."""
+    from PIL import Image
+
+    return Image.fromarray(np.full((size, size, 3), GREY, dtype=np.uint8))
+
+
 def vd_pipeline_class():
     """VersatileDiffusionImageVariationPipeline (top-level alias, else the deprecated module)."""
     try:
@@ -58,6 +73,9 @@ class VersatileDiffusionAdapter(DiffusersVariationAdapter):
     files = FILES
     params = single_repo_params(REPO_ID, REVISION)
 
+    def provenance(self) -> dict[str, Any]:
+        return {**super().provenance(), "unconditional": UNCONDITIONAL}
+
     def load(self, paths: list[str], torch_dtype: Any) -> Any:
         return vd_pipeline_class().from_pretrained(paths[0], torch_dtype=torch_dtype)
 
@@ -67,8 +85,10 @@ class VersatileDiffusionAdapter(DiffusersVariationAdapter):
         cache: dict[str, Image.Image] = {}
         for cond_id, image in zip(job.cond_ids, job.cond_images, strict=True):
             cache.setdefault(cond_id, Image.fromarray(image))
+        images = [cache[c] for c in job.cond_ids]
         out = self.pipe(
-            image=[cache[c] for c in job.cond_ids],
+            image=images,
+            negative_prompt=[grey_image()] * len(images),
             height=height,
             width=width,
             num_inference_steps=int(self.options["steps"]),

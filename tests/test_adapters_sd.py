@@ -356,3 +356,29 @@ def test_guidance_below_one_is_rejected(model, tiny):
     with pytest.raises(UsageError, match=r"--set guidance=0.5.*g >= 1"):
         make_adapter(model, tiny, guidance="0.5")
     make_adapter(model, tiny, guidance="1")  # exactly unguided is allowed
+
+
+def test_versatile_diffusion_unconditional_is_true_grey(tiny):
+    """VD's guidance uses a mid-grey uint8 image, seen by CLIP as 128/255 (not ~0.5/255)."""
+    adapter = make_adapter("versatile_diffusion", tiny)
+    pipe = adapter.pipe
+    seen = {}
+    original = pipe._encode_prompt
+
+    def spy(prompt, device, n, cfg, negative_prompt):
+        seen["negative"] = negative_prompt
+        return original(prompt, device, n, cfg, negative_prompt)
+
+    pipe._encode_prompt = spy
+    adapter.generate([request(demo_image(0, 1), "a", guidance=4.0)])
+    negatives = seen["negative"]
+    assert len(negatives) == 2  # one per sample of the group
+    arr = np.asarray(negatives[0])
+    assert arr.dtype == np.uint8 and arr.shape == (512, 512, 3) and (arr == 128).all()
+    proc = pipe.image_feature_extractor
+    pixels = proc(images=negatives[:1], return_tensors="pt").pixel_values[0]
+    mean = torch.tensor(proc.image_mean).view(3, 1, 1)
+    std = torch.tensor(proc.image_std).view(3, 1, 1)
+    expected = (torch.full_like(pixels, 128 / 255) - mean) / std
+    torch.testing.assert_close(pixels, expected, atol=1e-5, rtol=0)
+    assert "grey uint8" in adapter.provenance()["unconditional"]
