@@ -166,6 +166,30 @@ class LpipsEncoder(Encoder):
             outs = net.net.forward(net.scaling_layer(self.prepare([image])))
             return [lpips.normalize_tensor(o) for o in outs]
 
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """phi (n, D) float32 with LPIPS(x, y) = ||phi(x) - phi(y)||^2 exactly (v0.1 arithmetic).
+
+        LPIPS v0.1 is sum_l mean_hw sum_c w_lc (n_l(x) - n_l(y))_c^2 with channel-normalised
+        activations n_l and non-negative 1x1 linear weights w_l (no bias), so
+        phi = concat_l sqrt(w_l) * n_l / sqrt(H_l W_l). Images go through the trunk as one batch.
+        """
+        import lpips
+        import torch
+
+        net = self.network()
+        if not len(images):
+            return np.zeros((0, 0), np.float32)
+        with torch.no_grad():
+            outs = net.net.forward(net.scaling_layer(self.prepare(images)))
+            parts = []
+            for k, out in enumerate(outs):
+                w = net.lins[k].model[-1].weight.view(1, -1, 1, 1)
+                if bool((w < 0).any()):
+                    raise ValueError("LPIPS linear weights must be non-negative for the phi form")
+                h, wd = out.shape[2:]
+                parts.append((lpips.normalize_tensor(out) * w.sqrt() / (h * wd) ** 0.5).flatten(1))
+            return torch.cat(parts, dim=1).float().cpu().numpy()
+
     def distances(self, a: list, b: list) -> np.ndarray:
         """LPIPS between stacks ``a`` (1 or n images) and ``b`` (n images), broadcast: (n,)."""
         import torch

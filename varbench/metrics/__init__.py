@@ -28,7 +28,6 @@ METRIC_OPTIONS = {
     "prc_k": int,
     "dc_k": int,
     "bootstrap": int,
-    "memorisation_candidates": int,
     "memorisation_check": int,
     "memorisation_heldout_per_class": int,
 }
