@@ -17,10 +17,8 @@ from varbench.metrics.bootstrap import (
 )
 from varbench.metrics.bootstrap import (
     BootstrapMetric,
-    PrecisionRecallBootstrap,
-    bootstrap_replicates,
-    fid_resampled,
-    resample_indices,
+    half_sample_replicates,
+    half_samples,
 )
 from varbench.metrics.fid import (
     fid_features_to_statistics,
@@ -325,42 +323,53 @@ def test_inception_score_closed_form():
     )
 
 
-# -- bootstrap ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("depth", [32, 3])
-def test_bootstrap_precision_recall_equals_recomputation(depth):
-    real, fake = _pair(n=150, m=140, d=12, seed=15)
-    real, fake = _with_duplicates(real, fake)
-    prb = PrecisionRecallBootstrap(real, fake, k=3, depth=depth)
-    for ir, jf in resample_indices(len(real), len(fake), 6, seed=3):
-        ref = _brute_prdc(real[ir], fake[jf], 3)
-        assert prb.evaluate(ir, jf) == (ref["precision"], ref["recall"])
+# -- intervals (half-sampling) ----------------------------------------------------------------------
+def test_half_samples_are_halves_of_classes_without_duplicates():
+    rc = np.repeat(np.arange(10), 4)
+    fc = np.repeat(np.arange(10), 6)
+    method, draws = half_samples(rc, fc, 5, seed=1)
+    assert method == "class_half_sampling"
+    for ir, jf in draws:
+        assert len(set(ir)) == len(ir) == 20 and len(set(jf)) == len(jf) == 30
+        assert set(rc[ir]) == set(fc[jf]) and len(set(rc[ir])) == 5  # whole classes, both sides
+    method, draws = half_samples(np.zeros(40, int), np.zeros(30, int), 2, seed=1)
+    assert method == "image_half_sampling"
+    for ir, jf in draws:
+        assert len(set(ir)) == len(ir) == 20 and len(set(jf)) == len(jf) == 15
 
 
-def test_bootstrap_fid_equals_recomputation_both_routes():
-    for n, d in ((60, 40), (300, 8)):  # sample-space route, covariance route
-        real, fake = _pair(n=n, m=n - 5, d=d, seed=16)
-        for ir, jf in resample_indices(len(real), len(fake), 3, seed=1):
-            assert fid_resampled(real, fake, ir, jf) == pytest.approx(
-                _scipy_fid(
-                    *fid_features_to_statistics(real[ir]), *fid_features_to_statistics(fake[jf])
-                ),
-                rel=1e-8,
-            )
-
-
-def test_bootstrap_metric_is_reproducible_percentiles_of_replicates():
+def test_half_sample_replicates_equal_recomputation_on_explicit_subsets():
     real, fake = _pair(n=120, m=120, d=8, seed=17)
-    ctx = SimpleNamespace(options={"bootstrap": 50}, seed=4, real=lambda: real, fake=lambda: fake)
+    rc, fc = np.repeat(np.arange(12), 10), np.repeat(np.arange(12), 10)
+    _, reps = half_sample_replicates(real, fake, rc, fc, 4, seed=2)
+    _, draws = half_samples(rc, fc, 4, seed=2)
+    for row, (ir, jf) in zip(reps, draws, strict=True):
+        fid = _scipy_fid(
+            *fid_features_to_statistics(real[ir]), *fid_features_to_statistics(fake[jf])
+        )
+        ref = _brute_prdc(real[ir], fake[jf], 3)
+        assert row[0] == pytest.approx(fid, rel=1e-8)
+        assert (row[1], row[2]) == (ref["precision"], ref["recall"])
+
+
+def test_interval_metric_contains_estimate_reproducible_and_seeded():
+    real, fake = _pair(n=120, m=120, d=8, seed=17)
+    rc, fc = np.repeat(np.arange(12), 10), np.repeat(np.arange(12), 10)
+    ctx = SimpleNamespace(
+        options={"bootstrap": 30}, seed=4, real=lambda: real, fake=lambda: fake,
+        real_class=rc, fake_class=fc,
+    )  # fmt: skip
     a, b = BootstrapMetric().compute(ctx), BootstrapMetric().compute(ctx)
-    assert a == b and set(a) == set(BOOT_KEYS)
-    vals = bootstrap_replicates(real, fake, 50, 4)
-    for c, name in enumerate(("fid", "precision", "recall")):
-        lo, hi = np.percentile(vals[:, c], [2.5, 97.5])
-        assert (a[f"{name}_lo"], a[f"{name}_hi"]) == (lo, hi) and lo < hi
+    assert a == b and set(BOOT_KEYS) <= set(a)
+    assert a["interval_method"] == "class_half_sampling" and a["interval_replicates"] == 30
+    fid = _scipy_fid(*fid_features_to_statistics(real), *fid_features_to_statistics(fake))
+    ref = _brute_prdc(real, fake, 3)
+    for name, value in (("fid", fid), ("precision", ref["precision"]), ("recall", ref["recall"])):
+        assert a[f"{name}_lo"] <= value <= a[f"{name}_hi"] and a[f"{name}_lo"] < a[f"{name}_hi"]
     c = BootstrapMetric().compute(SimpleNamespace(**{**vars(ctx), "seed": 5}))
     assert c != a  # seeded from ctx.seed
     off = BootstrapMetric().compute(SimpleNamespace(options={"bootstrap": 0}, seed=4))
-    assert all(math.isnan(v) for v in off.values())
+    assert all(math.isnan(off[k]) for k in BOOT_KEYS)
 
 
 # -- registration ---------------------------------------------------------------------------------
@@ -371,7 +380,7 @@ def test_metrics_registered_with_options_and_result_columns():
         "density_coverage": ("density", "coverage"),
         "isc": ("isc", "isc_std"),
         "sfid": ("sfid",),
-        "bootstrap": BOOT_KEYS,
+        "bootstrap": (*BOOT_KEYS, "interval_replicates"),
     }
     names = schema().names
     for name, keys in expected.items():

@@ -65,6 +65,10 @@ CORE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
         pa.int64(),
         "events that made generation differ from a normal run (e.g. out-of-memory back-off; see notes)",
     ),
+    "interval_method": (
+        pa.string(),
+        "how fid/precision/recall _lo/_hi were computed (class_half_sampling | image_half_sampling)",
+    ),
     "model_path": (pa.string(), "--model-path, if given"),
     "extra": (pa.string(), "adapter provenance as JSON (e.g. safety checker off)"),
     "notes": (pa.string(), "free text (published rows: table/figure and setting)"),
