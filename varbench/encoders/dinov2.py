@@ -1,15 +1,25 @@
 """DINOv2 ViT-B/14 (alignment) and ViT-L/14 (FD-DINOv2, as dgm-eval / EDM2) through timm.
 
-Output ``features``: the CLS token after the final norm (timm ``num_classes=0``, token pooling),
-i.e. torch hub's ``x_norm_clstoken``: 768-d for ViT-B, 1024-d for ViT-L. Preprocessing as
-dgm-eval: bicubic resize of the shortest side to 224, centre crop 224, ImageNet mean/std; the
-position embedding of the 518-px checkpoint is resampled to 224 by timm when loading.
+Output ``features``: the CLS token after the final norm, i.e. torch hub's ``x_norm_clstoken``:
+768-d for ViT-B, 1024-d for ViT-L. Preprocessing as dgm-eval: torchvision
+``Resize((224, 224), BICUBIC)`` on a PIL image (a PIL bicubic resize of the whole image to
+224 x 224; for the square images a protocol's preparation produces this equals a shortest-side
+resize + centre crop), ToTensor, ImageNet mean/std.
+
+Position embedding as the official DINOv2 code (facebookresearch/dinov2
+``DinoVisionTransformer.interpolate_pos_encoding``, which dgm-eval and EDM2 load through
+torch.hub): the checkpoint's 37 x 37 grid (518 px) is kept as stored and interpolated at run
+time to the input's grid, bicubic, antialias off, with ``scale_factor = (g + 0.1) / 37``. timm's
+default instead resamples the grid once at load time with antialiasing, which gives other
+features; the model is therefore built at its native 518-px grid and run through
+``official_forward``.
 Weights come from a local file (never torch.hub): ``--weights dinov2=PATH``,
 ``$VARBENCH_WEIGHTS_DIR/<timm name>.safetensors``, or the Hugging Face cache (``varbench fetch``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +27,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from varbench.encoders.filed import WeightsFileEncoder
-from varbench.encoders.transforms import normalised_batch
 from varbench.encoders.weights import (
     hf_cached_file,
     weights_only_loads,
@@ -28,6 +37,70 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def dgm_eval_batch(images: Sequence[np.ndarray], size: int):
+    """(N, 3, size, size): PIL bicubic resize to size x size, [0, 1], ImageNet mean/std."""
+    import torch
+    from PIL import Image
+
+    arr = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(im)).resize(
+                    (size, size), Image.Resampling.BICUBIC
+                )
+            )
+            for im in images
+        ]
+    ).astype(np.float32)
+    x = torch.from_numpy(arr / np.float32(255.0)).permute(0, 3, 1, 2)
+    m = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+def interpolate_pos_embed(pos_embed, height: int, width: int, patch: int, offset: float = 0.1):
+    """The official DINOv2 run-time interpolation of a (1, 1 + M*M, D) position embedding."""
+    import torch
+    import torch.nn.functional as F
+
+    n = pos_embed.shape[1] - 1
+    gh, gw = height // patch, width // patch
+    m = int(math.sqrt(n))
+    if m * m != n:
+        raise ValueError(f"position embedding of {n} patches is not a square grid")
+    if gh == gw == m:
+        return pos_embed
+    dtype = pos_embed.dtype
+    pe = pos_embed.float()
+    grid = pe[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(
+        grid,
+        scale_factor=((gh + offset) / m, (gw + offset) / m),
+        mode="bicubic",
+        antialias=False,
+    )
+    if tuple(grid.shape[-2:]) != (gh, gw):
+        raise ValueError(f"interpolated grid {tuple(grid.shape[-2:])} != {(gh, gw)}")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+    return torch.cat([pe[:, :1], grid], dim=1).to(dtype)
+
+
+def official_forward(net, x):
+    """CLS token after the final norm, with the official run-time position embedding."""
+    import torch
+
+    b, _, h, w = x.shape
+    tokens = net.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    tokens = net.patch_embed.norm(tokens)
+    tokens = torch.cat([net.cls_token.expand(b, -1, -1), tokens], dim=1)
+    patch = net.patch_embed.patch_size[0]
+    tokens = tokens + interpolate_pos_embed(net.pos_embed, h, w, patch)
+    tokens = net.norm_pre(tokens)
+    for block in net.blocks:
+        tokens = block(tokens)
+    return net.norm(tokens)[:, 0]
+
+
 class DinoV2Encoder(WeightsFileEncoder):
     """DINOv2 ViT-B/14 CLS features (timm ``vit_base_patch14_dinov2.lvd142m``)."""
 
@@ -35,8 +108,7 @@ class DinoV2Encoder(WeightsFileEncoder):
     arch: ClassVar[str] = "vit_base_patch14_dinov2"
     tag: ClassVar[str] = "lvd142m"
     image_size: ClassVar[int] = 224
-    resize_mode = "pil_bicubic_shortest_224_centercrop"
-    batch_size = 32
+    resize_mode = "pil_bicubic_224x224"
     outputs = ("features",)
 
     @classmethod
@@ -62,7 +134,8 @@ class DinoV2Encoder(WeightsFileEncoder):
 
     def config(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,
+            "pos_embed": "official dinov2 run-time bicubic interpolation, offset 0.1, no antialias",
             "model": self.timm_name(),
             "weights_sha256": self.weights_sha256(),
             "resize_mode": self.resize_mode,
@@ -81,8 +154,7 @@ class DinoV2Encoder(WeightsFileEncoder):
                     self.arch,
                     pretrained=True,
                     pretrained_cfg_overlay={"file": str(path)},
-                    img_size=self.image_size,
-                    num_classes=0,
+                    num_classes=0,  # native 518-px grid: the stored position embedding, unresampled
                 )
             self._net = net.eval().to(self.device)
         return self._net
@@ -93,12 +165,11 @@ class DinoV2Encoder(WeightsFileEncoder):
         if output != "features":
             raise ValueError(f"{self.name} has only the output 'features'")
         net = self.network()
-        outs = []
+        if not len(images):
+            return np.zeros((0, net.num_features))
+        x = dgm_eval_batch(images, self.image_size)
         with torch.no_grad():
-            for im in images:  # one at a time: rows independent of batch composition
-                x = normalised_batch([im], self.image_size, IMAGENET_MEAN, IMAGENET_STD)
-                outs.append(net(x.to(self.device)).double().cpu().numpy()[0])
-        return np.stack(outs) if outs else np.zeros((0, net.num_features))
+            return official_forward(net, x.to(self.device)).double().cpu().numpy()
 
 
 class DinoV2LargeEncoder(DinoV2Encoder):
