@@ -39,11 +39,18 @@ def psd_factor(sigma: np.ndarray) -> np.ndarray:
 
 
 def _sqrt_eig_sum(m: np.ndarray) -> float:
-    """Sum of sqrt of the (clipped) eigenvalues of a symmetric PSD matrix."""
+    """Sum of sqrt of the eigenvalues of a symmetric PSD matrix, numerical zeros set to 0.
+
+    Eigenvalues below n * eps * max are rounding noise of zero eigenvalues (singular
+    covariances); their square roots (about sqrt(eps) each) would otherwise add an error far
+    above the float64 rounding of the rest, so they count as exactly 0.
+    """
     if m.size == 0:
         return 0.0
     w = np.linalg.eigvalsh((m + m.T) / 2.0)
-    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+    top = float(w.max()) if len(w) else 0.0
+    w = np.where(w > len(w) * np.finfo(np.float64).eps * max(top, 0.0), w, 0.0)
+    return float(np.sqrt(w).sum())
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
