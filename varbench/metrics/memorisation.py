@@ -10,13 +10,16 @@ class as there are samples per class), excluding references with the same pixels
 duplicates in the dataset do not count. A sample curve left of the reference curve means copying.
 
 Exact search: LPIPS v0.1 is a squared Euclidean distance between per-image embeddings phi
-(``LpipsEncoder.embed``), so the nearest neighbour is a chunked float64 matrix product over phi.
-phi of the references is spilled once to a float32 memory-mapped file (deleted afterwards;
-D = 640,128 floats per image at 256 px, i.e. 2.56 MB per reference) and read in chunks, so memory
-stays bounded whatever the set sizes. On a seeded subset of ``memorisation_check`` samples the
-nearest neighbour is recomputed by brute force with the LPIPS network's own per-pair arithmetic;
-``memorisation_bruteforce_agreement`` is the fraction where both give the same neighbour and
-distance (relative 1e-5): it is 1.0 unless something is wrong.
+(``LpipsEncoder.embed``), so the nearest neighbour is a search over phi. phi of the references
+is spilled once to a float32 file under the cache (deleted afterwards; D = 640,128 floats per
+image at 256 px, i.e. 2.56 MB per reference) and streamed ``REF_CHUNK`` rows at a time against
+blocks of ``QUERY_BLOCK`` queries: a float64 matrix product with a certified error bound, and a
+direct-difference float64 recheck of every pair that could be the minimum under that bound, so
+memory stays bounded (about 2.5 GB whatever the set sizes) and neither ties nor rounding pick a
+wrong neighbour. On a seeded subset of ``memorisation_check`` samples, ``lpips.LPIPS.forward`` is
+called on every (sample, reference) pair; ``memorisation_bruteforce_agreement`` is the fraction
+where our neighbour is a brute-force minimiser and both distances agree (relative 1e-6): it is
+1.0 unless something is wrong.
 
 Histograms use fixed bin edges ``BIN_EDGES``: 50 bins of width 0.02 on [0, 1]; distances above 1
 are counted in the last bin.
@@ -38,9 +41,12 @@ KEY_FRAC_BELOW_P1 = "memorisation_frac_below_heldout_p1"
 KEY_AGREEMENT = "memorisation_bruteforce_agreement"
 ENCODER = "lpips"
 BIN_EDGES = np.linspace(0.0, 1.0, 51)
-AGREEMENT_RTOL = 1e-5
+AGREEMENT_RTOL = 1e-6
 EMBED_CHUNK = 32  # images per trunk pass
-REF_CHUNK = 128  # reference rows per matrix product (0.65 GB of float64 at 256 px)
+QUERY_BLOCK = 384  # query rows per pass over the references (1.97 GB of float64 at 256 px)
+REF_CHUNK = 64  # reference rows per matrix product (0.33 GB of float64 at 256 px)
+PAIR_CHUNK = 16  # pairs per direct-difference recheck
+_U64 = 2.0**-53
 
 
 def histogram(distances: np.ndarray) -> np.ndarray:
@@ -63,55 +69,156 @@ def memorisation_summary(sample_nn: np.ndarray, heldout_nn: np.ndarray) -> dict[
     }
 
 
-def nearest_excluding(
-    queries: np.ndarray, base: np.ndarray, exclude: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact nearest base row (squared L2, float64) of each query, skipping ``exclude[i]``.
+class RowFile:
+    """Float32 rows of a fixed width in a plain file, appended in order and read back by slices.
 
-    ``base`` may be a memory-mapped array; it is read in chunks of ``REF_CHUNK`` rows.
+    Plain reads (not a memory map), so the pages a search streams through stay in the page cache
+    and out of the process's resident set.
+    """
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path, self.dim, self.rows = Path(path), int(dim), 0
+        self._fh = open(self.path, "w+b")  # noqa: SIM115 (closed by close())
+
+    def append(self, rows: np.ndarray) -> None:
+        """Write rows (n, dim) at the end."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"expected rows of width {self.dim}, got {rows.shape}")
+        self._fh.seek(self.rows * self.dim * 4)
+        self._fh.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        start, stop, _ = sl.indices(self.rows)
+        out = np.empty((max(0, stop - start), self.dim), np.float32)
+        self._fh.flush()
+        self._fh.seek(start * self.dim * 4)
+        self._fh.readinto(memoryview(out).cast("B"))
+        return out
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def bound_eps(dim: int) -> float:
+    """Certified relative error of float64 squared distances |q|^2 + |b|^2 - 2 q.b (any order).
+
+    Dot product and norms each err by at most gamma_d (|q|^2 + |b|^2) for d-term sums, plus a few
+    roundings to combine them; same form as ``prdc._eps`` with the float64 unit roundoff.
+    """
+    return 1.25 * (2 * dim + 32) * _U64
+
+
+def nearest_excluding(
+    queries: np.ndarray, base, exclude: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest base row (squared L2) of each query, skipping the rows ``exclude[i]``.
+
+    ``base`` is anything sliceable by rows (an array or a ``RowFile``), read ``REF_CHUNK`` rows at
+    a time. Each chunk: one float64 matrix product with a certified error bound; every pair whose
+    lower bound is within the running best upper bound is recomputed by direct float64
+    differences (no cancellation), and the smallest recomputed distance wins (lowest index on
+    ties). So ties or rounding of the product cannot pick a wrong neighbour.
     Returns (distances, indices); (nan, -1) where every base row is excluded.
     """
     q = np.asarray(queries, np.float64)
+    nq = len(q)
     qn = np.einsum("ij,ij->i", q, q)
-    best = np.full(len(q), np.inf)
-    where = np.full(len(q), -1, dtype=np.int64)
+    eps = bound_eps(q.shape[1]) if nq else 0.0
+    upper = np.full(nq, np.inf)  # certified upper bound of the true minimum
+    best = np.full(nq, np.inf)
+    where = np.full(nq, -1, dtype=np.int64)
     for s in range(0, len(base), REF_CHUNK):
         b = np.asarray(base[s : s + REF_CHUNK], np.float64)
-        d = qn[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (q @ b.T)
+        bn = np.einsum("ij,ij->i", b, b)
+        d = qn[:, None] + bn[None, :] - 2.0 * (q @ b.T)
+        tol = eps * (qn[:, None] + bn[None, :]) + 1e-300
         for i, ex in enumerate(exclude):
             local = ex[(ex >= s) & (ex < s + len(b))] - s
             d[i, local] = np.inf
-        j = d.argmin(axis=1)
-        dj = d[np.arange(len(q)), j]
-        better = dj < best
-        best[better], where[better] = dj[better], j[better] + s
-    # recompute each winner by direct differences (no cancellation), clipped at 0
-    for i in np.flatnonzero(where >= 0):
-        diff = q[i] - np.asarray(base[where[i]], np.float64)
-        best[i] = float(diff @ diff)
+        upper = np.minimum(upper, (d + tol).min(axis=1))
+        ci, cj = np.nonzero((d - tol <= upper[:, None]) & np.isfinite(d))
+        exact = np.empty(len(ci))
+        for t in range(0, len(ci), PAIR_CHUNK):
+            diff = q[ci[t : t + PAIR_CHUNK]] - b[cj[t : t + PAIR_CHUNK]]
+            exact[t : t + PAIR_CHUNK] = np.einsum("ij,ij->i", diff, diff)
+        # per query, the smallest recomputed distance (lowest index on ties) of this chunk
+        order = np.lexsort((cj, exact, ci))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = ci[order][1:] != ci[order][:-1]
+        rows, cols, vals = ci[order][first], cj[order][first], exact[order][first]
+        better = vals < best[rows]  # earlier chunks hold lower indices: they win ties
+        best[rows[better]], where[rows[better]] = vals[better], cols[better] + s
     best[where < 0] = np.nan
     return best, where
 
 
-def embed_all(enc, images: Callable[[int], np.ndarray], n: int, out: np.ndarray) -> None:
-    """Write phi of images 0..n-1 into ``out`` (an (n, D) array or memmap), in chunks."""
+def embed_all(enc, images: Callable[[int], np.ndarray], n: int, out) -> None:
+    """Append phi of images 0..n-1 to ``out`` (a ``RowFile``) or write them into an (n, D) array."""
     for s in range(0, n, EMBED_CHUNK):
-        out[s : min(n, s + EMBED_CHUNK)] = enc.embed(
-            [images(i) for i in range(s, min(n, s + EMBED_CHUNK))]
-        )
+        rows = enc.embed([images(i) for i in range(s, min(n, s + EMBED_CHUNK))])
+        if isinstance(out, RowFile):
+            out.append(rows)
+        else:
+            out[s : min(n, s + EMBED_CHUNK)] = rows
+
+
+def search_images(
+    enc, image: Callable[[int], np.ndarray], n: int, base, exclude: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest base row of images 0..n-1, embedded ``QUERY_BLOCK`` at a time (bounded memory)."""
+    dist = np.full(n, np.nan)
+    idx = np.full(n, -1, dtype=np.int64)
+    for s in range(0, n, QUERY_BLOCK):
+        e = min(n, s + QUERY_BLOCK)
+        block = None
+        for t in range(s, e, EMBED_CHUNK):
+            rows = enc.embed([image(i) for i in range(t, min(e, t + EMBED_CHUNK))])
+            if block is None:
+                block = np.empty((e - s, rows.shape[1]), np.float64)
+            block[t - s : t - s + len(rows)] = rows
+        dist[s:e], idx[s:e] = nearest_excluding(block, base, exclude[s:e])
+        del block
+    return dist, idx
 
 
 def brute_force(enc, image: Callable[[str], np.ndarray], queries, base, exclude) -> np.ndarray:
-    """Nearest distance of each query over every base image with the network's per-pair LPIPS."""
+    """LPIPS of every (query, base) pair by calling ``lpips.LPIPS.forward``; excluded pairs inf."""
+    import torch
+
+    net = enc.network()
+    d = np.full((len(queries), len(base)), np.inf)
     if not len(queries):
-        return np.zeros(0)
-    fq = enc.stack([enc.layer_features(image(q)) for q in queries])
-    d = np.empty((len(queries), len(base)))
-    for j, b in enumerate(base):
-        d[:, j] = enc.distances(enc.layer_features(image(b)), fq)
+        return d
+    qt = torch.cat([enc.prepare([image(h)]) for h in queries])
+    with torch.no_grad():
+        for j, h in enumerate(base):
+            bt = enc.prepare([image(h)]).expand(len(queries), -1, -1, -1)
+            d[:, j] = net(qt, bt).view(-1).double().cpu().numpy()
     for i, ex in enumerate(exclude):
         d[i, ex] = np.inf
-    return d.min(axis=1)
+    return d
+
+
+def agreement(dist: np.ndarray, idx: np.ndarray, brute: np.ndarray) -> np.ndarray:
+    """Per query: our neighbour is a brute-force minimiser and our distance equals its minimum.
+
+    Both within ``AGREEMENT_RTOL`` (the float32 forward's rounding); everything excluded on both
+    sides (nan / all inf) also agrees.
+    """
+    out = np.zeros(len(dist), dtype=bool)
+    for i, (dv, j) in enumerate(zip(dist, idx, strict=True)):
+        lo = brute[i].min() if brute.shape[1] else np.inf
+        if not np.isfinite(lo):
+            out[i] = j < 0
+        elif j >= 0:
+            close = np.isclose([dv, brute[i, j]], lo, rtol=AGREEMENT_RTOL, atol=1e-9)
+            out[i] = bool(close.all())
+    return out
 
 
 class MemorisationMetric(Metric):
@@ -144,53 +251,43 @@ class MemorisationMetric(Metric):
         heldout, _ = ctx.heldout(per_class)
         held_exclude = [same_pixels(h) for h in heldout]
         cache_dir = getattr(getattr(ctx, "run", None), "cache_dir", None)
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="lpips-phi-", dir=cache_dir) as tmp:
             dim = enc.embed([ctx.image(refs[0])]).shape[1]
-            base = np.lib.format.open_memmap(
-                Path(tmp) / "refs.npy", mode="w+", dtype=np.float32, shape=(len(refs), dim)
-            )
-            embed_all(enc, lambda j: ctx.image(refs[j]), len(refs), base)
-            self._sample_nn, self._sample_idx = self._search(
-                enc, ctx, ctx.fake_hashes, base, sample_exclude
-            )
-            self._heldout_nn, _ = self._search(enc, ctx, heldout, base, held_exclude)
-            del base
+            base = RowFile(Path(tmp) / "refs.f32", dim)
+            try:
+                embed_all(enc, lambda j: ctx.image(refs[j]), len(refs), base)
+                fakes = list(ctx.fake_hashes)
+                self._sample_nn, self._sample_idx = search_images(
+                    enc, lambda i: ctx.image(fakes[i]), len(fakes), base, sample_exclude
+                )
+                self._heldout_nn, _ = search_images(
+                    enc, lambda i: ctx.image(heldout[i]), len(heldout), base, held_exclude
+                )
+            finally:
+                base.close()
         rng = np.random.default_rng(ctx.seed)
         subset = np.sort(
             rng.choice(len(ctx.fake_hashes), min(n_check, len(ctx.fake_hashes)), replace=False)
         )
-        exact = brute_force(
+        brute = brute_force(
             enc,
             ctx.image,
             [ctx.fake_hashes[i] for i in subset],
             refs,
             [sample_exclude[i] for i in subset],
         )
-        ours = self._sample_nn[subset]
-        agree = np.isclose(ours, exact, rtol=AGREEMENT_RTOL, atol=1e-9) | (
-            np.isnan(ours) & np.isinf(exact)
-        )
+        agree = agreement(self._sample_nn[subset], self._sample_idx[subset], brute)
         self._meta = {
             "heldout_per_class": per_class,
             "checked": len(subset),
-            "search": "exact: float64 matrix product over LPIPS phi embeddings",
+            "search": "exact: float64 products over LPIPS phi with a certified bound, "
+            "direct-difference recheck",
             "excluded_own_conditioning": int(sum(len(e) for e in sample_exclude)),
         }
         summary = memorisation_summary(self._sample_nn, self._heldout_nn)
         return {**summary, KEY_AGREEMENT: float(agree.mean()) if len(agree) else float("nan")}
-
-    @staticmethod
-    def _search(enc, ctx, hashes, base, exclude) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest reference of each image (by hash), embedding queries chunk by chunk."""
-        dist = np.full(len(hashes), np.nan)
-        idx = np.full(len(hashes), -1, dtype=np.int64)
-        for s in range(0, len(hashes), EMBED_CHUNK):
-            chunk = hashes[s : s + EMBED_CHUNK]
-            q = enc.embed([ctx.image(h) for h in chunk])
-            dist[s : s + len(chunk)], idx[s : s + len(chunk)] = nearest_excluding(
-                q, base, exclude[s : s + len(chunk)]
-            )
-        return dist, idx
 
     def artifacts(self, ctx) -> dict[str, object]:
         held = self._heldout_nn[~np.isnan(self._heldout_nn)]
