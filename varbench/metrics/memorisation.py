@@ -125,7 +125,10 @@ def nearest_excluding(
     ties). So ties or rounding of the product cannot pick a wrong neighbour.
     Returns (distances, indices); (nan, -1) where every base row is excluded.
     """
-    q = np.asarray(queries, np.float64)
+    import torch  # its float64 GEMM; OpenBLAS via numpy is 30x slower for some thin shapes
+
+    q = np.ascontiguousarray(queries, np.float64)
+    qt = torch.from_numpy(q)
     nq = len(q)
     qn = np.einsum("ij,ij->i", q, q)
     eps = bound_eps(q.shape[1]) if nq else 0.0
@@ -135,7 +138,7 @@ def nearest_excluding(
     for s in range(0, len(base), REF_CHUNK):
         b = np.asarray(base[s : s + REF_CHUNK], np.float64)
         bn = np.einsum("ij,ij->i", b, b)
-        d = qn[:, None] + bn[None, :] - 2.0 * (q @ b.T)
+        d = qn[:, None] + bn[None, :] - 2.0 * (qt @ torch.from_numpy(b).T).numpy()
         tol = eps * (qn[:, None] + bn[None, :]) + 1e-300
         for i, ex in enumerate(exclude):
             local = ex[(ex >= s) & (ex < s + len(b))] - s
