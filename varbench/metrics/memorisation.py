@@ -114,7 +114,7 @@ def bound_eps(dim: int) -> float:
 
 
 def nearest_excluding(
-    queries: np.ndarray, base, exclude: Sequence[np.ndarray]
+    queries: np.ndarray, base, exclude: Sequence[np.ndarray], device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest base row (squared L2) of each query, skipping the rows ``exclude[i]``.
 
@@ -123,12 +123,13 @@ def nearest_excluding(
     lower bound is within the running best upper bound is recomputed by direct float64
     differences (no cancellation), and the smallest recomputed distance wins (lowest index on
     ties). So ties or rounding of the product cannot pick a wrong neighbour.
+    The product runs on ``device`` (torch float64; a GPU makes it seconds instead of hours).
     Returns (distances, indices); (nan, -1) where every base row is excluded.
     """
     import torch  # its float64 GEMM; OpenBLAS via numpy is 30x slower for some thin shapes
 
     q = np.ascontiguousarray(queries, np.float64)
-    qt = torch.from_numpy(q)
+    qt = torch.from_numpy(q).to(device)
     nq = len(q)
     qn = np.einsum("ij,ij->i", q, q)
     eps = bound_eps(q.shape[1]) if nq else 0.0
@@ -138,7 +139,8 @@ def nearest_excluding(
     for s in range(0, len(base), REF_CHUNK):
         b = np.asarray(base[s : s + REF_CHUNK], np.float64)
         bn = np.einsum("ij,ij->i", b, b)
-        d = qn[:, None] + bn[None, :] - 2.0 * (qt @ torch.from_numpy(b).T).numpy()
+        prod = (qt @ torch.from_numpy(b).to(device).T).cpu().numpy()
+        d = qn[:, None] + bn[None, :] - 2.0 * prod
         tol = eps * (qn[:, None] + bn[None, :]) + 1e-300
         for i, ex in enumerate(exclude):
             local = ex[(ex >= s) & (ex < s + len(b))] - s
@@ -184,7 +186,7 @@ def search_images(
             if block is None:
                 block = np.empty((e - s, rows.shape[1]), np.float64)
             block[t - s : t - s + len(rows)] = rows
-        dist[s:e], idx[s:e] = nearest_excluding(block, base, exclude[s:e])
+        dist[s:e], idx[s:e] = nearest_excluding(block, base, exclude[s:e], str(enc.device))
         del block
     return dist, idx
 
