@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import xml.etree.ElementTree as ET
 
+import pytest
 from conftest import run_cli, run_json
 
 
@@ -38,3 +41,84 @@ def test_check_passes_on_itself_and_fails_on_regression(tmp_path):
         "check", "--runs", str(bad), "--baseline", str(good), "--tolerance", "recal=1", check=False
     )
     assert proc.returncode == 2 and "--tolerance" in proc.stderr
+
+
+def _rows(fid: float, recall: float, model: str = "m", params: str = "{}") -> list[dict]:
+    return [
+        {
+            "model": model,
+            "protocol": "p",
+            "params": params,
+            "source": "varbench",
+            "fid": fid,
+            "fid_lo": 9.0,
+            "fid_hi": 11.0,
+            "recall": recall,
+            "recall_lo": 0.4,
+            "recall_hi": 0.6,
+            "kid": 0.01,
+        }
+    ]
+
+
+BASELINE = {"fid": 10.0, "recall": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("fid", "recall", "bad"),
+    [
+        (10.5, 0.45, set()),  # inside the interval
+        (11.0, 0.4, set()),  # exactly on the bounds: not a regression
+        (8.0, 0.7, set()),  # outside in the better direction
+        (11.0 + 1e-9, 0.4, {"fid"}),  # FID above _hi
+        (10.0, 0.4 - 1e-9, {"recall"}),  # recall below _lo
+        (12.0, 0.1, {"fid", "recall"}),
+    ],
+)
+def test_tolerance_ci_inside_edge_outside(tmp_path, fid, recall, bad):
+    from varbench.results import write_results
+
+    base, meas = tmp_path / "base.parquet", tmp_path / "meas.parquet"
+    write_results(base, _rows(**BASELINE))
+    write_results(meas, _rows(fid, recall) + _rows(1.0, 1.0, model="new"))
+    proc = run_cli(
+        "check", "--runs", str(meas), "--baseline", str(base), "--tolerance", "ci", check=False
+    )
+    assert proc.returncode == (1 if bad else 0), proc.stderr
+    findings = json.loads(proc.stdout)
+    checked = {f["metric"]: f for f in findings if f["status"] != "no_baseline"}
+    assert set(checked) == {"fid", "recall"}  # kid has no interval: not checked under bare ci
+    assert {m for m, f in checked.items() if not f["ok"]} == bad
+    # the row without a baseline row is reported, not failed
+    assert [f["model"] for f in findings if f["status"] == "no_baseline"] == ["new"]
+    text = run_cli(
+        "check", "--runs", str(meas), "--baseline", str(base), "--tolerance", "ci",
+        "--format", "text", check=False,
+    ).stdout  # fmt: skip
+    for metric in bad:
+        assert re.search(rf"^REGRESSION: m p {{}} {metric} ", text, re.M)
+    junit = run_cli(
+        "check", "--runs", str(meas), "--baseline", str(base), "--tolerance", "ci",
+        "--format", "junit", check=False,
+    )  # fmt: skip
+    assert junit.returncode == proc.returncode
+    suite = ET.fromstring(junit.stdout)
+    assert int(suite.get("failures")) == len(bad)
+
+
+def test_tolerance_ci_combines_with_explicit_values(tmp_path):
+    from varbench.check import CI, CI_AUTO, parse_tolerances
+    from varbench.results import write_results
+
+    tol = parse_tolerances("ci,kid=0.001,recall=0.2")
+    assert tol["fid"] == CI_AUTO and tol["kid"] == 0.001 and tol["recall"] == 0.2
+    assert parse_tolerances("kid=ci")["kid"] == CI
+    base, meas = tmp_path / "base.parquet", tmp_path / "meas.parquet"
+    write_results(base, _rows(**BASELINE))
+    write_results(meas, _rows(10.0, 0.35))  # recall below _lo but within the explicit 0.2
+    proc = run_cli(
+        "check", "--runs", str(meas), "--baseline", str(base), "--tolerance", "kid=ci,recall=0.2"
+    )
+    findings = {f["metric"]: f for f in json.loads(proc.stdout)}
+    assert findings["kid"]["status"] == "no_interval" and findings["recall"]["ok"]
+    assert "kid_lo" in proc.stderr

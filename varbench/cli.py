@@ -282,27 +282,181 @@ def validate(
     _echo_json({"valid": [str(p) for p in files]})
 
 
+class CheckFormat(str, Enum):
+    json = "json"
+    text = "text"
+    junit = "junit"
+
+
 @app.command()
 def check(
-    runs: Path = typer.Option(Path("runs"), "--runs", help="measured results: a runs folder or a results.parquet"),
-    baseline: Path = typer.Option(..., "--baseline", help="baseline results: a runs folder or a results.parquet"),
-    tolerance: str = typer.Option(None, "--tolerance", help="allowed worsening, e.g. fid=0.5,recall=0.01 (default: 0 for fid,kid,precision,recall)"),
+    runs: Path = typer.Option(
+        Path("runs"), "--runs", help="measured results: a runs folder or a results.parquet"
+    ),
+    baseline: Path = typer.Option(
+        ..., "--baseline", help="baseline results: a runs folder or a results.parquet"
+    ),
+    tolerance: str = typer.Option(
+        None,
+        "--tolerance",
+        help="'ci' (outside the baseline's interval in the worse direction fails), or allowed "
+        "worsening per metric, e.g. fid=0.5,recall=0.01, or both: ci,kid=0.001 "
+        "(default: 0 for fid,kid,precision,recall)",
+    ),
+    fmt: CheckFormat = typer.Option(
+        CheckFormat.json,
+        "--format",
+        "-f",
+        help="stdout: json (default), text (one line per finding) or junit XML",
+    ),
 ) -> None:
     """CI regression gate: exit 1 if any metric is worse than its baseline beyond tolerance.
 
-    Example: varbench check --runs runs --baseline baselines/results.parquet --tolerance fid=0.5
+    One line per finding goes to stderr; --format chooses stdout. Measured rows with no baseline
+    row are reported, not failed.
+
+    Example: varbench check --runs runs --baseline results/baselines/demo_1shot.parquet --tolerance ci
     """
     from varbench.check import check as check_
-    from varbench.check import load_rows, parse_tolerances
+    from varbench.check import load_rows, parse_tolerances, to_junit
 
     findings = check_(load_rows(runs), load_rows(baseline), parse_tolerances(tolerance))
-    for f in findings:
-        stderr_console.print(f.describe(), markup=False, highlight=False)
-    _echo_json([f.__dict__ for f in findings])
-    if not findings:
-        raise UsageError("varbench check: no measured row matches a baseline row (model, protocol, params)")
-    if not all(f.ok for f in findings):
+    lines = [f.describe() for f in findings]
+    if fmt != CheckFormat.text:
+        for line in lines:
+            stderr_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if fmt == CheckFormat.json:
+        _echo_json([f.__dict__ for f in findings])
+    elif fmt == CheckFormat.junit:
+        sys.stdout.write(to_junit(findings))
+    else:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    if not any(f.status != "no_baseline" for f in findings):
+        raise UsageError(
+            "varbench check: no measured row matches a baseline row (model, protocol, params)"
+        )
+    n_bad = sum(not f.ok for f in findings)
+    stderr_console.print(
+        f"varbench check: {n_bad} regression(s) in {sum(f.status in ('ok', 'regression') for f in findings)} checked metric(s)",
+        markup=False,
+        highlight=False,
+    )
+    if n_bad:
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    runs: Path = typer.Option(
+        Path("runs"), "--runs", help="folder searched recursively for run folders"
+    ),
+    protocol: list[str] = typer.Option(
+        [], "--protocol", "-p", help="only these protocols (repeatable)"
+    ),
+    out: Path = typer.Option(
+        Path("report.html"), "--out", "-o", help="the HTML file to write (nothing else is written)"
+    ),
+    grid_classes: int = typer.Option(
+        6, "--grid-classes", help="classes per sample grid (seeded choice)"
+    ),
+    grid_samples: int = typer.Option(
+        6, "--grid-samples", help="samples shown per conditioning image"
+    ),
+    closest: int = typer.Option(
+        8, "--closest", help="closest-to-a-reference pairs per sweep point"
+    ),
+    worst_classes: int = typer.Option(10, "--worst-classes", help="rows of the per-class table"),
+    thumb_px: int = typer.Option(96, "--thumb-px", help="thumbnail size (pixels, longest side)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the grid's class choice"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Write one self-contained HTML report (leaderboard, plots, samples, provenance).
+
+    Example: varbench report --runs runs --protocol demo_1shot --out report.html
+    """
+    setup_logging(verbose)
+    from varbench.report import ReportOptions, write_report
+
+    for name, value in (("--grid-classes", grid_classes), ("--grid-samples", grid_samples),
+                        ("--closest", closest), ("--worst-classes", worst_classes)):  # fmt: skip
+        if value < 0:
+            raise UsageError(f"{name} {value}: must be >= 0")
+    if thumb_px < 8:
+        raise UsageError(f"--thumb-px {thumb_px}: must be >= 8")
+    opts = ReportOptions(grid_classes, grid_samples, closest, worst_classes, thumb_px, seed=seed)
+    path = write_report(runs, out, protocol or None, opts)
+    _echo_json({"report": str(path), "bytes": path.stat().st_size})
+
+
+class PlotKind(str, Enum):
+    sweep = "sweep"
+    pr = "pr"
+    memorisation = "memorisation"
+    grid = "grid"
+
+
+class PlotFormat(str, Enum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+@app.command()
+def plot(
+    runs: Path = typer.Option(
+        Path("runs"), "--runs", help="folder searched recursively for run folders"
+    ),
+    kind: PlotKind = typer.Option(..., "--kind", help="sweep | pr | memorisation | grid"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the figure files"),
+    fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", "-f", help="png | svg | pdf"),
+    protocol: list[str] = typer.Option(
+        [], "--protocol", "-p", help="only these protocols (repeatable)"
+    ),
+    grid_classes: int = typer.Option(6, "--grid-classes"),
+    grid_samples: int = typer.Option(6, "--grid-samples"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write the report's figures as files for papers (one per protocol, run or sweep point).
+
+    Example: varbench plot --runs runs --kind sweep --out figures --format pdf
+    """
+    from varbench import plots
+    from varbench.results import published_results
+    from varbench.runview import load_runs
+
+    found = load_runs(runs, protocol or None)
+    names = list(dict.fromkeys(r.protocol for r in found))
+    written = []
+    for stem, fig in plots.figures(kind.value, found, published_results(), names,
+                                   grid_classes, grid_samples, seed):  # fmt: skip
+        written.append(str(plots.save(fig, out / plots.safe_stem(stem), fmt.value)))
+    if not written:
+        stderr_console.print(f"no {kind.value} figure: no run under {runs} has the data for it")
+    _echo_json(written)
+
+
+@app.command()
+def baseline(
+    runs: Path = typer.Option(
+        Path("runs"), "--runs", help="folder searched recursively for results.parquet"
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="baseline parquet, e.g. results/baselines/NAME.parquet"
+    ),
+    protocol: list[str] = typer.Option(
+        [], "--protocol", "-p", help="only these protocols (repeatable)"
+    ),
+    model: list[str] = typer.Option([], "--model", "-m", help="only these models (repeatable)"),
+) -> None:
+    """Freeze measured rows (values, intervals, provenance) as a baseline for `varbench check`.
+
+    Example: varbench baseline --runs runs --protocol demo_1shot --out results/baselines/demo_1shot.parquet
+    """
+    from varbench.baseline import baseline_rows, write_baseline
+
+    df = baseline_rows(runs, protocol or None, model or None)
+    path = write_baseline(df, out)
+    _echo_json({"baseline": str(path), "rows": len(df)})
 
 
 @app.command()
