@@ -63,6 +63,7 @@ class _Session:
     def call(self, method: str, **params: Any) -> dict:
         self.next_id += 1
         my_id = self.next_id
+        self.ws.settimeout(60)  # drain() leaves a short timeout behind
         self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv())
@@ -105,7 +106,9 @@ class _Session:
                 return
 
 
-def open_page(html_file: Path, expressions: dict[str, str], timeout: float = 60) -> PageLog:
+def open_page(
+    html_file: Path, expressions: dict[str, str], timeout: float = 60, full_page: bool = False
+) -> PageLog:
     """Load ``html_file`` in headless Chromium; return the log, evaluated values and a PNG."""
     binary = chromium_binary()
     if binary is None:
@@ -138,7 +141,7 @@ def open_page(html_file: Path, expressions: dict[str, str], timeout: float = 60)
         for name, expr in expressions.items():
             res = s.call("Runtime.evaluate", expression=expr, returnByValue=True)
             log.values[name] = res.get("result", {}).get("value")
-        shot = s.call("Page.captureScreenshot", format="png")
+        shot = s.call("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)
         log.screenshot = base64.b64decode(shot["data"])
         s.drain(0.3)
         for e in s.events:

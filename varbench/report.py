@@ -245,9 +245,9 @@ def grid_html(point: PointView, opts: ReportOptions, thumbs: Thumbnails) -> str:
             f"<br>{esc(row.class_label)}</td>"
         )
         for s in row.samples:
+            alt = f"{s.get('file')} (seed {s.get('seed')})"
             out.append(
-                f"<td>{thumbs.img(point.sample_path(s), str(s.get('file')))}"
-                f"seed {esc(s.get('seed'))}</td>"
+                f"<td>{thumbs.img(point.sample_path(s), alt)}#{esc(s.get('sample_index'))}</td>"
             )
         out.append("</tr>")
     out.append("</tbody></table>")
