@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +14,63 @@ import numpy as np
 from PIL import Image
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+class DiskFullError(OSError):
+    """No space left while writing under a folder; nothing partial was left behind."""
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode a plain ``open(path, "w")`` would give a new file: 0o666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
+def disk_full(path: str | os.PathLike, exc: OSError) -> DiskFullError:
+    """One clear error naming the folder that ran out of space."""
+    folder = Path(path).parent
+    return DiskFullError(
+        errno.ENOSPC,
+        f"no space left on the device holding {folder} while writing {Path(path).name}; "
+        "nothing partial was kept. Free space (or point --runs/--cache elsewhere) and re-run "
+        "the same command: finished work is resumed, not redone.",
+    )
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part.
+
+    The file gets the mode the umask gives ordinary files (mkstemp alone would leave 0600, which
+    makes a team's shared runs folder unreadable), and a full disk raises ``DiskFullError``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(path, exc) from exc
+        raise
+    try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise disk_full(path, exc) from exc
         raise
 
 

@@ -111,9 +111,17 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
             if not published.empty
             else _series(measured)
         )
-        for gi, ((label, axis), pts) in enumerate(sorted(groups.items())):
+        models = sorted({str(r.get("model")) for pts in groups.values() for _, r in pts})
+        seen_per_model: dict[tuple[str, bool], int] = {}
+        axis_names = sorted({axis for _, axis in groups if axis})
+        for (label, _axis), pts in sorted(groups.items()):
             is_pub = any(str(r.get("source") or "varbench") != "varbench" for _, r in pts)
-            colour = colours[gi % len(colours)]
+            model = str(pts[0][1].get("model"))
+            colour = colours[models.index(model) % len(colours)]  # same colour: model's own points
+            nth = seen_per_model.get((model, is_pub), 0)
+            seen_per_model[(model, is_pub)] = nth + 1
+            style = ["-", "--", "-.", ":"][nth % 4]
+            marker = ["D", "s", "^", "v"][nth % 4]
             for ax, metric in zip(axes, metrics, strict=False):
                 xy = [
                     (x, finite(r.get(metric)), r)
@@ -135,9 +143,9 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
                     ys = [y for x, y, _ in xy if x is not None]
                     rows = [r for x, _, r in xy if x is not None]
                     if is_pub:
-                        h = ax.plot(xs, ys, ls="none", marker="D", mfc="none", color=colour, ms=5)[
-                            0
-                        ]
+                        h = ax.plot(
+                            xs, ys, ls="none", marker=marker, mfc="none", color=colour, ms=5
+                        )[0]
                         for x, y in zip(xs, ys, strict=False):
                             ax.annotate(
                                 f"{y:.3g}",
@@ -157,12 +165,16 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
                             color=colour,
                             capsize=2,
                             lw=1,
+                            ls=style,
                         )
                 handles.setdefault(plain(label), h)
-                ax.set_xlabel(plain(axis or "sweep point"))
         for ax, metric in zip(axes, metrics, strict=False):
             ax.set_title(SWEEP_METRICS[metric])
             ax.grid(alpha=0.3)
+            if axis_names:
+                ax.set_xlabel(plain(" / ".join(axis_names)))
+            else:  # only unswept models: the x axis carries nothing
+                ax.set_xticks([])
         for ax in axes[len(metrics) :]:
             ax.set_visible(False)
         fig.suptitle(plain(f"{protocol}: metrics against the sweep parameter"))
