@@ -246,11 +246,89 @@ def section_extract(
     }
 
 
+def section_intervals(
+    args: argparse.Namespace, real: np.ndarray, fake: np.ndarray
+) -> dict[str, object]:
+    """Cost of the 95 % intervals (B half-samples by class) vs one evaluation of FID + P/R.
+
+    Classes: ``--classes`` equal blocks of consecutive rows (ImageNet 1-shot at n = 10,000 has
+    1,000 classes of 10 references and 10 samples). The interval side is what the bootstrap
+    metric computes: the estimate plus B replicates; the reference is ``fid_from_features`` plus
+    ``precision_recall`` once, as the fid and precision_recall metrics compute them.
+    """
+    from varbench.metrics.bootstrap import DEFAULT_REPLICATES, half_sample_replicates
+    from varbench.metrics.fid import fid_from_features
+    from varbench.metrics.prdc import PrecisionRecallPlan, precision_recall
+
+    real64, fake64 = real.astype(np.float64), fake.astype(np.float64)
+    rc = np.arange(len(real)) * args.classes // len(real)
+    fc = np.arange(len(fake)) * args.classes // len(fake)
+
+    def one() -> float:
+        precision_recall(real64, fake64, 3)
+        return fid_from_features(real64, fake64)
+
+    def intervals() -> np.ndarray:
+        plan = PrecisionRecallPlan(real64, fake64)
+        plan(k=3)
+        fid_from_features(real64, fake64)
+        return half_sample_replicates(
+            real64, fake64, rc, fc, args.replicates, seed=0, k=3, plan=plan
+        )[1]
+
+    _, t_one = timed(one, 1)
+    reps, t_int = timed(intervals, 1)
+    # Spot check: the plan's sub-matrix route equals recomputing on a half-sample.
+    half = np.flatnonzero(rc % 2 == 0), np.flatnonzero(fc % 2 == 0)
+    plan = PrecisionRecallPlan(real64, fake64)
+    same = plan(*half, k=3) == precision_recall(real64[half[0]], fake64[half[1]], 3)
+    return {
+        "interval_replicates": args.replicates,
+        "interval_default_replicates": DEFAULT_REPLICATES,
+        "interval_classes": args.classes,
+        "one_fid_prc_seconds": t_one,
+        "interval_seconds": t_int,
+        "interval_cost_ratio": t_int / t_one,
+        "interval_subset_equal": bool(same),
+        "interval_fid_sd": float(reps[:, 0].std(ddof=1)),
+    }
+
+
+def section_memory(
+    args: argparse.Namespace, real: np.ndarray, fake: np.ndarray
+) -> dict[str, object]:
+    """Peak RSS of scoring one point with every array metric on the CPU (run it alone).
+
+    FID, KID, precision/recall, density/coverage and the intervals on ``--n`` x ``--n`` features;
+    the peak is the process's high-water mark (``ru_maxrss``), so it includes the features.
+    """
+    import resource
+
+    from varbench.metrics.bootstrap import half_sample_replicates
+    from varbench.metrics.fid import fid_from_features
+    from varbench.metrics.kid import kid_features_to_metric
+    from varbench.metrics.prdc import PrecisionRecallPlan, density_coverage
+
+    real64, fake64 = real.astype(np.float64), fake.astype(np.float64)
+    rc = np.arange(len(real)) * args.classes // len(real)
+    fc = np.arange(len(fake)) * args.classes // len(fake)
+    fid_from_features(real64, fake64)
+    kid_features_to_metric(fake64, real64)
+    density_coverage(real64, fake64, 5)
+    plan = PrecisionRecallPlan(real64, fake64)
+    plan(k=3)
+    half_sample_replicates(real64, fake64, rc, fc, 3, seed=0, k=3, plan=plan)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    return {"peak_rss_gib": round(peak, 3)}
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, np.ndarray, np.ndarray], dict[str, object]]] = {
     "fid": section_fid,
     "prc": section_prc,
     "memorisation": section_memorisation,
     "extract": section_extract,
+    "intervals": section_intervals,
+    "memory": section_memory,
 }
 
 
@@ -264,6 +342,8 @@ def main() -> None:
     parser.add_argument("--mem-size", type=int, default=64, help="memorisation: image size (px)")
     parser.add_argument("--lpips-weights", default=None, help="whole-module LPIPS state dict")
     parser.add_argument("--extract-n", type=int, default=300, help="extract: images per folder")
+    parser.add_argument("--classes", type=int, default=1000, help="intervals: classes (units)")
+    parser.add_argument("--replicates", type=int, default=50, help="intervals: B half-samples")
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}"
     )

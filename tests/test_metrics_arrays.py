@@ -222,6 +222,21 @@ def test_knn_radii_equal_brute_force(dups, k):
     assert not (idx == np.arange(len(real))[:, None]).any()
 
 
+@pytest.mark.parametrize("block", [7, 64, 1024])
+def test_symmetric_blocked_knn_equals_brute_force(monkeypatch, block):
+    """The upper-triangle block products (ragged last block, transposed updates) lose nothing."""
+    import varbench.metrics.prdc as prdc
+
+    monkeypatch.setattr(prdc, "_SYM_BLOCK", block)
+    real, _ = _pair(n=250, d=24, seed=11)
+    data = np.vstack([real, real[:40], np.repeat(real[40:41], 6, axis=0)])  # copies and a clump
+    dist, idx = knn_exact(data, 3)
+    full = _sq(data, data)
+    np.fill_diagonal(full, np.inf)
+    np.testing.assert_array_equal(dist, np.sort(full, axis=1)[:, :3])
+    np.testing.assert_array_equal(np.take_along_axis(full, idx, axis=1), dist)
+
+
 def test_knn_radii_with_many_exact_ties_and_duplicates():
     """More duplicates than faiss candidates (self not returned) and a lattice (band overflow)."""
     rng = _rng(8)
@@ -413,3 +428,23 @@ def test_isc_and_sfid_metrics_read_the_inception_outputs():
     )
     assert metric_registry.get("isc")().compute(ctx) == inception_score(logits)
     assert ("fake", "inception", "logits") in calls and ("real", "inception", "spatial") in calls
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_precision_recall_plan_subsets_equal_direct_computation(cached):
+    """Half-samples read from the once-computed matrices give exactly the direct numbers."""
+    from varbench.metrics.prdc import PrecisionRecallPlan
+
+    real, fake = _pair(n=240, d=16, seed=21)
+    real, fake = _with_duplicates(real, fake)
+    plan = PrecisionRecallPlan(real, fake, max_bytes=1e12 if cached else 0)
+    assert plan.cached is cached
+    rng = _rng(3)
+    assert plan(k=3) == precision_recall(real, fake, 3)
+    for _ in range(4):
+        ir = np.sort(rng.choice(len(real), len(real) // 2, replace=False))
+        jf = np.sort(rng.choice(len(fake), len(fake) // 2, replace=False))
+        got = plan(ir, jf, k=3)
+        brute = _brute_prdc(real[ir], fake[jf], 3)
+        assert got == precision_recall(real[ir], fake[jf], 3)
+        assert got["precision"] == brute["precision"] and got["recall"] == brute["recall"]
