@@ -1,4 +1,9 @@
-"""Dataset listing by layout (class folders, SUN397) and full validation before any generation."""
+"""Dataset listing by layout (class folders, SUN397) and full validation before any generation.
+
+Every non-folder entry with an image extension is listed, including broken or looping links and
+files PIL cannot read, so validation reports it by name instead of a class silently coming up
+short; what is converted and what is rejected is decided in ``varbench.imageio``.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,17 @@ from pathlib import Path
 
 from varbench.errors import DatasetError
 from varbench.hashing import pixel_sha256, sha256_text
-from varbench.io import atomic_write_json, read_rgb
+from varbench.imageio import (
+    IMAGE_POLICY_VERSION,
+    image_problem,
+    os_problem,
+    policy_warnings_silenced,
+    stat_problem,
+)
+from varbench.io import atomic_write_json
 from varbench.progress import progress_bar
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff", ".gif"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,7 @@ class DatasetListing:
     layout: str
     classes: dict[str, tuple[str, ...]]  # class name -> sorted relative paths
     labels: dict[str, str]  # class name -> human-readable label (for prompts)
+    problems: tuple[str, ...] = ()  # unreadable folders and link cycles, reported by validation
 
     def path(self, rel: str) -> Path:
         """Absolute path of a root-relative file."""
@@ -40,54 +53,100 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _images_under(folder: Path, root: Path, recursive: bool) -> list[str]:
-    out = []
-    if recursive:
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            out += [
-                Path(dirpath, f).relative_to(root).as_posix() for f in filenames if _is_image(f)
-            ]
-    else:
-        out = [
-            Path(folder, f).relative_to(root).as_posix()
-            for f in os.listdir(folder)
-            if _is_image(f) and (folder / f).is_file()
-        ]
-    return sorted(out)
+def _folder_problem(folder: Path | str, exc: OSError) -> str:
+    """A folder that cannot be listed (permissions, vanished, link loop), with the fix."""
+    if isinstance(exc, PermissionError):
+        return (
+            f"permission denied listing folder {folder}; "
+            "fix: make it readable (chmod a+rx) or remove it"
+        )
+    return f"cannot list folder {folder}: {exc.strerror or exc}; fix: repair or remove it"
 
 
-def list_imagefolder(root: Path) -> tuple[dict[str, tuple[str, ...]], list[str]]:
-    """``<root>/<class>/*.jpg`` (images directly inside each class folder)."""
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _images_in(folder: Path, root: Path, problems: list[str]) -> list[str]:
+    """Image-named non-folder entries directly inside ``folder`` (links included, unresolved)."""
+    try:
+        with os.scandir(folder) as it:
+            names = [e.name for e in it if _is_image(e.name) and not _is_folder(e)]
+    except OSError as exc:
+        problems.append(_folder_problem(folder, exc))
+        return []
+    return sorted(Path(folder, f).relative_to(root).as_posix() for f in names)
+
+
+def _walk(top: Path, problems: list[str]) -> Iterable[tuple[str, list[str], list[str]]]:
+    """``os.walk`` following folder links, pruning link cycles and reporting unlistable folders."""
+    seen = {os.path.realpath(top)}
+    for dirpath, dirnames, filenames in os.walk(
+        top, followlinks=True, onerror=lambda e: problems.append(_folder_problem(e.filename, e))
+    ):
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                problems.append(
+                    f"symlink loop {os.path.join(dirpath, d)} (links back to {real}); "
+                    "fix: remove the link"
+                )
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        yield dirpath, dirnames, filenames
+
+
+Listed = tuple[dict[str, tuple[str, ...]], list[str], list[str]]
+
+
+def list_imagefolder(root: Path) -> Listed:
+    """``<root>/<class>/*.jpg`` (images directly inside each class folder).
+
+    Returns (classes, fatal problems, problems left for validation to report with the rest).
+    """
     problems: list[str] = []
     classes: dict[str, tuple[str, ...]] = {}
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    file_problems: list[str] = []
+    subdirs = []
+    for d in sorted(root.iterdir()):
+        if d.name.startswith("."):
+            continue
+        if d.is_dir():
+            subdirs.append(d)
+        elif d.is_symlink() and not os.path.exists(d):  # broken or looping: maybe a class folder
+            file_problems.append(stat_problem(d) or f"unusable link {d}; fix: remove it")
     if not subdirs:
         problems.append(
             f"missing class folders: {root} has no sub-folders; expected <data>/<class>/<image files>"
         )
     for d in subdirs:
-        classes[d.name] = tuple(_images_under(d, root, recursive=False))
+        classes[d.name] = tuple(_images_in(d, root, file_problems))
     loose = [f for f in os.listdir(root) if _is_image(f)]
     if loose and not subdirs:
         problems.append(f"{root} holds {len(loose)} images directly; put them in class folders")
-    return classes, problems
+    return classes, problems, file_problems
 
 
-def list_sun397(root: Path) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+def list_sun397(root: Path) -> Listed:
     """``<root>/SUN397/<letter>/<category>[/<sub>]/*.jpg``; category = path between letter and file."""
     problems: list[str] = []
+    deferred: list[str] = []
     base = root / "SUN397" if (root / "SUN397").is_dir() else root
     letters = sorted(d for d in base.iterdir() if d.is_dir() and len(d.name) == 1)
     if not letters:
         problems.append(
             f"missing folder {root}/SUN397/<letter>/: expected SUN397/<letter>/<category>[/<sub>]/*.jpg"
         )
-        return {}, problems
+        return {}, problems, deferred
     classes: dict[str, list[str]] = {}
     for letter in letters:
-        for dirpath, dirnames, filenames in os.walk(letter):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for dirpath, _dirnames, filenames in _walk(letter, deferred):
             files = [f for f in filenames if _is_image(f)]
             if not files:
                 continue
@@ -95,7 +154,7 @@ def list_sun397(root: Path) -> tuple[dict[str, tuple[str, ...]], list[str]]:
             classes.setdefault(category, []).extend(
                 Path(dirpath, f).relative_to(root).as_posix() for f in files
             )
-    return {k: tuple(sorted(v)) for k, v in classes.items()}, problems
+    return {k: tuple(sorted(v)) for k, v in classes.items()}, problems, deferred
 
 
 def imagenet_labels() -> dict[str, str]:
@@ -125,25 +184,33 @@ def list_dataset(root: str | Path, layout: str, class_names: str | None = None) 
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(str(root), [f"missing folder: --data {root} does not exist"])
-    if layout == "sun397":
-        classes, problems = list_sun397(root)
-    else:
-        classes, problems = list_imagefolder(root)
+    try:
+        if layout == "sun397":
+            classes, problems, deferred = list_sun397(root)
+        else:
+            classes, problems, deferred = list_imagefolder(root)
+    except OSError as exc:  # the root itself (or SUN397/) cannot be listed
+        raise DatasetError(str(root), [_folder_problem(exc.filename or root, exc)]) from exc
     if problems:
         raise DatasetError(str(root), problems)
     names = imagenet_labels() if class_names == "imagenet" else {}
     labels = {c: names.get(c, _default_label(c)) for c in classes}
-    return DatasetListing(root=root, layout=layout, classes=classes, labels=labels)
+    return DatasetListing(
+        root=root, layout=layout, classes=classes, labels=labels, problems=tuple(deferred)
+    )
 
 
 def _check_file(path: Path) -> tuple[str | None, str | None]:
-    """Decode one image fully; return (pixel hash, None) or (None, problem)."""
+    """Decode one image fully under the image policy; return (pixel hash, None) or (None, problem)."""
     try:
-        arr = read_rgb(path)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a dataset problem to report
-        return None, f"unreadable or truncated image {path}: {type(exc).__name__}: {exc}"
-    if arr.shape[0] < 8 or arr.shape[1] < 8:
-        return None, f"image too small ({arr.shape[1]}x{arr.shape[0]}) {path}"
+        arr, problem = image_problem(path)
+    except Exception as exc:  # noqa: BLE001 - anything the policy did not foresee is still named
+        return (
+            None,
+            f"unreadable image {path}: {type(exc).__name__}: {exc}; fix: re-save or delete it",
+        )
+    if arr is None:
+        return None, problem
     return pixel_sha256(arr), None
 
 
@@ -158,25 +225,33 @@ class ValidationReport:
 def validate_files(
     listing: DatasetListing, files: Iterable[str], cache_dir: Path | None, workers: int = 4
 ) -> ValidationReport:
-    """Fully decode ``files``; results cached by (path, size, mtime) so re-runs are fast."""
+    """Fully decode ``files`` under the image policy (``varbench.imageio``), collecting problems.
+
+    Problems found while listing (unlistable folders, link cycles) are included. Results are
+    cached by (path, size, mtime) and the policy version, so re-runs are fast.
+    """
     files = list(files)
     cache_path = None
     cache: dict[str, list] = {}
     if cache_dir is not None:
-        cache_path = Path(cache_dir) / "validation" / f"{sha256_text(str(listing.root))[:24]}.json"
+        cache_path = (
+            Path(cache_dir)
+            / "validation"
+            / f"{sha256_text(str(listing.root))[:24]}.p{IMAGE_POLICY_VERSION}.json"
+        )
         if cache_path.is_file():
             try:
                 cache = json.loads(cache_path.read_text())
             except (OSError, ValueError):
                 cache = {}
     hashes: dict[str, str] = {}
-    problems: list[str] = []
+    problems: list[str] = list(listing.problems)
     todo: list[tuple[str, list]] = []
     for rel in files:
         try:
             st = listing.path(rel).stat()
         except OSError as exc:
-            problems.append(f"unreadable image {listing.path(rel)}: {exc}")
+            problems.append(os_problem(listing.path(rel), exc))
             continue
         stamp = [st.st_size, st.st_mtime_ns]
         hit = cache.get(rel)
@@ -186,6 +261,7 @@ def validate_files(
             todo.append((rel, stamp))
     if todo:
         with (
+            policy_warnings_silenced(),
             ThreadPoolExecutor(max_workers=workers) as pool,
             progress_bar("validating images", len(todo)) as advance,
         ):
