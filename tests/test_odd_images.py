@@ -502,3 +502,18 @@ def test_cli_run_on_converted_kinds_completes(tmp_path):
         pixel_sha256(np.asarray(Image.open(p))) for p in run.rglob("*.png") if "samples" in p.parts
     }
     assert samples == conditioning and len(conditioning) == 3
+
+
+def test_sun397_links_between_folders_loop_or_not(tmp_path):
+    """Two folders linking into each other is a loop; two links to one folder are not."""
+    root = tmp_path / "sun" / "SUN397"
+    for cat in ["a/abbey", "a/arch", "b/barn"]:
+        (root / cat).mkdir(parents=True)
+        Image.fromarray(rgb()).save(root / cat / "sun_0.jpg")
+    os.symlink("../arch", root / "a/abbey/to_arch")  # a/arch/... reachable twice: no loop
+    os.symlink("../abbey", root / "a/arch/to_abbey")  # abbey -> arch -> abbey: loop
+    listing = list_dataset(tmp_path / "sun", "sun397")
+    assert "a/abbey/to_arch" in listing.classes  # the linked folder is followed
+    loops = [p for p in listing.problems if "symlink loop" in p]
+    assert loops and all("to_abbey" in p or "to_arch" in p for p in loops)
+    assert not any("b/barn" in p for p in listing.problems)

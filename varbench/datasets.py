@@ -82,21 +82,26 @@ def _images_in(folder: Path, root: Path, problems: list[str]) -> list[str]:
 
 
 def _walk(top: Path, problems: list[str]) -> Iterable[tuple[str, list[str], list[str]]]:
-    """``os.walk`` following folder links, pruning link cycles and reporting unlistable folders."""
-    seen = {os.path.realpath(top)}
+    """``os.walk`` following folder links; a link back into its own walk path is a reported loop.
+
+    Each folder carries the real paths of the folders above it on the walk path, so a link to an
+    ancestor (directly or through other links) is pruned, while two links to one folder are not.
+    """
+    above: dict[str, frozenset[str]] = {str(top): frozenset({os.path.realpath(top)})}
     for dirpath, dirnames, filenames in os.walk(
         top, followlinks=True, onerror=lambda e: problems.append(_folder_problem(e.filename, e))
     ):
+        chain = above.pop(dirpath, frozenset())
         keep = []
         for d in sorted(d for d in dirnames if not d.startswith(".")):
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if real in seen:
+            child = os.path.join(dirpath, d)
+            real = os.path.realpath(child)
+            if real in chain:
                 problems.append(
-                    f"symlink loop {os.path.join(dirpath, d)} (links back to {real}); "
-                    "fix: remove the link"
+                    f"symlink loop {child} (leads back to {real}); fix: remove the link"
                 )
                 continue
-            seen.add(real)
+            above[child] = chain | {real}
             keep.append(d)
         dirnames[:] = keep
         yield dirpath, dirnames, filenames
