@@ -71,7 +71,7 @@ class ClipEncoder(WeightsFileEncoder):
             import open_clip
 
             path = self.resolved_path()
-            with weights_only_loads():
+            with weights_only_loads(path):
                 net = open_clip.create_model(
                     f"{self.model_name}-quickgelu", pretrained=str(path), load_weights=True
                 )

@@ -149,7 +149,7 @@ class DinoV2Encoder(WeightsFileEncoder):
             import timm
 
             path = self.resolved_path()
-            with weights_only_loads():
+            with weights_only_loads(path):
                 net = timm.create_model(
                     self.arch,
                     pretrained=True,

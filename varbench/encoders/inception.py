@@ -17,6 +17,7 @@ docs/metrics.md).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 
 from varbench.encoders.filed import WeightsFileEncoder
 from varbench.encoders.weights import (
+    load_state_dict_file,
     network_timeout,
     torch_hub_checkpoint,
     weights_only_loads,
@@ -37,6 +39,18 @@ OUTPUTS = ("features", "logits", "spatial")
 SPATIAL_LAYER = "Mixed_6d.branch1x1"  # TF mixed_6/conv (torch-fidelity's conversion table)
 SPATIAL_CHANNELS = 7
 DIMS = {"features": 2048, "logits": 1008, "spatial": 2023}
+
+
+def _torch_loadable(path: Path) -> str | io.BytesIO:
+    """What torch-fidelity's ``torch.load`` can read: the path, or a .safetensors file re-serialised."""
+    if path.suffix != ".safetensors":
+        return str(path)
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(load_state_dict_file(path), buf)
+    buf.seek(0)
+    return buf
 
 
 class InceptionEncoder(WeightsFileEncoder):
@@ -88,11 +102,11 @@ class InceptionEncoder(WeightsFileEncoder):
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
             path = self.resolved_path()
-            with weights_only_loads():  # torch-fidelity calls torch.load(weights_only=False)
+            with weights_only_loads(path):  # torch-fidelity calls torch.load(weights_only=False)
                 net = FeatureExtractorInceptionV3(
                     "inception-v3-compat",
                     ["2048", "logits_unbiased"],
-                    feature_extractor_weights_path=str(path),
+                    feature_extractor_weights_path=_torch_loadable(path),
                 )
             net = net.eval().to(self.device)
             net.get_submodule(SPATIAL_LAYER).register_forward_hook(self._keep_spatial)

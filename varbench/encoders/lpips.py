@@ -139,7 +139,8 @@ class LpipsEncoder(Encoder):
             if full is None:
                 self.check_available()
                 self.fetch()
-            with weights_only_loads():
+            files = full or f"{self.trunk_path()} or {self.linear_path()}"
+            with weights_only_loads(files):
                 net = lpips.LPIPS(
                     pretrained=True, net=self.net, pnet_rand=full is not None, verbose=False
                 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,13 +59,60 @@ def missing_weights_error(encoder: str, filename: str, source: str) -> WeightsUn
     )
 
 
+class UnsafeWeightsError(WeightsUnavailableError):
+    """A weights file that needs pickled code to load, or cannot be read as weights at all."""
+
+
+SAFETENSORS_HOWTO = (
+    "convert it to safetensors: in an environment you trust, load it once with "
+    "torch.load(PATH, weights_only=False) and save the state dict with "
+    "safetensors.torch.save_file(state_dict, 'NAME.safetensors'), then pass that file"
+)
+
+# What torch / safetensors raise on a file that is not a loadable weights file.
+_UNREADABLE = (RuntimeError, KeyError, EOFError, ValueError, OSError, pickle.UnpicklingError)
+
+
+def _unreadable_types() -> tuple[type[BaseException], ...]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        return _UNREADABLE
+    return (*_UNREADABLE, SafetensorError)
+
+
+def weights_file_error(path: str | Path, exc: BaseException) -> UnsafeWeightsError:
+    """The one message for a weights file that cannot be loaded: pickled code or damage."""
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    code = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and code:
+        return UnsafeWeightsError(
+            f"weights file {path} needs pickled Python code to load (it calls {code.group(1)}); "
+            f"varbench never runs code from weights files. To use it, {SAFETENSORS_HOWTO}."
+        )
+    return UnsafeWeightsError(
+        f"weights file {path} cannot be read as weights ({type(exc).__name__}: {first}); "
+        "it is damaged or not the expected checkpoint. Re-download it (`varbench fetch`) or "
+        f"pass the right file; if it is a trusted checkpoint in another format, {SAFETENSORS_HOWTO}."
+    )
+
+
 @contextlib.contextmanager
-def weights_only_loads() -> Iterator[None]:
-    """Force every ``torch.load`` inside (including libraries' own calls) to refuse pickled code."""
+def weights_only_loads(path: str | Path | None = None) -> Iterator[None]:
+    """Force every ``torch.load`` inside (including libraries' own calls) to refuse pickled code.
+
+    With ``path`` (the weights file being loaded), a refused or unreadable file becomes one
+    ``UnsafeWeightsError`` naming it instead of a library traceback.
+    """
     old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
         yield
+    except _unreadable_types() as exc:
+        if path is None:
+            raise
+        raise weights_file_error(path, exc) from exc
     finally:
         if old is None:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
@@ -74,13 +123,14 @@ def weights_only_loads() -> Iterator[None]:
 def load_state_dict_file(path: str | Path) -> dict[str, Any]:
     """A state dict from ``.safetensors`` or a torch file, never executing pickled code."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    with weights_only_loads(path):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    import torch
+            return load_file(str(path))
+        import torch
 
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):  # common wrappers around a state dict
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
