@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_inception_file, run_cli
+from conftest import random_inception_file, run_cli, run_json
 from PIL import Image
 
 from varbench.demo_data import demo_image
@@ -127,3 +128,171 @@ def test_other_encoders_refuse_pickled_weights(tmp_path, name):
         encoder.network()
     assert str(evil) in str(info.value)
     assert not marker.exists()
+
+
+# --- feature cache --------------------------------------------------------------------------
+
+SCORE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "n_samples", "n_real")
+
+
+def _member_data_offset(path: Path, member: str) -> tuple[int, int]:
+    """(offset, size) of a stored zip member's bytes: local header + name + extra field."""
+    import struct
+    import zipfile
+
+    info = zipfile.ZipFile(path).getinfo(member)
+    raw = path.read_bytes()
+    name_len, extra_len = struct.unpack(
+        "<HH", raw[info.header_offset + 26 : info.header_offset + 30]
+    )
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def _flip_middle_of_features(path: Path) -> None:
+    start, size = _member_data_offset(path, "features.npy")
+    raw = bytearray(path.read_bytes())
+    raw[start + size // 2] ^= 0x10  # inside the float payload (the .npy header is ~128 bytes)
+    path.write_bytes(bytes(raw))
+
+
+def _damage_all_ways(chunks: list[Path]) -> dict[Path, str]:
+    """Truncated, garbage bytes, one flipped payload byte, mismatched lengths; -> expected reason."""
+    assert len(chunks) >= 4, chunks
+    raw = chunks[0].read_bytes()
+    chunks[0].write_bytes(raw[: len(raw) // 2])
+    chunks[1].write_bytes(np.random.default_rng(1).bytes(len(chunks[1].read_bytes())))
+    _flip_middle_of_features(chunks[2])
+    with np.load(chunks[3]) as data:
+        hashes, feats = data["hashes"], data["features"]
+    with open(chunks[3], "wb") as f:
+        np.savez(f, hashes=hashes, features=feats[:-1])
+    return {
+        chunks[0]: "not a zip file",
+        chunks[1]: "not a zip file",
+        chunks[2]: "CRC-32",
+        chunks[3]: "hashes but features of shape",
+    }
+
+
+def test_damaged_feature_chunks_are_recomputed_to_identical_numbers(tmp_path):
+    from varbench.features import read_chunk
+
+    env = {"VARBENCH_CACHE": str(tmp_path / "cache"), "COLUMNS": "500"}
+    clean = run_json(
+        "run",
+        "--model",
+        "oracle",
+        "--protocol",
+        "demo_1shot",
+        "--out",
+        str(tmp_path / "a"),
+        env=env,
+    )[0]
+    chunks = sorted((tmp_path / "cache" / "features").glob("demo-*/features/*.npz"))
+    expected = _damage_all_ways(chunks)
+    proc = run_cli(
+        "run",
+        "--model",
+        "oracle",
+        "--protocol",
+        "demo_1shot",
+        "--out",
+        str(tmp_path / "b"),
+        env=env,
+    )
+    again = json.loads(proc.stdout)[0]
+    for key in SCORE_KEYS:
+        assert again[key] == clean[key], key
+    warnings = [ln for ln in proc.stderr.splitlines() if "feature cache chunk" in ln]
+    for chunk, reason in expected.items():
+        line = next(ln for ln in warnings if str(chunk) in ln)
+        assert reason in line and "recomputed" in line
+    assert "Traceback" not in proc.stderr
+    # the damaged chunks were rewritten and are whole again
+    now = sorted((tmp_path / "cache" / "features").glob("demo-*/features/*.npz"))
+    assert now == chunks
+    for chunk in now:
+        assert read_chunk(chunk)
+
+
+def _good_chunk(folder: Path, n: int = 5, dim: int = 7) -> tuple[Path, list[str], np.ndarray]:
+    from varbench.hashing import sha256_json
+
+    hashes = sorted(f"{i:064x}" for i in range(n))
+    feats = np.random.default_rng(0).normal(size=(n, dim))
+    path = folder / f"{sha256_json(hashes)[:24]}.npz"
+    with open(path, "wb") as f:
+        np.savez(f, hashes=np.array(hashes), features=feats)
+    return path, hashes, feats
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("truncate", "BadZipFile"),
+        ("garbage", "BadZipFile"),
+        ("flip", "CRC-32"),
+        ("length", "hashes but features of shape"),
+        ("int_dtype", "not floating point"),
+        ("complex_dtype", "not floating point"),
+        ("nan", "non-finite"),
+        ("hash_2d", "hashes have dtype"),
+        ("renamed", "file name does not match"),
+        ("no_features", "KeyError"),
+    ],
+)
+def test_read_chunk_rejects(tmp_path, damage, reason):
+    from varbench.features import CorruptChunkError, read_chunk
+
+    path, hashes, feats = _good_chunk(tmp_path)
+    rows = read_chunk(path)
+    assert list(rows) == hashes and np.array_equal(np.stack(list(rows.values())), feats)
+    raw = path.read_bytes()
+    arrays = {"hashes": np.array(hashes), "features": feats}
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) - 100])
+    elif damage == "garbage":
+        path.write_bytes(np.random.default_rng(2).bytes(len(raw)))
+    elif damage == "flip":
+        _flip_middle_of_features(path)
+    elif damage == "renamed":
+        path = path.rename(path.with_name("0" * 24 + ".npz"))
+    else:
+        arrays = {
+            "length": {**arrays, "features": feats[:-1]},
+            "int_dtype": {**arrays, "features": (feats * 100).astype(np.int64)},
+            "complex_dtype": {**arrays, "features": feats.astype(np.complex128)},
+            "nan": {**arrays, "features": np.where(feats > 1, np.nan, feats)},
+            "hash_2d": {**arrays, "hashes": np.array(hashes).reshape(1, -1)},
+            "no_features": {"hashes": arrays["hashes"]},
+        }[damage]
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    with pytest.raises(CorruptChunkError, match=reason):
+        read_chunk(path)
+
+
+def test_cache_drops_chunk_of_other_width_and_recomputes(tmp_path, caplog):
+    """A readable chunk whose rows disagree in shape with the rest is deleted and re-encoded."""
+    from varbench.encoders.demo import DemoEncoder
+    from varbench.features import FeatureCache
+
+    images = {f"{i:064x}": demo_image(i % 10, i) for i in range(6)}
+    cache = FeatureCache(tmp_path, DemoEncoder())
+    first = cache.features(list(images), images.__getitem__)
+    direct = DemoEncoder().encode([cache.prep(im) for im in images.values()])
+    np.testing.assert_array_equal(first, direct)
+    (chunk,) = cache.root.glob("*.npz")
+    with np.load(chunk) as data:
+        hashes = data["hashes"]
+    # a second, self-consistent chunk for the same images but 3-d rows (e.g. another encoder's)
+    from varbench.hashing import sha256_json
+
+    odd = cache.root / f"{sha256_json([str(h) for h in hashes[:2]])[:24]}.npz"
+    with open(odd, "wb") as f:
+        np.savez(f, hashes=hashes[:2], features=np.zeros((2, 3)))
+    again = FeatureCache(tmp_path, DemoEncoder())
+    with caplog.at_level("WARNING"):
+        out = again.features(list(images), images.__getitem__)
+    np.testing.assert_array_equal(out, direct)
+    assert str(odd) in caplog.text and not odd.exists()

@@ -15,6 +15,10 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
+import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +33,56 @@ from varbench.progress import progress_bar
 
 log = logging.getLogger(__name__)
 _DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+# What zipfile / numpy raise on damaged bytes (a garbled header can claim any method or size).
+_UNREADABLE = (
+    OSError,
+    ValueError,
+    KeyError,
+    EOFError,
+    OverflowError,
+    NotImplementedError,
+    struct.error,
+    zlib.error,
+    zipfile.BadZipFile,
+)
+
+
+class CorruptChunkError(ValueError):
+    """A feature cache chunk whose bytes or contents cannot be trusted."""
+
+
+def read_chunk(path: Path) -> dict[str, np.ndarray]:
+    """Rows of one chunk, after checking everything that can go wrong with a file on disk.
+
+    np.savez writes uncompressed zip members with a CRC-32; every member is read in full and
+    ``zipfile.testzip`` re-checks the CRCs, so a flipped byte anywhere in the data is caught.
+    The file name is the hash of its hash list, which catches a chunk renamed or swapped.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise CorruptChunkError(f"CRC-32 mismatch in member {bad}")
+        with np.load(path, allow_pickle=False) as data:
+            hashes = data["hashes"]
+            feats = data["features"]
+    except CorruptChunkError:
+        raise
+    except _UNREADABLE as exc:
+        raise CorruptChunkError(f"{type(exc).__name__}: {exc}") from exc
+    if hashes.ndim != 1 or hashes.dtype.kind != "U":
+        raise CorruptChunkError(f"hashes have dtype {hashes.dtype} and shape {hashes.shape}")
+    if feats.ndim < 2 or feats.shape[0] != hashes.shape[0]:
+        raise CorruptChunkError(f"{hashes.shape[0]} hashes but features of shape {feats.shape}")
+    if feats.dtype.kind != "f":
+        raise CorruptChunkError(f"features have dtype {feats.dtype}, not floating point")
+    if not np.isfinite(feats).all():
+        raise CorruptChunkError("non-finite feature values")
+    if f"{sha256_json([str(h) for h in hashes])[:24]}.npz" != path.name:
+        raise CorruptChunkError("file name does not match the hashes it holds")
+    return {str(h): f for h, f in zip(hashes, feats, strict=True)}
 
 
 class FeatureCache:
@@ -57,25 +111,58 @@ class FeatureCache:
         }
 
     def _load(self) -> dict[str, np.ndarray]:
-        """Read chunks not read yet (another cache of the same encoder may have added some)."""
-        if self.root.is_dir():
-            for chunk in sorted(self.root.glob("*.npz")):
-                if chunk.name in self._read:
-                    continue
-                try:
-                    with np.load(chunk, allow_pickle=False) as data:
-                        for h, f in zip(data["hashes"], data["features"], strict=True):
-                            self._rows[str(h)] = f
-                except (OSError, ValueError, KeyError) as exc:
-                    log.warning("ignoring unreadable feature chunk %s (%s)", chunk, exc)
-                self._read.add(chunk.name)
+        """Read chunks not read yet (another cache of the same encoder may have added some).
+
+        A chunk that cannot be trusted is logged, deleted and left to be recomputed: its hashes
+        are then missing from the rows, so ``features`` encodes them again and rewrites it. So is
+        a whole chunk whose row shape disagrees with the majority of rows in its folder.
+        """
+        if not self.root.is_dir():
+            return self._rows
+        fresh: dict[Path, dict[str, np.ndarray]] = {}
+        for chunk in sorted(self.root.glob("*.npz")):
+            if chunk.name in self._read:
+                continue
+            try:
+                fresh[chunk] = read_chunk(chunk)
+            except CorruptChunkError as exc:
+                self._drop(chunk, str(exc))
+        votes: Counter[tuple[int, ...]] = Counter()
+        if self._rows:
+            votes[next(iter(self._rows.values())).shape] += len(self._rows)
+        for rows in fresh.values():
+            if rows:
+                votes[next(iter(rows.values())).shape] += len(rows)
+        shape = votes.most_common(1)[0][0] if votes else None
+        for chunk, rows in fresh.items():
+            other = next((f.shape for f in rows.values()), shape)
+            if other != shape:
+                self._drop(chunk, f"rows of shape {other} where the others have {shape}")
+                continue
+            self._rows.update(rows)
+            self._read.add(chunk.name)
         return self._rows
+
+    def _drop(self, chunk: Path, reason: str) -> None:
+        """Delete an untrustworthy chunk (its rows are recomputed and the chunk rewritten)."""
+        log.warning(
+            "feature cache chunk %s is damaged (%s); deleted, its features will be recomputed",
+            chunk,
+            reason,
+        )
+        chunk.unlink(missing_ok=True)
 
     def _write(self, output: str, chunk: list[str], feats: np.ndarray) -> str:
         """Store one chunk of ``output`` atomically; return its file name."""
         folder = self.base / output
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "config.json", {**self._config, "output": output})
+        if not np.isfinite(feats).all():  # never cached: a cached row is always finite
+            log.warning(
+                "%s %s: non-finite features for %d image(s); not cached", self.encoder.name,
+                output, int((~np.isfinite(feats).all(axis=tuple(range(1, feats.ndim)))).sum()),
+            )  # fmt: skip
+            return f"{sha256_json(chunk)[:24]}.npz"
         buf = io.BytesIO()
         np.savez(buf, hashes=np.array(chunk), features=feats)
         name = f"{sha256_json(chunk)[:24]}.npz"
