@@ -41,7 +41,7 @@ def image_folders(tmp_path_factory):
 
 
 def test_payload_is_live(tmp_path):
-    """The test payload really runs when unpickled without weights_only (so its absence means)."""
+    """The payload really runs when unpickled freely, so a missing marker below means refused."""
     marker = tmp_path / "ran"
     evil = _evil_weights(tmp_path / "evil.pth", marker)
     torch.load(evil, weights_only=False)
@@ -296,3 +296,116 @@ def test_cache_drops_chunk_of_other_width_and_recomputes(tmp_path, caplog):
         out = again.features(list(images), images.__getitem__)
     np.testing.assert_array_equal(out, direct)
     assert str(odd) in caplog.text and not odd.exists()
+
+
+# --- result files ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    """One finished demo run (copy model): its folder and its rows read straight with pyarrow."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path_factory.mktemp("demo") / "runs"
+    run_json("run", "--model", "copy", "--protocol", "demo_1shot", "--out", str(out))
+    rows = pq.read_table(next(out.glob("*/results.parquet"))).to_pylist()
+    return out, rows
+
+
+def _copy_runs(src: Path, dst: Path) -> tuple[Path, Path]:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst, next(dst.glob("*/results.parquet"))
+
+
+def _truncate(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(3).bytes(max(len(path.read_bytes()), 64)))
+
+
+WIDE = {"COLUMNS": "500"}
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garbage])
+def test_leaderboard_falls_back_to_point_results(tmp_path, demo_runs, damage):
+    runs, parquet = _copy_runs(demo_runs[0], tmp_path / "runs")
+    damage(parquet)
+    proc = run_cli(
+        "leaderboard", "--runs", str(runs), "--format", "json", "--no-published", env=WIDE
+    )
+    assert "Traceback" not in proc.stderr
+    assert str(parquet) in proc.stderr and "result.json" in proc.stderr
+    (row,) = json.loads(proc.stdout)
+    (clean,) = demo_runs[1]
+    for key in ("model", "protocol", "params", *SCORE_KEYS, "fid_lo", "recall_hi"):
+        assert row[key] == clean[key], key
+
+
+def test_leaderboard_skips_damaged_run_without_point_results(tmp_path, demo_runs):
+    runs, parquet = _copy_runs(demo_runs[0], tmp_path / "runs")
+    damage_json = next(runs.glob("*/points/*/result.json"))
+    damage_json.write_bytes(b'{"model": "copy", "fid": 1.')  # cut mid-write
+    _garbage(parquet)
+    proc = run_cli(
+        "leaderboard", "--runs", str(runs), "--format", "json", "--no-published", env=WIDE
+    )
+    assert "Traceback" not in proc.stderr
+    assert str(parquet) in proc.stderr and str(damage_json) in proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def test_check_names_damaged_baseline_and_uses_point_results(tmp_path, demo_runs):
+    runs, parquet = _copy_runs(demo_runs[0], tmp_path / "runs")
+    baseline = tmp_path / "baseline.parquet"
+    baseline.write_bytes(parquet.read_bytes())
+    # measured side damaged: checked from the points' result.json rows, against the intact copy
+    _truncate(parquet)
+    proc = run_cli("check", "--runs", str(runs), "--baseline", str(baseline), env=WIDE)
+    assert str(parquet) in proc.stderr and "Traceback" not in proc.stderr
+    assert {f["metric"] for f in json.loads(proc.stdout)} == {"fid", "kid", "precision", "recall"}
+    # a damaged baseline file with nothing to fall back to is an error naming it, never a pass
+    _garbage(baseline)
+    proc = run_cli("check", "--runs", str(runs), "--baseline", str(baseline), check=False, env=WIDE)
+    assert proc.returncode == 2
+    assert str(baseline) in proc.stderr and "damaged" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_report_reader_uses_point_results(tmp_path, demo_runs, caplog):
+    from varbench.runview import load_runs
+
+    runs, parquet = _copy_runs(demo_runs[0], tmp_path / "runs")
+    _garbage(parquet)
+    with caplog.at_level("WARNING"):
+        (run,) = load_runs(runs)
+    assert str(parquet) in caplog.text
+    (clean,) = demo_runs[1]
+    assert [r["fid"] for r in run.rows] == [clean["fid"]]
+    assert run.points and run.points[0].index  # sample index still found
+
+
+def test_flipped_byte_in_results_parquet_is_detected(tmp_path, demo_runs):
+    """Every single-bit flip either leaves the rows unchanged or is reported (content hash)."""
+    from varbench.results import DamagedResultsError, read_results
+
+    _, parquet = _copy_runs(demo_runs[0], tmp_path / "runs")
+    clean = read_results(parquet)
+    raw = parquet.read_bytes()
+    detected = 0
+    for pos in range(4, len(raw) - 8, 97):
+        flipped = bytearray(raw)
+        flipped[pos] ^= 0x01
+        parquet.write_bytes(bytes(flipped))
+        try:
+            got = read_results(parquet)
+        except DamagedResultsError as exc:
+            assert str(parquet) in str(exc)
+            detected += 1
+            continue
+        assert got.equals(clean), pos
+    assert detected > 0

@@ -10,7 +10,7 @@ import pandas as pd
 
 from varbench.errors import UsageError
 from varbench.leaderboard import collect
-from varbench.results import read_results
+from varbench.results import read_run_results
 
 # +1: higher is better; -1: lower is better.
 DIRECTIONS = {
@@ -126,10 +126,14 @@ def parse_tolerances(text: str | None) -> dict[str, float | str]:
 
 
 def load_rows(path: Path) -> pd.DataFrame:
-    """A results.parquet file, or every results.parquet under a folder."""
+    """A results.parquet file, or every results.parquet under a folder.
+
+    A damaged file falls back to its run's per-point result.json rows; with none, an error
+    naming it (a baseline that silently read as empty would pass every check).
+    """
     path = Path(path)
     if path.is_file():
-        return read_results(path)
+        return read_run_results(path, strict=True)
     if path.is_dir():
         return collect(path, include_published=False)
     raise UsageError(f"{path}: no such results file or runs folder")

@@ -8,9 +8,10 @@ import math
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from varbench.results import published_results, read_results, rows_to_table, write_results
+from varbench.results import published_results, read_run_results, rows_to_table, write_results
 
 DISPLAY_COLUMNS = [
     "model",
@@ -52,12 +53,18 @@ def build_published(csv_path: Path, parquet_path: Path) -> None:
 
 
 def collect(runs_dir: Path, include_published: bool = True) -> pd.DataFrame:
-    """All result rows under ``runs_dir`` (recursively), plus published rows."""
+    """All result rows under ``runs_dir`` (recursively), plus published rows.
+
+    A damaged results.parquet is named in a warning and replaced by its run's per-point
+    result.json rows (or skipped when there are none).
+    """
     if not Path(runs_dir).is_dir():
         from varbench.errors import UsageError
 
-        raise UsageError(f"--runs {runs_dir}: no such folder (where `varbench run --out` wrote runs)")
-    frames = [read_results(p) for p in sorted(Path(runs_dir).rglob("results.parquet"))]
+        raise UsageError(
+            f"--runs {runs_dir}: no such folder (where `varbench run --out` wrote runs)"
+        )
+    frames = [read_run_results(p) for p in sorted(Path(runs_dir).rglob("results.parquet"))]
     if include_published:
         frames.append(published_results())
     frames = [f for f in frames if not f.empty]
@@ -86,16 +93,27 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _json_value(value):
+    """A cell as a JSON value: numpy scalars unwrapped, missing and non-finite numbers as null."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    return value if isinstance(value, (str, int)) else str(value)
+
+
 def render(df: pd.DataFrame, fmt: str, columns: list[str] | None = None) -> str | None:
     """csv | markdown | json as a string; 'table' prints a rich table and returns None."""
     cols = [c for c in (columns or DISPLAY_COLUMNS) if c in df.columns]
     view = df[cols]
     if fmt == "csv":
         return view.to_csv(index=False)
-    if fmt == "json":
+    if fmt == "json":  # all columns; NaN -> null; floats exact (to_json rounds to 10 digits)
         return json.dumps(
-            json.loads(df.to_json(orient="records")), indent=2
-        )  # all columns, NaN -> null
+            [{k: _json_value(v) for k, v in r.items()} for r in df.to_dict("records")], indent=2
+        )
     if fmt == "markdown":
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -16,7 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from varbench import __version__
+from varbench.errors import UsageError
 from varbench.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 # Core columns (type, description). Metric columns are added from the metric registry's keys.
 CORE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
@@ -103,22 +108,125 @@ def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{n: r.get(n) for n in sch.names} for r in rows], schema=sch)
 
 
+CONTENT_HASH_KEY = b"varbench_content_sha256"  # parquet metadata: sha256 of schema + rows
+KEY_COLUMNS = ("model", "protocol", "params")
+# What pyarrow raises on damaged bytes (ArrowInvalid is a ValueError, ArrowIOError an OSError).
+_UNREADABLE_PARQUET = (OSError, ValueError, pa.ArrowException)
+
+
+class DamagedResultsError(UsageError):
+    """A results file (parquet or per-point result.json) that cannot be read or trusted."""
+
+
+def _content_sha256(table: pa.Table) -> str:
+    """sha256 of a table's column names, types and values (not of its parquet bytes)."""
+    body = [[(f.name, str(f.type)) for f in table.schema], table.to_pylist()]
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=repr).encode()).hexdigest()
+
+
 def write_results(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows to parquet atomically."""
+    """Write rows to parquet atomically, with page CRCs and a content hash to detect damage."""
+    table = rows_to_table(rows)
+    table = table.replace_schema_metadata({CONTENT_HASH_KEY: _content_sha256(table).encode()})
     sink = pa.BufferOutputStream()
-    pq.write_table(rows_to_table(rows), sink)
+    pq.write_table(table, sink, write_page_checksum=True)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def read_results(path: Path) -> pd.DataFrame:
-    """Read one results.parquet."""
-    return pq.read_table(path).to_pandas()
+    """Read one results.parquet; raise DamagedResultsError naming it when it cannot be trusted.
+
+    Checked: the parquet structure, page CRCs (when written), the content hash (files written
+    by this varbench; older files have none) and the key columns.
+    """
+    path = Path(path)
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+    except _UNREADABLE_PARQUET as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DamagedResultsError(f"{path} is damaged ({type(exc).__name__}: {first})") from exc
+    stored = (table.schema.metadata or {}).get(CONTENT_HASH_KEY)
+    if stored is not None and stored.decode(errors="replace") != _content_sha256(table):
+        raise DamagedResultsError(f"{path} is damaged (its content hash does not match)")
+    missing = [c for c in KEY_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DamagedResultsError(f"{path} is not a varbench results file (no {missing} column)")
+    return table.to_pandas()
+
+
+def point_result_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Result rows of a run's finished points (``points/*/result.json``); damaged ones warned."""
+    rows = []
+    for path in sorted(Path(run_dir).glob("points/*/result.json")):
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("%s is damaged (%s); that point is left out", path, type(exc).__name__)
+            continue
+        if not isinstance(data, dict) or not all(k in data for k in KEY_COLUMNS):
+            log.warning("%s is damaged (not a result row); that point is left out", path)
+            continue
+        rows.append({k: v for k, v in data.items() if not k.startswith("_")})
+    return rows
+
+
+def rows_frame(rows: list[dict[str, Any]], where: Path) -> pd.DataFrame:
+    """Rows as a typed frame (schema columns only); a row whose values do not fit is warned."""
+    names = set(schema().names)
+    tables = []
+    for row in rows:
+        try:
+            tables.append(rows_to_table([{k: v for k, v in row.items() if k in names}]))
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            log.warning(
+                "%s: a point's result.json does not fit the schema (%s); left out", where, exc
+            )
+    return pa.concat_tables(tables).to_pandas() if tables else rows_to_table([]).to_pandas()
+
+
+def read_run_results(path: Path, strict: bool = False) -> pd.DataFrame:
+    """A run's results.parquet; when damaged, warn naming it and use the points' result.json.
+
+    With no per-point rows to fall back to, ``strict`` raises the DamagedResultsError (e.g. a
+    CI baseline file must not silently read as empty); otherwise the run is skipped with a warning.
+    """
+    path = Path(path)
+    try:
+        return read_results(path)
+    except DamagedResultsError as exc:
+        rows = point_result_rows(path.parent)
+        if not rows:
+            if strict:
+                raise DamagedResultsError(
+                    f"{exc}, and there are no per-point result.json files beside it to rebuild it "
+                    "from. Restore the file, or re-run the `varbench run` command that wrote it."
+                ) from exc
+            log.warning(
+                "%s and there are no per-point result.json files beside it; skipped. Re-run the "
+                "`varbench run` command that wrote it to rewrite it.",
+                exc,
+            )
+            return rows_to_table([]).to_pandas()
+        log.warning(
+            "%s; using the %d per-point result.json file(s) in %s instead (re-run the same "
+            "`varbench run` command to rewrite it)",
+            exc,
+            len(rows),
+            path.parent / "points",
+        )
+        return rows_frame(rows, path.parent)
 
 
 def published_results() -> pd.DataFrame:
     """The numbers the papers report (``results/published.parquet``), source in every row."""
     path = Path(str(resources.files("varbench_results").joinpath("published.parquet")))
-    return pq.read_table(path).to_pandas() if path.is_file() else pd.DataFrame()
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return read_results(path)
+    except DamagedResultsError as exc:
+        log.warning("%s; published numbers left out (reinstall varbench)", exc)
+        return pd.DataFrame()
 
 
 def _version(dist: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from varbench.errors import UsageError
-from varbench.results import read_results
+from varbench.results import point_result_rows, read_run_results
 from varbench.store import point_id
 
 log = logging.getLogger(__name__)
@@ -139,16 +139,11 @@ class RunView:
 
 
 def _rows_of(folder: Path) -> list[dict[str, Any]]:
-    """results.parquet rows, or the finished points' result.json when the parquet is absent."""
+    """results.parquet rows, or the finished points' result.json when it is absent or damaged."""
     parquet = folder / "results.parquet"
     if parquet.is_file():
-        return read_results(parquet).to_dict("records")
-    rows = []
-    for path in sorted(folder.glob("points/*/result.json")):
-        data = _read_json(path)
-        if isinstance(data, dict):
-            rows.append({k: v for k, v in data.items() if not k.startswith("_")})
-    return rows
+        return read_run_results(parquet).to_dict("records")
+    return point_result_rows(folder)
 
 
 def _matches(protocol: str, wanted: list[str] | None) -> bool:
