@@ -71,6 +71,28 @@ def test_pickled_weights_refused_through_cli(tmp_path, image_folders):
     assert not marker.exists()
 
 
+def test_run_refuses_pickled_weights_before_generating(tmp_path):
+    """`varbench run` checks the weights file before any sample is made (no wasted hours)."""
+    protocol = tmp_path / "demo_inception.toml"
+    protocol.write_text(
+        'name = "demo_inception"\nversion = 1\ndescription = "demo scored with Inception"\n'
+        'layout = "demo"\nn_classes = 10\nn_per_class = 10\nk = 1\nseed = 0\n'
+        'resolution = 64\nencoder = "inception"\nmetrics = ["fid"]\n'
+    )
+    marker = tmp_path / "pwned"
+    evil = _evil_weights(tmp_path / "evil.pth", marker)
+    out = tmp_path / "runs"
+    proc = run_cli(
+        "run", "--model", "copy", "--protocol", str(protocol), "--out", str(out),
+        "--weights", f"inception={evil}", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert str(evil) in proc.stderr and "safetensors" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
+    assert not list(out.rglob("*.png"))
+
+
 def test_damaged_weights_file_named_without_traceback(tmp_path, image_folders):
     from varbench.encoders.inception import InceptionEncoder
     from varbench.encoders.weights import UnsafeWeightsError

@@ -183,7 +183,9 @@ def test_pickled_code_is_refused(tmp_path, offline_env):
 
     bad = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, bad)
-    with pytest.raises(Exception, match="[Ww]eights only load failed"):  # noqa: B017
+    from varbench.encoders.weights import UnsafeWeightsError
+
+    with pytest.raises(UnsafeWeightsError, match="needs pickled Python code.*safetensors"):
         LpipsEncoder(weights=str(bad)).network()
     assert not (tmp_path / "pwned").exists()
 

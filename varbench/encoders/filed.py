@@ -13,6 +13,7 @@ from varbench.encoders.weights import (
     network_reachable,
     offline,
     require_network,
+    verify_weights_file,
 )
 from varbench.hashing import sha256_file
 
@@ -28,6 +29,7 @@ class WeightsFileEncoder(Encoder):
         self._path: Path | None = None
         self._searched = False
         self._sha: str | None = None
+        self._verified = False
 
     @classmethod
     @abstractmethod
@@ -56,8 +58,14 @@ class WeightsFileEncoder(Encoder):
         return self._path
 
     def check_available(self) -> None:
-        if self.weights_path() is None and (offline() or not network_reachable(self.host)):
-            raise missing_weights_error(self.name, self.weights_file(), self.source())
+        """Weights on disk and loadable without pickled code, or downloadable; else fail now."""
+        path = self.weights_path()
+        if path is None:
+            if offline() or not network_reachable(self.host):
+                raise missing_weights_error(self.name, self.weights_file(), self.source())
+        elif not self._verified:
+            verify_weights_file(path)
+            self._verified = True
 
     def fetch(self) -> Path:
         """Download (if needed) and return the weights file."""

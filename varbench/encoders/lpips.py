@@ -31,6 +31,7 @@ from varbench.encoders.weights import (
     offline,
     require_network,
     torch_hub_checkpoint,
+    verify_weights_file,
     weights_only_loads,
 )
 from varbench.hashing import sha256_file, sha256_json
@@ -55,6 +56,7 @@ class LpipsEncoder(Encoder):
         self._full: Path | None = None
         self._searched = False
         self._sha: str | None = None
+        self._verified: Path | None = None
 
     @classmethod
     def weights_file(cls) -> str:
@@ -87,6 +89,10 @@ class LpipsEncoder(Encoder):
         return trunk if trunk.is_file() else None
 
     def check_available(self) -> None:
+        local = self.full_path() or (self.trunk_path() if self.trunk_path().is_file() else None)
+        if local is not None and local != self._verified:
+            verify_weights_file(local)  # pickled code or damage: fail before generation
+            self._verified = local
         if self.full_path() is None and not self.trunk_path().is_file():
             if offline() or not network_reachable(TRUNK_HOST):
                 raise missing_weights_error(

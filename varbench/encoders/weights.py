@@ -139,6 +139,30 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def verify_weights_file(path: str | Path) -> None:
+    """Fail now, before anything is generated, if ``path`` needs pickled code or is unreadable.
+
+    Cheap: a safetensors header, or ``torch.load(weights_only=True, mmap=True)`` (tensors are
+    mapped, not read; legacy non-zip files are loaded in full).
+    """
+    path = Path(path)
+    with weights_only_loads(path):
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+            return
+        import torch
+
+        try:
+            torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap can only be used" not in str(exc):
+                raise
+            torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
     """A file of ``repo_id`` already in the Hugging Face cache (no network), or None."""
     from huggingface_hub import try_to_load_from_cache
