@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from varbench.errors import UsageError, VarbenchError
+from varbench.interrupt import Interrupted
 from varbench.progress import setup_logging, stderr_console
 
 app = typer.Typer(
@@ -47,10 +48,14 @@ def _parse_weights(items: list[str]) -> dict[str, str]:
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
+    if text.strip() == "auto":
+        from varbench.cluster import shard_from_slurm
+
+        return shard_from_slurm()
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise UsageError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/4") from None
+        raise UsageError(f"--shard {text!r}: expected INDEX/COUNT (e.g. 0/4) or auto") from None
     return i, n
 
 
@@ -93,7 +98,10 @@ def run(
         "another G is statistically equivalent, not bit-identical, and is another run",
     ),
     shard: str = typer.Option(
-        "0/1", "--shard", help="INDEX/COUNT: generate only this shard's conditioning images"
+        "0/1",
+        "--shard",
+        help="INDEX/COUNT: generate only this shard's groups; auto: from SLURM array/srun "
+        "variables (under torchrun each rank further takes its share)",
     ),
     weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
     cache_dir: Path = typer.Option(
@@ -108,27 +116,56 @@ def run(
     Example: varbench run --model copy --protocol demo_1shot --out runs
     """
     setup_logging(verbose)
+    from varbench.interrupt import stop_on_signals
     from varbench.runner import RunConfig, parse_sets
     from varbench.runner import run as run_
 
-    rows = run_(
-        RunConfig(
-            model=model,
-            protocol=protocol,
-            out=out,
-            data=data,
-            sets=parse_sets(set_),
-            model_path=model_path,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            images_per_call=images_per_call,
-            cache_dir=cache_dir,
-            shard=_parse_shard(shard),
-            weights=_parse_weights(weights),
+    with stop_on_signals():
+        rows = _run_config(
+            run_,
+            RunConfig(
+                model=model,
+                protocol=protocol,
+                out=out,
+                data=data,
+                sets=parse_sets(set_),
+                model_path=model_path,
+                device=device,
+                dtype=dtype,
+                batch_size=batch_size,
+                images_per_call=images_per_call,
+                cache_dir=cache_dir,
+                shard=_parse_shard(shard),
+                weights=_parse_weights(weights),
+            ),
         )
-    )
-    _echo_json(rows)
+    if rows is not None:
+        _echo_json(rows)
+
+
+def _run_config(run_, cfg):
+    """Run; under torchrun only rank 0 prints the rows (the others return None)."""
+    import os
+
+    rows = run_(cfg)
+    return rows if os.environ.get("RANK", "0") in ("", "0") else None
+
+
+@app.command()
+def status(
+    runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run folders"),
+    json_: bool = typer.Option(False, "--json", help="JSON instead of the table"),
+) -> None:
+    """Per run and sweep point: samples done/total, shards finished, scored, lock holders."""
+    from varbench.status import render, runs_status
+
+    if not runs.is_dir():
+        raise UsageError(f"--runs {runs}: no such folder")
+    st = runs_status(runs)
+    if json_:
+        _echo_json(st)
+    else:
+        sys.stdout.write(render(st) + "\n")
 
 
 @app.command()
@@ -470,7 +507,9 @@ def metrics(
     ),
     encoder: str = typer.Option("inception", "--encoder", help="feature space of the metrics"),
     weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
-    set_: list[str] = typer.Option([], "--set", help="metric option KEY=VALUE, e.g. kid_subset_size=50"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="metric option KEY=VALUE, e.g. kid_subset_size=50"
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1"),
     prepare: str = typer.Option(
         None,
@@ -481,7 +520,9 @@ def metrics(
         None, "--resolution", help="target size of --prepare (e.g. 512)"
     ),
     fmt: Format = typer.Option(Format.json, "--format", "-f", help="json (default) or table"),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score two image folders with registered metrics (like torch-fidelity's `fidelity`).
@@ -512,7 +553,9 @@ def metrics(
 
 @app.command()
 def fetch(
-    protocol: str = typer.Option(None, "--protocol", "-p", help="fetch every encoder this protocol's metrics use"),
+    protocol: str = typer.Option(
+        None, "--protocol", "-p", help="fetch every encoder this protocol's metrics use"
+    ),
     encoders: str = typer.Option(None, "--encoders", help="comma-separated encoder names"),
     model: str = typer.Option(None, "--model", "-m", help="also fetch this adapter's weights"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -540,6 +583,16 @@ def main() -> None:
     except KeyboardInterrupt:
         stderr_console.print("interrupted; re-run the same command to resume")
         sys.exit(130)
+    except Interrupted as exc:
+        stderr_console.print(
+            f"interrupted by {exc}: every finished sample, feature and result is kept and no "
+            "temporary file is left; re-run the same command to resume (the numbers will be "
+            "identical)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,9 @@ class ManifestMismatchError(VarbenchError):
 
 class WeightsUnavailableError(VarbenchError):
     """Model or encoder weights are not on disk and cannot be downloaded."""
+
+
+class DiskFullError(VarbenchError):
+    """No space left while writing; nothing partial was kept, and a re-run resumes."""
+
+    exit_code = 4

@@ -13,12 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from varbench.errors import DiskFullError
 
 _UMASK_LOCK = threading.Lock()
-
-
-class DiskFullError(OSError):
-    """No space left while writing under a folder; nothing partial was left behind."""
 
 
 def current_umask() -> int:
@@ -38,9 +35,8 @@ def disk_full(path: str | os.PathLike, exc: OSError) -> DiskFullError:
     """One clear error naming the folder that ran out of space."""
     folder = Path(path).parent
     return DiskFullError(
-        errno.ENOSPC,
         f"no space left on the device holding {folder} while writing {Path(path).name}; "
-        "nothing partial was kept. Free space (or point --runs/--cache elsewhere) and re-run "
+        "nothing partial was kept. Free space (or use another --out / --cache-dir) and re-run "
         "the same command: finished work is resumed, not redone.",
     )
 

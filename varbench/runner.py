@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from varbench.adapter import Adapter, Request, RunContext, get_adapter_class
+from varbench.cluster import Ranks, rank_device, torchrun_ranks
 from varbench.datasets import DatasetListing, list_dataset
 from varbench.demo_data import demo_root
 from varbench.encoders import encoder_registry
@@ -25,6 +26,7 @@ from varbench.errors import ManifestMismatchError, UsageError
 from varbench.features import FeatureCache
 from varbench.hashing import pixel_sha256, sha256_json
 from varbench.io import atomic_write_json, atomic_write_png, read_rgb
+from varbench.locks import FileLock, LockHeldError
 from varbench.manifest import Manifest, build_manifest, check_same, read_manifest, write_manifest
 from varbench.metrics import METRIC_OPTIONS, metric_registry
 from varbench.progress import progress_bar
@@ -165,10 +167,11 @@ class Run:
             adapter_sets, self.spec.sweeps.get(self.adapter_cls.name, {})
         )
         self.points = self.adapter_cls.sweep_points(self.options)
-        self.device = check_device(resolve_device(cfg.device))
-        self.dtype = resolve_dtype(cfg.dtype, self.device, self.adapter_cls.gpu_auto_dtype)
         if not (0 <= cfg.shard[0] < cfg.shard[1]):
             raise UsageError(f"--shard {cfg.shard[0]}/{cfg.shard[1]}: need 0 <= index < count")
+        self.ranks: Ranks = torchrun_ranks()
+        self.device = check_device(rank_device(resolve_device(cfg.device), self.ranks))
+        self.dtype = resolve_dtype(cfg.dtype, self.device, self.adapter_cls.gpu_auto_dtype)
         if cfg.batch_size is not None:
             if cfg.batch_size < 1:
                 raise UsageError("--batch-size must be >= 1")
@@ -254,6 +257,10 @@ class Run:
                     "base_key": sha256_json(self.base_key()),
                     "data_root": str(listing.root),
                     "model_path": self.cfg.model_path,
+                    "points": [point_id(p) for p in self.points],
+                    "samples_per_point": sum(len(c.conditioning) for c in manifest.classes)
+                    * self.spec.samples_per_cond,
+                    "generation": self.generation(),
                     "created_at": _now(),
                 },
             )
@@ -269,17 +276,34 @@ class Run:
         """Instantiate an encoder with its local weights file, if given."""
         return encoder_registry.get(name)(weights=self.cfg.weights.get(name), device=self.device)
 
+    def shard(self) -> tuple[int, int]:
+        """(index, count) of this process: ``--shard`` refined by the torchrun rank."""
+        index, count = self.cfg.shard
+        return index * self.ranks.world + self.ranks.rank, count * self.ranks.world
+
     def execute(self) -> list[dict[str, Any]]:
-        """Run everything; return the result rows (empty for an unfinished shard)."""
+        """Generate this process's shard of every point, then score the finished points.
+
+        Returns the result rows (empty for a shard whose points are not all finished, and for
+        torchrun ranks other than 0).
+        """
+        try:
+            return self._execute()
+        finally:
+            self.ranks.close()
+
+    def _execute(self) -> list[dict[str, Any]]:
         listing, manifest, store = self.prepare()
         encoders = {n: self.make_encoder(n) for n in self.encoders_needed()}
         for enc in encoders.values():
             enc.check_available()  # fail within seconds, before generating anything
         slots = sample_slots(manifest, self.spec.samples_per_cond, self.spec.seed)
         groups = generation_groups(slots, self.images_per_call, self.adapter_cls.group_by_condition)
-        index, count = self.cfg.shard
+        index, count = self.shard()
         my_groups = [g for gi, g in enumerate(groups) if gi % count == index]
         mine = [s for g in my_groups for s in g]
+        for p in self.points:  # damaged samples are deleted here, so they count as missing
+            verify_samples(store, point_id(p), mine)
         adapter: Adapter | None = None
         if any(store.missing(point_id(p), mine) for p in self.points):
             adapter = self.adapter_cls(
@@ -288,32 +312,71 @@ class Run:
             adapter.check_available()  # weights missing: fail now, before the run folder exists
         self._write_run_files(listing, manifest, store)
         ready = False
-        rows = []
         for point in self.points:
             pid = point_id(point)
-            missing = store.missing(pid, mine)
-            if missing:
-                if not ready:
-                    ready = True
-                    adapter.setup(
-                        RunContext(
-                            protocol=self.spec,
-                            manifest=manifest,
-                            dataset=listing,
-                            device=self.device,
-                            dtype=self.dtype,
-                            cache_dir=str(self.cache_dir),
+            if store.missing(pid, mine):
+                lock = FileLock(
+                    store.point_dir(pid) / "locks" / f"generate-{index}of{count}.lock",
+                    what=f"run {store.root.name}, point {pid}, shard {index}/{count}",
+                )
+                with lock:
+                    missing = store.missing(pid, mine)  # the previous holder may have finished
+                    if missing and not ready:
+                        ready = True
+                        adapter.setup(
+                            RunContext(
+                                protocol=self.spec,
+                                manifest=manifest,
+                                dataset=listing,
+                                device=self.device,
+                                dtype=self.dtype,
+                                cache_dir=str(self.cache_dir),
+                            )
                         )
-                    )
-                self._generate(adapter, listing, store, pid, point, my_groups)
-            if store.missing(pid, slots):
-                log.info("point %s: waiting for other shards to finish", pid)
+                    if missing:
+                        self._generate(adapter, listing, store, pid, point, my_groups)
+            store.mark_shard_done(pid, index, count, len(mine))
+        self.ranks.barrier()
+        return self._score_finished(listing, manifest, store, slots, encoders, adapter)
+
+    def _score_finished(self, listing, manifest, store, slots, encoders, adapter):
+        """Score every finished point once (a lock per point), then write results.parquet."""
+        finished = [p for p in self.points if not store.missing(point_id(p), slots)]
+        for p in self.points:
+            if p not in finished:
+                log.info("point %s: waiting for other shards to finish", point_id(p))
+        if self.ranks.distributed:  # every rank encodes its share of the feature chunks
+            for point in finished:
+                pid = point_id(point)
+                ctx = _Context(self, listing, manifest, store, pid, slots, encoders)
+                ctx.prefetch(self.ranks)
+            if self.ranks.rank != 0:
+                return []
+        scored: list[dict[str, Any]] = []
+        for point in finished:
+            pid = point_id(point)
+            lock = FileLock(
+                store.point_dir(pid) / "locks" / "score.lock",
+                what=f"scoring of run {store.root.name}, point {pid}",
+            )
+            try:
+                lock.acquire()
+            except LockHeldError as exc:
+                log.warning("%s", exc)
                 continue
-            store.write_index(pid, slots)
-            rows.append(self._score(listing, manifest, store, pid, point, slots, encoders, adapter))
-        if rows and len(rows) == len(self.points):
+            try:
+                store.write_index(pid, slots)
+                scored.append(
+                    self._score(listing, manifest, store, pid, point, slots, encoders, adapter)
+                )
+            finally:
+                lock.release()
+        rows = [store.read_point_result(point_id(p)) for p in self.points]
+        if all(rows):
+            rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
             write_results(store.results_path, rows)
-        return rows
+            return rows
+        return scored
 
     def _generate(
         self,
@@ -419,11 +482,13 @@ class Run:
             "metric_options": self.metric_options,
             "encoders": {n: e.cache_key() for n, e in encoders.items()},
         }
-        config_key = sha256_json(config)
+        ctx = _Context(self, listing, manifest, store, pid, slots, encoders)
+        # the samples' pixel hashes are part of the key: a changed sample is never trusted
+        config_key = sha256_json({**config, "samples": sha256_json(ctx.fake_hashes)})
         stored = store.read_point_result(pid)
         if stored and stored.get("_config_key") == config_key:
             return {k: v for k, v in stored.items() if not k.startswith("_")}
-        ctx = _Context(self, listing, manifest, store, pid, slots, encoders)
+        ctx.prefetch(Ranks())  # same feature chunks as a torchrun job splits across ranks
         values: dict[str, Any] = {}
         for name in metric_names:
             metric = metric_registry.get(name)()
@@ -506,27 +571,44 @@ class _Context:
         self.fake_hashes, self.n_black = self._hash_samples(store, pid, slots)
 
     def _hash_samples(self, store: RunStore, pid: str, slots) -> tuple[list[str], int]:
-        hashes_path = store.point_dir(pid) / "hashes.json"
-        known = _read_json(hashes_path, {})
-        out, n_black, changed = [], 0, False
+        known = sample_hashes(store, pid, slots)
+        out, n_black = [], 0
         for s in slots:
-            path = store.sample_path(pid, s)
-            st = path.stat()
-            stamp = [st.st_size, st.st_mtime_ns]
-            hit = known.get(s.relpath)
-            if hit and hit[:2] == stamp:
-                digest, black = hit[2], hit[3]
-            else:
-                arr = read_rgb(path)
-                digest, black = pixel_sha256(arr), bool(arr.max() == 0)
-                known[s.relpath] = [*stamp, digest, black]
-                changed = True
-            self.paths.setdefault(digest, path)
+            digest, black = known[s.relpath]
+            self.paths.setdefault(digest, store.sample_path(pid, s))
             out.append(digest)
             n_black += int(black)
-        if changed:
-            atomic_write_json(hashes_path, known)
         return out, n_black
+
+    def _cache(self, name: str, output: str) -> FeatureCache:
+        key = (name, output)
+        if key not in self._caches:
+            self._caches[key] = FeatureCache(
+                self.run.cache_dir, self.encoder(name), output, self.prep
+            )
+        return self._caches[key]
+
+    def prefetch(self, ranks: Ranks) -> None:
+        """Encode the default encoder's missing features in fixed chunks, rank r taking r::world.
+
+        Sets go in a fixed order (references, samples, conditioning images) and each set's
+        missing hashes are sorted and cut into ``chunk_size`` chunks, so every chunk holds the
+        same images whether one process or a torchrun job computes it.
+        """
+        cache = self._cache(self.default_encoder, "features")
+        size = cache.encoder.chunk_size()
+        for what, hashes in (
+            ("reference features", self.real_hashes),
+            ("sample features", self.fake_hashes),
+            ("conditioning features", self.cond_hashes),
+        ):
+            rows = cache._load()
+            missing = sorted(set(hashes) - rows.keys())
+            chunks = [missing[i : i + size] for i in range(0, len(missing), size)]
+            share = [h for c in chunks[ranks.rank :: ranks.world] for h in c]
+            if share:
+                cache.features(share, lambda h: read_rgb(self.paths[h]), what)
+            ranks.barrier()
 
     def encoder(self, name: str | None = None):
         """The encoder instance (e.g. for CLIP text embeddings or LPIPS distances)."""
@@ -539,12 +621,7 @@ class _Context:
         self, hashes: list[str], encoder: str | None, output: str, what: str
     ) -> np.ndarray:
         name = encoder or self.default_encoder
-        key = (name, output)
-        if key not in self._caches:
-            self._caches[key] = FeatureCache(
-                self.run.cache_dir, self.encoder(name), output, self.prep
-            )
-        return self._caches[key].features(hashes, lambda h: read_rgb(self.paths[h]), what)
+        return self._cache(name, output).features(hashes, lambda h: read_rgb(self.paths[h]), what)
 
     def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
         return self._features(self.real_hashes, encoder, output, "reference features")
@@ -579,10 +656,73 @@ class _Context:
 
 
 def _read_json(path: Path, default: Any) -> Any:
+    """A JSON file's content; ``default`` when absent, and with a warning when damaged."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = path.read_bytes()
+    except FileNotFoundError:
         return default
+    except OSError as exc:
+        log.warning("cannot read %s (%s); it is rebuilt", path, exc)
+        return default
+    try:
+        value = json.loads(data)
+    except ValueError:
+        log.warning("damaged %s (not JSON); it is rebuilt from the files it describes", path)
+        return default
+    if not isinstance(value, type(default)):
+        log.warning("damaged %s (unexpected content); it is rebuilt", path)
+        return default
+    return value
+
+
+def sample_hashes(
+    store: RunStore, pid: str, slots: Sequence[SampleSlot], drop_damaged: bool = False
+) -> dict[str, tuple[str, bool]]:
+    """relpath -> (pixel hash, all black) of the slots' samples on disk, via ``hashes.json``.
+
+    An entry is trusted only while the file's size and mtime match it; otherwise the PNG is
+    decoded in full. A sample that does not decode raises, or with ``drop_damaged`` is deleted
+    with a warning naming it (it then counts as missing and its group is regenerated).
+    """
+    hashes_path = store.point_dir(pid) / "hashes.json"
+    known = _read_json(hashes_path, {})
+    out: dict[str, tuple[str, bool]] = {}
+    changed = False
+    for s in slots:
+        path = store.sample_path(pid, s)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        stamp = [st.st_size, st.st_mtime_ns]
+        hit = known.get(s.relpath)
+        if isinstance(hit, list) and len(hit) == 4 and hit[:2] == stamp:
+            out[s.relpath] = (str(hit[2]), bool(hit[3]))
+            continue
+        try:
+            arr = read_rgb(path)
+        except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged sample
+            if not drop_damaged:
+                raise RuntimeError(f"damaged sample {path}: {exc}") from exc
+            log.warning("damaged sample %s (%s): deleted; its group is regenerated", path, exc)
+            path.unlink(missing_ok=True)
+            known.pop(s.relpath, None)
+            changed = True
+            continue
+        digest, black = pixel_sha256(arr), bool(arr.max() == 0)
+        known[s.relpath] = [*stamp, digest, black]
+        out[s.relpath] = (digest, black)
+        changed = True
+    if changed:
+        atomic_write_json(hashes_path, known)
+    return out
+
+
+def verify_samples(store: RunStore, pid: str, slots: Sequence[SampleSlot]) -> None:
+    """Delete (with a warning) any of these samples that no longer decode."""
+    if store.point_dir(pid).is_dir():
+        sample_hashes(store, pid, slots, drop_damaged=True)
 
 
 def _now() -> str:

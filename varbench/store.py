@@ -7,7 +7,11 @@ at any moment resumes by skipping exactly the samples on disk.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,8 @@ from typing import Any
 from varbench.hashing import sample_seed
 from varbench.io import atomic_write_json
 from varbench.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 
 def point_id(point: Mapping[str, Any]) -> str:
@@ -132,6 +138,34 @@ class RunStore:
         return self.point_dir(pid) / "result.json"
 
     def read_point_result(self, pid: str) -> dict[str, Any] | None:
-        """The stored result row of a finished point, if any."""
+        """The stored result row of a finished point; None if absent or damaged (with a warning)."""
         path = self.point_result_path(pid)
-        return json.loads(path.read_text()) if path.is_file() else None
+        try:
+            value = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("damaged %s (%s): the point is scored again", path, type(exc).__name__)
+            return None
+        if not isinstance(value, dict) or "_config_key" not in value:
+            log.warning("damaged %s (not a result row): the point is scored again", path)
+            return None
+        return value
+
+    def shard_marker(self, pid: str, index: int, count: int) -> Path:
+        return self.point_dir(pid) / "shards" / f"{index}of{count}.json"
+
+    def mark_shard_done(self, pid: str, index: int, count: int, n_samples: int) -> None:
+        """Record that shard index/count has all its samples of this point (for `status`)."""
+        path = self.shard_marker(pid, index, count)
+        if not path.is_file():
+            atomic_write_json(
+                path,
+                {
+                    "shard": f"{index}/{count}",
+                    "samples": n_samples,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "finished_at": time.time(),
+                },
+            )

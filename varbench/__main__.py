@@ -1,0 +1,5 @@
+"""``python -m varbench`` (what ``torchrun -m varbench run ...`` executes)."""
+
+from varbench.cli import main
+
+main()
