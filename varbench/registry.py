@@ -73,8 +73,9 @@ class Registry(Generic[T]):
         add(target)  # type: ignore[arg-type]
         return None
 
-    def _read_entry_points(self) -> None:
-        if self._entry_points_read or not self.entry_point_group:
+    def _read_entry_points(self, again: bool = False) -> None:
+        """Add the entry points of the group; ``again`` re-scans (a plugin installed since)."""
+        if (self._entry_points_read and not again) or not self.entry_point_group:
             return
         self._entry_points_read = True
         for ep in metadata.entry_points(group=self.entry_point_group):
@@ -89,6 +90,8 @@ class Registry(Generic[T]):
     def target(self, name: str) -> str | T:
         """The registered target without importing it."""
         self._read_entry_points()
+        if name not in self._targets:
+            self._read_entry_points(again=True)
         if name not in self._targets:
             raise UsageError(
                 f"unknown {self.kind} {name!r}.{suggest(name, self.names())} "
