@@ -186,6 +186,7 @@ def test_run_on_nonsquare_images_matches_torch_fidelity_after_crop(nonsquare, tm
         batch_size=1,
         cuda=False,
         verbose=False,
+        save_cpu_ram=True,  # no DataLoader worker processes (forked from pytest they crawl)
     )
     assert ref["frechet_inception_distance"] > 1.0
     assert row["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
@@ -215,6 +216,7 @@ def test_run_on_nonsquare_images_matches_torch_fidelity_after_crop(nonsquare, tm
         batch_size=1,
         cuda=False,
         verbose=False,
+        save_cpu_ram=True,  # no DataLoader worker processes (forked from pytest they crawl)
     )
     assert raw["fid"] == pytest.approx(ref_raw["frechet_inception_distance"], rel=1e-3)
     assert abs(raw["fid"] - prepared["fid"]) > 1e-3 * prepared["fid"]

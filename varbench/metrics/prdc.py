@@ -130,45 +130,75 @@ def _flat_index(xf: np.ndarray):
 
 # -- exact k nearest neighbours ----------------------------------------------------------------
 def _duplicate_groups(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows with >= k byte-identical other rows (radius exactly 0), and k such neighbours each."""
-    n, d = x.shape
-    keys = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * d))).ravel()
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    rows = np.flatnonzero(counts[inverse] > k)
-    if not len(rows):
-        return rows, np.empty((0, k), np.int64)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)])[inverse[rows]]
-    nbr = np.empty((len(rows), k), np.int64)
-    for t, (r, s0) in enumerate(zip(rows, starts, strict=True)):
-        members = order[s0 : s0 + k + 1]
-        nbr[t] = members[members != r][:k]
-    return rows, nbr
+    """Rows with >= k byte-identical other rows (radius exactly 0), and k such neighbours each.
 
-
-def _merge_top(best_d, best_i, rows, d_new, col0: int, kk: int) -> None:
-    """Keep, per row, the ``kk`` smallest of its candidates and ``d_new`` (columns from ``col0``).
-
-    The block is reduced to its own ``kk`` smallest first (one partition pass over the block),
-    so only small arrays are concatenated.
+    Rows are grouped by the hash of their bytes, then by the bytes themselves (exact), so the
+    cost is one pass over the data instead of a sort of row-sized keys.
     """
-    if d_new.shape[1] > kk:
-        part = np.argpartition(d_new, kk - 1, axis=1)[:, :kk]
-        d_new = np.take_along_axis(d_new, part, axis=1)
-        cols = part + col0
-    else:
-        cols = np.broadcast_to(np.arange(col0, col0 + d_new.shape[1]), d_new.shape)
-    dd = np.concatenate([best_d[rows], d_new], axis=1)
-    ii = np.concatenate([best_i[rows], cols], axis=1)
-    part = np.argpartition(dd, kk - 1, axis=1)[:, :kk]
-    best_d[rows] = np.take_along_axis(dd, part, axis=1)
-    best_i[rows] = np.take_along_axis(ii, part, axis=1)
+    n = len(x)
+    x = np.ascontiguousarray(x)
+    hashes = np.fromiter((hash(row.tobytes()) for row in x), dtype=np.int64, count=n)
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    groups: dict[bytes, list[int]] = {}
+    for r in np.flatnonzero(counts[inverse] > k):  # ascending, so members stay in index order
+        groups.setdefault(x[r].tobytes(), []).append(int(r))
+    rows_list, nbr_list = [], []
+    for members in groups.values():
+        if len(members) <= k:
+            continue
+        for r in members:
+            rows_list.append(r)
+            nbr_list.append([m for m in members if m != r][:k])
+    if not rows_list:
+        return np.empty(0, np.int64), np.empty((0, k), np.int64)
+    order = np.argsort(rows_list)
+    return np.asarray(rows_list, np.int64)[order], np.asarray(nbr_list, np.int64)[order]
+
+
+def _block_top(g, kk: int, col0: int):
+    """Each row's ``kk`` smallest values of the float32 block ``g`` and their column indices."""
+    import torch
+
+    if g.shape[1] <= kk:
+        cols = torch.arange(col0, col0 + g.shape[1]).expand(g.shape[0], -1)
+        return g, cols
+    vals, pos = torch.topk(g, kk, dim=1, largest=False, sorted=False)
+    return vals, pos + col0
+
+
+def _merge_top(best_d, best_i, rows: slice, vals, cols, kk: int) -> None:
+    """Keep, per row of ``rows``, the ``kk`` smallest of its candidates and (vals, cols)."""
+    import torch
+
+    dd = torch.cat([best_d[rows], vals], dim=1)
+    ii = torch.cat([best_i[rows], cols], dim=1)
+    top, pos = torch.topk(dd, kk, dim=1, largest=False, sorted=False)
+    best_d[rows] = top
+    best_i[rows] = ii.gather(1, pos)
 
 
 def _sort_candidates(best_d: np.ndarray, best_i: np.ndarray):
     """Candidates ascending by approximate distance, ties by index (as a flat index returns them)."""
     order = np.lexsort((best_i, best_d), axis=-1)
     return np.take_along_axis(best_d, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+
+
+def _gram_block(pa: _Prepared, pb: _Prepared, rows, cols, out=None):
+    """Float32 squared distances |a_i|^2 + |b_j|^2 - 2 a_i.b_j of a block, as one addmm.
+
+    Rounding: the dot product, then the sum of the two norms, then their sum (any order and
+    fused forms stay inside the bound of ``_eps``).
+    """
+    import torch
+
+    na = torch.from_numpy(pa.n32[rows])
+    nb = torch.from_numpy(pb.n32[cols])
+    a = torch.from_numpy(pa.xf[rows])
+    b = torch.from_numpy(pb.xf[cols])
+    bias = na[:, None] + nb[None, :]
+    if out is None:
+        return torch.addmm(bias, a, b.T, beta=1.0, alpha=-2.0)
+    return torch.addmm(bias, a, b.T, beta=1.0, alpha=-2.0, out=out)
 
 
 def _self_candidates(p: _Prepared, kk: int, block: int | None = None):
@@ -181,21 +211,17 @@ def _self_candidates(p: _Prepared, kk: int, block: int | None = None):
 
     block = block or _SYM_BLOCK
     n = p.xf.shape[0]
-    xt = torch.from_numpy(p.xf)
-    best_d = np.full((n, kk), np.inf, np.float32)
-    best_i = np.full((n, kk), -1, np.int64)
+    best_d = torch.full((n, kk), math.inf, dtype=torch.float32)
+    best_i = torch.full((n, kk), -1, dtype=torch.int64)
     for s in range(0, n, block):
         e = min(n, s + block)
         for t in range(s, n, block):
             u = min(n, t + block)
-            g = (xt[s:e] @ xt[t:u].T).numpy()
-            g *= -2.0
-            g += p.n32[s:e, None]
-            g += p.n32[None, t:u]
-            _merge_top(best_d, best_i, slice(s, e), g, t, kk)
+            g = _gram_block(p, p, slice(s, e), slice(t, u))
+            _merge_top(best_d, best_i, slice(s, e), *_block_top(g, kk, t), kk)
             if t != s:
-                _merge_top(best_d, best_i, slice(t, u), g.T, s, kk)
-    return _sort_candidates(best_d, best_i)
+                _merge_top(best_d, best_i, slice(t, u), *_block_top(g.T, kk, s), kk)
+    return _sort_candidates(best_d.numpy(), best_i.numpy())
 
 
 def _row_candidates(p: _Prepared, rows: np.ndarray, kk: int):
@@ -203,18 +229,13 @@ def _row_candidates(p: _Prepared, rows: np.ndarray, kk: int):
     import torch
 
     n = p.xf.shape[0]
-    xt = torch.from_numpy(p.xf)
-    best_d = np.full((len(rows), kk), np.inf, np.float32)
-    best_i = np.full((len(rows), kk), -1, np.int64)
-    q = xt[torch.from_numpy(rows)]
+    best_d = torch.full((len(rows), kk), math.inf, dtype=torch.float32)
+    best_i = torch.full((len(rows), kk), -1, dtype=torch.int64)
     for t in range(0, n, _SYM_BLOCK):
         u = min(n, t + _SYM_BLOCK)
-        g = (q @ xt[t:u].T).numpy()
-        g *= -2.0
-        g += p.n32[rows, None]
-        g += p.n32[None, t:u]
-        _merge_top(best_d, best_i, slice(None), g, t, kk)
-    return _sort_candidates(best_d, best_i)
+        g = _gram_block(p, p, rows, slice(t, u))
+        _merge_top(best_d, best_i, slice(None), *_block_top(g, kk, t), kk)
+    return _sort_candidates(best_d.numpy(), best_i.numpy())
 
 
 def approx_sq_dists(pa: _Prepared, pb: _Prepared | None = None) -> np.ndarray:
@@ -229,19 +250,16 @@ def approx_sq_dists(pa: _Prepared, pb: _Prepared | None = None) -> np.ndarray:
     sym = pb is None
     pb = pa if pb is None else pb
     n, m = pa.xf.shape[0], pb.xf.shape[0]
-    xa, xb = torch.from_numpy(pa.xf), torch.from_numpy(pb.xf)
     out = np.empty((n, m), np.float32)
+    ot = torch.from_numpy(out)
     for s in range(0, n, _SYM_BLOCK):
         e = min(n, s + _SYM_BLOCK)
         for t in range(s if sym else 0, m, _SYM_BLOCK):
             u = min(m, t + _SYM_BLOCK)
-            g = (xa[s:e] @ xb[t:u].T).numpy()
-            g *= -2.0
-            g += pa.n32[s:e, None]
-            g += pb.n32[None, t:u]
-            out[s:e, t:u] = g
+            g = _gram_block(pa, pb, slice(s, e), slice(t, u))
+            ot[s:e, t:u] = g
             if sym and t != s:
-                out[t:u, s:e] = g.T
+                ot[t:u, s:e] = g.T
     return out
 
 
@@ -356,20 +374,36 @@ class BallCounts:
     pairs_a: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-def _decide(margin, tol_row, pa, pb, rows0, radius_of, counts_row, counts_col, pairs):
-    """Count sure pairs; re-decide pairs within the bound exactly; optionally keep inside pairs."""
-    sure = margin < -tol_row
-    band = (margin <= tol_row) & ~sure
-    counts_row[rows0 : rows0 + len(margin)] += sure.sum(axis=1)
+def _down32(v: np.ndarray) -> np.ndarray:
+    """The largest float32 values <= v (float64), so ``g < _down32(v)`` implies ``g < v``."""
+    f = v.astype(np.float32)
+    return np.where(f.astype(np.float64) > v, np.nextafter(f, np.float32(-np.inf)), f)
+
+
+def _up32(v: np.ndarray) -> np.ndarray:
+    """The smallest float32 values >= v (float64), so ``g > _up32(v)`` implies ``g > v``."""
+    f = v.astype(np.float32)
+    return np.where(f.astype(np.float64) < v, np.nextafter(f, np.float32(np.inf)), f)
+
+
+def _decide(g, lo, hi, pa, pb, rows0, radius_of, counts_row, counts_col, pairs):
+    """Pairs with g < lo are inside, g > hi outside; the band between is re-decided exactly.
+
+    ``lo``/``hi`` are float32 thresholds (a column (r, 1) or a row (1, m)) rounded outward from
+    radius -/+ the certified bound, so the float32 comparisons decide what exact ones would.
+    """
+    sure = g < lo
+    band = (g <= hi) ^ sure
+    counts_row[rows0 : rows0 + g.shape[0]] += sure.sum(axis=1)
     counts_col += sure.sum(axis=0)
-    bi, bj = np.nonzero(band)
+    bi, bj = np.divmod(np.flatnonzero(band.ravel()), g.shape[1])
     if len(bi):
         d2 = _exact_pairs(pa.x, bi + rows0, pb.x, bj)
         ok = d2 <= radius_of(bi + rows0, bj)
         np.add.at(counts_row, bi[ok] + rows0, 1)
         np.add.at(counts_col, bj[ok], 1)
     if pairs is not None:
-        si, sj = np.nonzero(sure)
+        si, sj = np.divmod(np.flatnonzero(sure.ravel()), g.shape[1])
         if len(bi):
             si = np.concatenate([si, bi[ok]])
             sj = np.concatenate([sj, bj[ok]])
@@ -386,7 +420,8 @@ def ball_counts(
 ) -> BallCounts:
     """Exact ball-membership counts between sets a and b for squared radii ra (on a) and rb (on b).
 
-    ``approx``: float32 squared distances a x b (``approx_sq_dists``) when already computed.
+    One float32 product per block of rows serves both directions. ``approx``: float32 squared
+    distances a x b (``approx_sq_dists``) when already computed.
     """
     pa, pb = (a, b) if isinstance(a, _Prepared) else _prepare(a, b)
     n, d = pa.x.shape
@@ -394,38 +429,29 @@ def ball_counts(
     eps = _eps(d)
     out = BallCounts()
     if ra is not None:
+        ra = np.asarray(ra, np.float64)
         out.b_in_a, out.a_hit = np.zeros(m, np.int64), np.zeros(n, np.int64)
-        ra32 = ra.astype(np.float32)
     if rb is not None:
+        rb = np.asarray(rb, np.float64)
         out.a_in_b, out.b_hit = np.zeros(n, np.int64), np.zeros(m, np.int64)
-        rb32 = rb.astype(np.float32)[None, :]
     pairs: list | None = [] if keep_pairs_a and ra is not None else None
-    bnf32 = pb.n32[None, :]
     nb_max = pb.nf.max()
     slack_b = pb.slack.max()
     for s in range(0, n, _BLOCK):
         e = min(n, s + _BLOCK)
         if approx is not None:
-            g = approx[s:e]
+            g = np.ascontiguousarray(approx[s:e])
         else:
-            g = pa.xf[s:e] @ pb.xf.T
-            g *= -2.0
-            g += bnf32
-            g += pa.n32[s:e, None]
-        # Per-row bound covering every pair of the row, plus the float32 rounding of the radii.
+            g = _gram_block(pa, pb, slice(s, e), slice(None)).numpy()
+        # Per-row bound covering every pair of the row.
         tol = eps * (pa.nf[s:e] + nb_max) + pa.slack[s:e] + slack_b
         if ra is not None:
-            t = (tol + 2 * _U32 * ra[s:e]).astype(np.float32)[:, None]
-            _decide(
-                g - ra32[s:e, None], t, pa, pb, s,
-                lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs,
-            )  # fmt: skip
+            lo, hi = _down32(ra[s:e] - tol)[:, None], _up32(ra[s:e] + tol)[:, None]
+            _decide(g, lo, hi, pa, pb, s, lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs)
         if rb is not None:
-            t = (tol + 2 * _U32 * rb.max()).astype(np.float32)[:, None]
-            _decide(
-                g - rb32, t, pa, pb, s,
-                lambda i, j: rb[j], out.a_in_b, out.b_hit, None,
-            )  # fmt: skip
+            tb = tol.max()  # one bound for the block, so thresholds are a row vector
+            lo, hi = _down32(rb - tb)[None, :], _up32(rb + tb)[None, :]
+            _decide(g, lo, hi, pa, pb, s, lambda i, j: rb[j], out.a_in_b, out.b_hit, None)
     if pairs is not None:
         pi = np.concatenate([p[0] for p in pairs]).astype(np.int64)
         pj = np.concatenate([p[1] for p in pairs]).astype(np.int64)
