@@ -94,9 +94,16 @@ def _prepare(*sets: np.ndarray) -> list[_Prepared]:
     total = sum(len(x) for x in xs)
     shift = sum(x.sum(axis=0, dtype=np.float64) for x in xs) / total
     shift_sq = float(shift @ shift)
+    # A float32 shift: x - shift32 is one rounding of an exact difference whatever x's dtype
+    # (float32 inputs need no float64 temporary), which the bound of ``_eps`` covers.
+    shift32 = shift.astype(np.float32)
+    shift_sq = max(shift_sq, float(shift32.astype(np.float64) @ shift32.astype(np.float64)))
     out = []
     for x in xs:
-        xf = (x - shift).astype(np.float32)
+        if x.dtype == np.float32:
+            xf = np.subtract(x, shift32)
+        else:
+            xf = (x - shift32).astype(np.float32)
         # Upper bounds (float32 sums inflated by their own worst-case error) suffice here.
         grow = 1.0 + 2.0 * (d + 2) * _U32
         n32 = np.einsum("ij,ij->i", xf, xf)
@@ -195,10 +202,10 @@ def _gram_block(pa: _Prepared, pb: _Prepared, rows, cols, out=None):
     nb = torch.from_numpy(pb.n32[cols])
     a = torch.from_numpy(pa.xf[rows])
     b = torch.from_numpy(pb.xf[cols])
-    bias = na[:, None] + nb[None, :]
     if out is None:
-        return torch.addmm(bias, a, b.T, beta=1.0, alpha=-2.0)
-    return torch.addmm(bias, a, b.T, beta=1.0, alpha=-2.0, out=out)
+        out = torch.empty((len(na), len(nb)), dtype=torch.float32)
+    torch.add(na[:, None], nb[None, :], out=out)
+    return out.addmm_(a, b.T, beta=1.0, alpha=-2.0)
 
 
 def _self_candidates(p: _Prepared, kk: int, block: int | None = None):
@@ -213,11 +220,14 @@ def _self_candidates(p: _Prepared, kk: int, block: int | None = None):
     n = p.xf.shape[0]
     best_d = torch.full((n, kk), math.inf, dtype=torch.float32)
     best_i = torch.full((n, kk), -1, dtype=torch.int64)
+    buf = torch.empty(min(n, block) * min(n, block), dtype=torch.float32)  # reused: no page faults
     for s in range(0, n, block):
         e = min(n, s + block)
         for t in range(s, n, block):
             u = min(n, t + block)
-            g = _gram_block(p, p, slice(s, e), slice(t, u))
+            g = _gram_block(
+                p, p, slice(s, e), slice(t, u), buf[: (e - s) * (u - t)].view(e - s, u - t)
+            )
             _merge_top(best_d, best_i, slice(s, e), *_block_top(g, kk, t), kk)
             if t != s:
                 _merge_top(best_d, best_i, slice(t, u), *_block_top(g.T, kk, s), kk)
@@ -386,14 +396,16 @@ def _up32(v: np.ndarray) -> np.ndarray:
     return np.where(f.astype(np.float64) < v, np.nextafter(f, np.float32(np.inf)), f)
 
 
-def _decide(g, lo, hi, pa, pb, rows0, radius_of, counts_row, counts_col, pairs):
+def _decide(g, lo, hi, pa, pb, rows0, radius_of, counts_row, counts_col, pairs, bufs):
     """Pairs with g < lo are inside, g > hi outside; the band between is re-decided exactly.
 
     ``lo``/``hi`` are float32 thresholds (a column (r, 1) or a row (1, m)) rounded outward from
     radius -/+ the certified bound, so the float32 comparisons decide what exact ones would.
+    ``bufs``: two flat boolean arrays of at least ``g.size``, reused across blocks.
     """
-    sure = g < lo
-    band = (g <= hi) ^ sure
+    sure = np.less(g, lo, out=bufs[0][: g.size].reshape(g.shape))
+    band = np.less_equal(g, hi, out=bufs[1][: g.size].reshape(g.shape))
+    band ^= sure
     counts_row[rows0 : rows0 + g.shape[0]] += sure.sum(axis=1)
     counts_col += sure.sum(axis=0)
     bi, bj = np.divmod(np.flatnonzero(band.ravel()), g.shape[1])
@@ -423,6 +435,8 @@ def ball_counts(
     One float32 product per block of rows serves both directions. ``approx``: float32 squared
     distances a x b (``approx_sq_dists``) when already computed.
     """
+    import torch
+
     pa, pb = (a, b) if isinstance(a, _Prepared) else _prepare(a, b)
     n, d = pa.x.shape
     m = pb.x.shape[0]
@@ -437,21 +451,25 @@ def ball_counts(
     pairs: list | None = [] if keep_pairs_a and ra is not None else None
     nb_max = pb.nf.max()
     slack_b = pb.slack.max()
+    rows = min(n, _BLOCK)
+    bufs = (np.empty(rows * m, bool), np.empty(rows * m, bool))  # reused: no page faults
+    gbuf = None if approx is not None else torch.empty(rows * m, dtype=torch.float32)
     for s in range(0, n, _BLOCK):
         e = min(n, s + _BLOCK)
-        if approx is not None:
+        if gbuf is None:
             g = np.ascontiguousarray(approx[s:e])
         else:
-            g = _gram_block(pa, pb, slice(s, e), slice(None)).numpy()
+            g = _gram_block(pa, pb, slice(s, e), slice(None), gbuf[: (e - s) * m].view(e - s, m))
+            g = g.numpy()
         # Per-row bound covering every pair of the row.
         tol = eps * (pa.nf[s:e] + nb_max) + pa.slack[s:e] + slack_b
         if ra is not None:
             lo, hi = _down32(ra[s:e] - tol)[:, None], _up32(ra[s:e] + tol)[:, None]
-            _decide(g, lo, hi, pa, pb, s, lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs)
+            _decide(g, lo, hi, pa, pb, s, lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs, bufs)
         if rb is not None:
             tb = tol.max()  # one bound for the block, so thresholds are a row vector
             lo, hi = _down32(rb - tb)[None, :], _up32(rb + tb)[None, :]
-            _decide(g, lo, hi, pa, pb, s, lambda i, j: rb[j], out.a_in_b, out.b_hit, None)
+            _decide(g, lo, hi, pa, pb, s, lambda i, j: rb[j], out.a_in_b, out.b_hit, None, bufs)
     if pairs is not None:
         pi = np.concatenate([p[0] for p in pairs]).astype(np.int64)
         pj = np.concatenate([p[1] for p in pairs]).astype(np.int64)
