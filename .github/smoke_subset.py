@@ -33,9 +33,7 @@ def main() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 os.symlink(listing.path(rel), target)
-    sys.stdout.write(
-        json.dumps({"classes": len(keep), "dest": str(args.dest)}) + "\n"
-    )
+    sys.stdout.write(json.dumps({"classes": len(keep), "dest": str(args.dest)}) + "\n")
 
 
 if __name__ == "__main__":

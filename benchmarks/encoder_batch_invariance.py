@@ -46,7 +46,9 @@ def build(name: str, tmp: Path, images: list[np.ndarray]):
         from varbench.encoders.dinov2 import DinoV2Encoder
 
         src = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0)
-        save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp / "d.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp / "d.safetensors")
+        )
         return DinoV2Encoder(weights=str(tmp / "d.safetensors"))
     if name == "clip":
         import open_clip

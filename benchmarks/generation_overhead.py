@@ -152,5 +152,6 @@ def main() -> None:
         print(f"generation_overhead_ratio_range={min(ratios):.3f}-{max(ratios):.3f}")
         print(f"generation_overhead_runs={len(ratios)}")
 
+
 if __name__ == "__main__":
     main()
