@@ -181,15 +181,22 @@ def with_oom_backoff(
 
 
 def load_safetensors_or_torch(path: str | Path) -> dict[str, Any]:
-    """Load a state dict without executing pickled code (safetensors, or torch weights_only)."""
+    """Load a state dict without executing pickled code (safetensors, or torch weights_only).
+
+    A file that needs pickled code, or is damaged, raises one ``UnsafeWeightsError`` naming it
+    and saying how to convert it to safetensors (no library traceback).
+    """
+    from varbench.encoders.weights import weights_only_loads
+
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    with weights_only_loads(path):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    import torch
+            return load_file(str(path))
+        import torch
 
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def snapshot_commit(path: str | Path) -> str | None:

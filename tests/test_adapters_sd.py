@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import time
 from pathlib import Path
 
@@ -210,8 +209,11 @@ def test_ip_adapter_bin_loads_without_unpickling_code(tiny, tmp_path):
             return (Path.touch, (marker,))
 
     torch.save({"image_proj": Evil(), "ip_adapter": {}}, evil / "ip-adapter_sd15.bin")
-    with pytest.raises(pickle.UnpicklingError):
+    from varbench.encoders.weights import UnsafeWeightsError
+
+    with pytest.raises(UnsafeWeightsError, match="safetensors") as info:
         load_ip_adapter_state_dict(tmp_path / "evil")
+    assert "ip-adapter_sd15.bin" in str(info.value)
     assert not marker.exists()
 
 

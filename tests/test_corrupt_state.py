@@ -152,6 +152,24 @@ def test_other_encoders_refuse_pickled_weights(tmp_path, name):
     assert not marker.exists()
 
 
+def test_adapter_weights_loader_refuses_pickled_and_damaged_files(tmp_path):
+    """IP-Adapter's weights loader: pickled code and a damaged safetensors file, one error each."""
+    from varbench.encoders.weights import UnsafeWeightsError
+    from varbench_adapters.hf import load_safetensors_or_torch
+
+    marker = tmp_path / "pwned"
+    evil = _evil_weights(tmp_path / "ip-adapter.bin", marker)
+    with pytest.raises(UnsafeWeightsError, match="safetensors") as info:
+        load_safetensors_or_torch(evil)
+    assert str(evil) in str(info.value) and "pickled" in str(info.value)
+    assert not marker.exists()
+    broken = tmp_path / "ip-adapter.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(UnsafeWeightsError, match="damaged") as info:
+        load_safetensors_or_torch(broken)
+    assert str(broken) in str(info.value)
+
+
 # --- feature cache --------------------------------------------------------------------------
 
 SCORE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "n_samples", "n_real")

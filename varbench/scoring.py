@@ -154,7 +154,7 @@ class FolderContext:
         key = (name, output)
         if key not in self._caches:
             self._caches[key] = FeatureCache(self.cache_dir, self.encoder(name), output, self.prep)
-        return self._caches[key].features(list(hashes), self._decoded, f"{output} ({name})")
+        return self._caches[key].features(list(hashes), self._decoded, output)
 
     def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
         return self.features_of(self.real_hashes, encoder, output)
