@@ -132,3 +132,32 @@ def test_copy_run_never_matches_its_own_conditioning_image(lpips_file, tmp_path)
     }
     for entry, nn_ref in zip(index, art["samples_nn_reference"], strict=True):
         assert nn_ref != cond_hash[entry["cond"]]
+
+
+def test_spill_on_a_full_disk_is_one_clear_error(tmp_path):
+    """ENOSPC while spilling reference embeddings: DiskFullError naming the folder, rows intact."""
+    import errno
+
+    from varbench.errors import DiskFullError
+    from varbench.metrics.memorisation import RowFile
+
+    spill = tmp_path / "lpips-phi-x"
+    spill.mkdir()
+    rows = RowFile(spill / "refs.f32", 3)
+    rows.append(np.arange(6, dtype=np.float32).reshape(2, 3))
+    real_fh = rows._fh
+
+    class Full:
+        def __getattr__(self, name):
+            return getattr(real_fh, name)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    rows._fh = Full()
+    with pytest.raises(DiskFullError, match=str(tmp_path)):
+        rows.append(np.ones((1, 3), np.float32))
+    rows._fh = real_fh
+    assert len(rows) == 2
+    np.testing.assert_array_equal(rows[0:2], np.arange(6, dtype=np.float32).reshape(2, 3))
+    rows.close()

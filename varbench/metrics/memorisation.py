@@ -69,6 +69,17 @@ def memorisation_summary(sample_nn: np.ndarray, heldout_nn: np.ndarray) -> dict[
     }
 
 
+def _spill_error(path: Path, exc: OSError) -> Exception:
+    """A full disk while spilling becomes the one DiskFullError naming the folder."""
+    import errno
+
+    from varbench.io import disk_full
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full(path.parent, exc)
+    return exc
+
+
 class RowFile:
     """Float32 rows of a fixed width in a plain file, appended in order and read back by slices.
 
@@ -86,7 +97,11 @@ class RowFile:
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"expected rows of width {self.dim}, got {rows.shape}")
         self._fh.seek(self.rows * self.dim * 4)
-        self._fh.write(rows.tobytes())
+        try:
+            self._fh.write(rows.tobytes())
+            self._fh.flush()
+        except OSError as exc:
+            raise _spill_error(self.path, exc) from exc
         self.rows += len(rows)
 
     def __len__(self) -> int:
@@ -95,9 +110,10 @@ class RowFile:
     def __getitem__(self, sl: slice) -> np.ndarray:
         start, stop, _ = sl.indices(self.rows)
         out = np.empty((max(0, stop - start), self.dim), np.float32)
-        self._fh.flush()
         self._fh.seek(start * self.dim * 4)
-        self._fh.readinto(memoryview(out).cast("B"))
+        got = self._fh.readinto(memoryview(out).cast("B"))
+        if got != out.nbytes:
+            raise OSError(f"{self.path}: short read ({got} of {out.nbytes} bytes) of spilled rows")
         return out
 
     def close(self) -> None:
