@@ -517,3 +517,27 @@ def test_sun397_links_between_folders_loop_or_not(tmp_path):
     loops = [p for p in listing.problems if "symlink loop" in p]
     assert loops and all("to_abbey" in p or "to_arch" in p for p in loops)
     assert not any("b/barn" in p for p in listing.problems)
+
+
+def test_metrics_on_folders_uses_the_same_policy(tmp_path):
+    """`varbench metrics`: rejected files listed in one error before any encoding; converted
+    kinds are scored as their reference-loader pixels."""
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    for d, offset in ((real, 0), (fake, 50)):
+        d.mkdir()
+        for i in range(6):
+            Image.fromarray(RNG.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+                d / f"{offset + i:03d}.png"
+            )
+    make_cmyk_jpeg(fake)
+    make_palette_transparency(fake)
+    args = ["metrics", "--real", str(real), "--fake", str(fake), "--metrics", "fid"]
+    args += ["--encoder", "demo"]
+    ok = run_json(*args)
+    assert np.isfinite(ok["fid"])
+    bad = [make_empty(fake), make_gray16(fake)]
+    proc = run_cli(*args, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "nothing was scored" in proc.stderr
+    for path in bad:
+        assert str(path) in proc.stderr

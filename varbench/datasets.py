@@ -205,7 +205,7 @@ def list_dataset(root: str | Path, layout: str, class_names: str | None = None) 
     )
 
 
-def _check_file(path: Path) -> tuple[str | None, str | None]:
+def check_image_file(path: Path) -> tuple[str | None, str | None]:
     """Decode one image fully under the image policy; return (pixel hash, None) or (None, problem)."""
     try:
         arr, problem = image_problem(path)
@@ -271,7 +271,7 @@ def validate_files(
             progress_bar("validating images", len(todo)) as advance,
         ):
             for (rel, stamp), (digest, problem) in zip(
-                todo, pool.map(lambda t: _check_file(listing.path(t[0])), todo), strict=True
+                todo, pool.map(lambda t: check_image_file(listing.path(t[0])), todo), strict=True
             ):
                 advance(1)
                 if problem:

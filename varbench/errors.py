@@ -16,13 +16,11 @@ class UsageError(VarbenchError):
 class DatasetError(VarbenchError):
     """The dataset on disk does not fit the protocol (all problems listed at once)."""
 
-    def __init__(self, root: str, problems: list[str]):
+    def __init__(self, root: str, problems: list[str], outcome: str = "nothing was generated"):
         self.root = root
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(
-            f"dataset {root} has {len(self.problems)} problem(s); nothing was generated:\n{lines}"
-        )
+        super().__init__(f"dataset {root} has {len(self.problems)} problem(s); {outcome}:\n{lines}")
 
 
 class ManifestMismatchError(VarbenchError):

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from varbench.datasets import IMAGE_EXTENSIONS
+from varbench.datasets import IMAGE_EXTENSIONS, check_image_file
 from varbench.encoders import encoder_registry
-from varbench.errors import UsageError
+from varbench.errors import DatasetError, UsageError
 from varbench.features import FeatureCache
-from varbench.hashing import pixel_sha256
-from varbench.io import read_rgb
+from varbench.imageio import policy_warnings_silenced, read_dataset_image
 from varbench.metrics import METRIC_OPTIONS, metric_registry
 from varbench.prepare import ImagePrep, check_preparation
 from varbench.registry import suggest
@@ -114,21 +113,29 @@ class FolderContext:
         self.encoders: dict[str, Any] = {}
         self._caches: dict[tuple[str, str], FeatureCache] = {}
         self.paths: dict[str, Path] = {}
-        self.real_hashes = self._hash(list_images(real_dir))
-        self.fake_hashes = self._hash(list_images(fake_dir))
+        self.real_hashes = self._hash(real_dir)
+        self.fake_hashes = self._hash(fake_dir)
         self.real_class = np.zeros(len(self.real_hashes), dtype=int)
         self.fake_class = np.zeros(len(self.fake_hashes), dtype=int)
         self.fake_cond_index = np.full(len(self.fake_hashes), -1)
 
-    def _hash(self, files: list[Path]) -> list[str]:
-        """Pixel hashes of the files (decoded by a thread pool), in order."""
+    def _hash(self, folder: Path) -> list[str]:
+        """Pixel hashes of the folder's images in order, each decoded under the image policy
+        (``varbench.imageio``, as for datasets); every rejected file is listed in one error."""
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-            out = list(pool.map(lambda f: pixel_sha256(read_rgb(f)), files))
-        for f, digest in zip(files, out, strict=True):
+        files = list_images(folder)
+        with (
+            policy_warnings_silenced(),
+            ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool,
+        ):
+            out = list(pool.map(check_image_file, files))
+        problems = sorted(problem for _, problem in out if problem)
+        if problems:
+            raise DatasetError(str(folder), problems, "nothing was scored")
+        for f, (digest, _) in zip(files, out, strict=True):
             self.paths.setdefault(digest, f)
-        return out
+        return [digest for digest, _ in out]
 
     def encoder(self, name: str | None = None):
         """The encoder instance, created with its local weights file if one was given."""
@@ -141,10 +148,10 @@ class FolderContext:
 
     def image(self, digest: str) -> np.ndarray:
         """Prepared image by pixel hash."""
-        return self.prep(read_rgb(self.paths[digest]))
+        return self.prep(read_dataset_image(self.paths[digest]))
 
     def _decoded(self, digest: str) -> np.ndarray:
-        return read_rgb(self.paths[digest])
+        return read_dataset_image(self.paths[digest])
 
     def features_of(
         self, hashes: Sequence[str], encoder: str | None = None, output: str = "features"
