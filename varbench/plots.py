@@ -87,6 +87,16 @@ def _yerr(rows: list[dict], metric: str, ys: list[float]) -> np.ndarray | None:
     return np.array([down, up])
 
 
+def _include_in_ylim(ax: Any, values: list[float]) -> None:
+    """Fit the y axis to horizontal reference lines too (axhline does not enter data limits)."""
+    lo, hi = min(values), max(values)
+    if not ax.ignore_existing_data_limits:  # other artists (bands, error bars) have data
+        y0, y1 = ax.dataLim.intervaly
+        lo, hi = min(lo, y0), max(hi, y1)
+    pad = 0.1 * (hi - lo) or 0.1 * abs(hi) or 0.1
+    ax.set_ylim(lo - pad, hi + pad)
+
+
 def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str) -> Figure | None:
     """Each metric against the sweep parameter; lines per model (and other params), error bars
     from the intervals, published points as hollow markers labelled with their source."""
@@ -113,6 +123,7 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
         )
         models = sorted({str(r.get("model")) for pts in groups.values() for _, r in pts})
         seen_per_model: dict[tuple[str, bool], int] = {}
+        ref_lines: dict[int, tuple[Any, list[float]]] = {}  # axhline values (not in data limits)
         axis_names = sorted({axis for _, axis in groups if axis})
         for (label, _axis), pts in sorted(groups.items()):
             is_pub = any(str(r.get("source") or "varbench") != "varbench" for _, r in pts)
@@ -132,6 +143,7 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
                     continue
                 if all(x is None for x, _, _ in xy):  # no sweep axis: a horizontal reference line
                     h = ax.axhline(xy[0][1], color=colour, ls=":" if is_pub else "--", lw=1)
+                    ref_lines.setdefault(id(ax), (ax, []))[1].append(xy[0][1])
                     lo, hi = (
                         finite(xy[0][2].get(f"{metric}_lo")),
                         finite(xy[0][2].get(f"{metric}_hi")),
@@ -168,6 +180,8 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
                             ls=style,
                         )
                 handles.setdefault(plain(label), h)
+        for ax, values in ref_lines.values():
+            _include_in_ylim(ax, values)
         for ax, metric in zip(axes, metrics, strict=False):
             ax.set_title(SWEEP_METRICS[metric])
             ax.grid(alpha=0.3)
