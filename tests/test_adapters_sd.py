@@ -85,8 +85,8 @@ def run(model: str, tiny, out: Path, tmp_path: Path, *extra: str) -> list[dict]:
 @pytest.mark.parametrize("model", MODELS)
 def test_full_demo_run_is_bit_identical_across_processes_and_batch_sizes(model, tiny, tmp_path):
     """demo_1shot: 10 classes x 10 samples at 64 px, generated in groups of >= 8 per pipeline
-    call; --batch-size 7 split into shards 2/3, 0/3, 1/3 and a resume after losing samples
-    reproduce every PNG byte for byte."""
+    call; --batch-size 7 split into shards 2/3, 0/3, 1/3, a resume after losing samples, and a
+    run killed with SIGKILL mid-generation then resumed reproduce every PNG byte for byte."""
     rows = run(model, tiny, tmp_path / "a", tmp_path, "--batch-size", "1")
     assert len(rows) == 1
     row = rows[0]
@@ -119,6 +119,38 @@ def test_full_demo_run_is_bit_identical_across_processes_and_batch_sizes(model, 
         stored.unlink()
     resumed = run(model, tiny, tmp_path / "b", tmp_path)
     assert read_pngs(tmp_path / "b") == first and resumed[0]["fid"] == row["fid"]
+
+    # kill -9 in the middle of generation, then the same command: the same bytes
+    killed = kill_when_samples_exist(model, tiny, tmp_path / "c", tmp_path, at_least=20)
+    assert 20 <= killed < 100
+    again = run(model, tiny, tmp_path / "c", tmp_path)
+    assert read_pngs(tmp_path / "c") == first and again[0]["fid"] == row["fid"]
+
+
+def kill_when_samples_exist(model: str, tiny, out: Path, tmp_path: Path, at_least: int) -> int:
+    """Start `varbench run`, SIGKILL it once ``at_least`` sample PNGs exist; the count then."""
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "varbench.cli", "run", *model_args(model, tiny)]
+    cmd += ["--protocol", "demo_1shot", *FAST, "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **offline_env(tmp_path), "VARBENCH_NO_PROGRESS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(out.rglob("samples/**/*.png"))) >= at_least:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.wait(timeout=60)
+    return len(list(out.rglob("samples/**/*.png")))
 
 
 def make_adapter(model: str, tiny, **sets: str):
