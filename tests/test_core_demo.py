@@ -147,10 +147,15 @@ def test_killed_run_resumes_to_same_numbers(tmp_path, plugin_env):
     proc.wait()
     n_before = len(list(out.rglob("*.png")))
     assert 0 < n_before < 100, n_before
+    # what a writer killed between mkstemp and rename leaves: a partial hidden temp file
+    first = sorted(out.rglob("samples/**/*.png"))[0]
+    orphan = first.parent / f".{first.name}.k1ll3d.tmp"
+    orphan.write_bytes(first.read_bytes()[:50])
     resumed = run_json(*run_args, env=plugin_env)[0]
     for key in ("fid", "kid", "precision", "recall"):
         assert resumed[key] == ref[key], key
     assert read_pngs(next(out.iterdir())) == read_pngs(next((tmp_path / "ref").iterdir()))
+    assert not list(out.rglob("*.tmp")), "the resume removes a killed writer's temp files"
 
 
 def test_sweep_points_are_separate_rows(tmp_path, plugin_env):

@@ -320,6 +320,7 @@ class Run:
                     what=f"run {store.root.name}, point {pid}, shard {index}/{count}",
                 )
                 with lock:
+                    store.remove_orphan_temps(pid, mine)  # a killed writer's partial files
                     missing = store.missing(pid, mine)  # the previous holder may have finished
                     if missing and not ready:
                         ready = True

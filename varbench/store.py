@@ -114,6 +114,31 @@ class RunStore:
     def sample_path(self, pid: str, slot: SampleSlot) -> Path:
         return self.point_dir(pid) / "samples" / slot.relpath
 
+    def remove_orphan_temps(self, pid: str, slots: list[SampleSlot]) -> int:
+        """Delete temp files of ``slots``' PNGs left by a killed writer (``.NAME.XXXX.tmp``).
+
+        Call it only while holding the lock of the shard that owns ``slots``: nobody else
+        writes those samples then, so every such temp file is an orphan. Returns the count.
+        """
+        wanted: dict[Path, set[str]] = {}
+        for slot in slots:
+            path = self.sample_path(pid, slot)
+            wanted.setdefault(path.parent, set()).add(path.name)
+        removed = 0
+        for folder, names in wanted.items():
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") and name.endswith(".tmp"):
+                    target = name[1:].rsplit(".", 2)[0]  # ".c00_s0001.png.ab12cd.tmp"
+                    if target in names:
+                        Path(entry.path).unlink(missing_ok=True)
+                        removed += 1
+        return removed
+
     def missing(self, pid: str, slots: list[SampleSlot]) -> list[SampleSlot]:
         """Slots whose PNG is not on disk yet."""
         return [s for s in slots if not self.sample_path(pid, s).is_file()]
