@@ -42,6 +42,7 @@ _U64 = 2.0**-53
 _EXTRA = 8  # candidates fetched beyond k + self, so the certified band rarely overflows
 _BLOCK = 2048  # rows per float32 GEMM block
 _SYM_BLOCK = 1024  # rows per block of the symmetric self-distance products
+_DIAG_SPLIT = 2  # a diagonal block is split into 2 x 2 sub-blocks (upper triangle computed)
 _CACHE_CHUNK = 256  # pairs per exact-distance chunk (temporaries stay in cache: 3x faster)
 
 
@@ -208,11 +209,27 @@ def _gram_block(pa: _Prepared, pb: _Prepared, rows, cols, out=None):
     return out.addmm_(a, b.T, beta=1.0, alpha=-2.0)
 
 
+def _upper_pairs(n: int, block: int, sub: int):
+    """Row/column ranges covering the upper triangle of an n x n matrix once, with its mirror.
+
+    Off-diagonal pairs are ``block`` x ``block``; a diagonal block is itself split into
+    ``sub``-sized pairs over its upper triangle, so diagonal blocks also cost about half.
+    """
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        for s2 in range(s, e, sub):
+            for t2 in range(s2, e, sub):
+                yield s2, min(e, s2 + sub), t2, min(e, t2 + sub)
+        for t in range(e, n, block):
+            yield s, e, t, min(n, t + block)
+
+
 def _self_candidates(p: _Prepared, kk: int, block: int | None = None):
     """Each row's ``kk`` smallest float32 squared distances to the set (self included).
 
-    One product per pair of row blocks (upper triangle): block (I, J) updates rows of I with
-    its columns and rows of J with its transpose, so the set costs about half a full product.
+    One product per pair of row blocks over the upper triangle (``_upper_pairs``): block (I, J)
+    updates rows of I with its columns and rows of J with its transpose, so the set costs
+    about half a full product.
     """
     import torch
 
@@ -221,16 +238,11 @@ def _self_candidates(p: _Prepared, kk: int, block: int | None = None):
     best_d = torch.full((n, kk), math.inf, dtype=torch.float32)
     best_i = torch.full((n, kk), -1, dtype=torch.int64)
     buf = torch.empty(min(n, block) * min(n, block), dtype=torch.float32)  # reused: no page faults
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        for t in range(s, n, block):
-            u = min(n, t + block)
-            g = _gram_block(
-                p, p, slice(s, e), slice(t, u), buf[: (e - s) * (u - t)].view(e - s, u - t)
-            )
-            _merge_top(best_d, best_i, slice(s, e), *_block_top(g, kk, t), kk)
-            if t != s:
-                _merge_top(best_d, best_i, slice(t, u), *_block_top(g.T, kk, s), kk)
+    for s, e, t, u in _upper_pairs(n, block, max(1, block // _DIAG_SPLIT)):
+        g = _gram_block(p, p, slice(s, e), slice(t, u), buf[: (e - s) * (u - t)].view(e - s, u - t))
+        _merge_top(best_d, best_i, slice(s, e), *_block_top(g, kk, t), kk)
+        if t != s:
+            _merge_top(best_d, best_i, slice(t, u), *_block_top(g.T, kk, s), kk)
     return _sort_candidates(best_d.numpy(), best_i.numpy())
 
 
