@@ -130,3 +130,21 @@ def test_ci_runs_the_readme_test_command():
         line for line in (root / ".ci" / "run").read_text().splitlines() if "pytest" in line
     ][0]
     assert ci_line in (root / "README.md").read_text()
+
+
+def test_plugin_installed_after_first_lookup_is_found(tmp_path, monkeypatch):
+    """Entry points are re-read once for an unknown name (a plugin installed since the first
+    lookup in this process), so the lookup order of a long-lived process does not matter."""
+    from varbench.adapter import adapter_registry
+
+    assert "late_plugin_model" not in adapter_registry.names()  # entry points read now
+    (tmp_path / "late_plugin.py").write_text("from varbench_adapters.copy import *\n")
+    info = tmp_path / "late_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: late-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[varbench.adapters]\nlate_plugin_model = late_plugin:CopyAdapter\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert adapter_registry.target("late_plugin_model") == "late_plugin:CopyAdapter"
+    del adapter_registry._targets["late_plugin_model"]  # leave the registry as it was
