@@ -31,6 +31,11 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device (or the user's quota) running out of space."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def disk_full(path: str | os.PathLike, exc: OSError) -> DiskFullError:
     """One clear error naming the folder that ran out of space."""
     folder = Path(path).parent
@@ -52,7 +57,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if is_disk_full(exc):
             raise disk_full(path, exc) from exc
         raise
     try:
@@ -65,7 +70,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if is_disk_full(exc):
             raise disk_full(path, exc) from exc
         raise
 

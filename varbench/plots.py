@@ -123,7 +123,7 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
         )
         models = sorted({str(r.get("model")) for pts in groups.values() for _, r in pts})
         seen_per_model: dict[tuple[str, bool], int] = {}
-        ref_lines: dict[int, tuple[Any, list[float]]] = {}  # axhline values (not in data limits)
+        ref_lines: dict[Any, list[float]] = {}  # axes -> axhline values (not in data limits)
         axis_names = sorted({axis for _, axis in groups if axis})
         for (label, _axis), pts in sorted(groups.items()):
             is_pub = any(str(r.get("source") or "varbench") != "varbench" for _, r in pts)
@@ -143,7 +143,7 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
                     continue
                 if all(x is None for x, _, _ in xy):  # no sweep axis: a horizontal reference line
                     h = ax.axhline(xy[0][1], color=colour, ls=":" if is_pub else "--", lw=1)
-                    ref_lines.setdefault(id(ax), (ax, []))[1].append(xy[0][1])
+                    ref_lines.setdefault(ax, []).append(xy[0][1])
                     lo, hi = (
                         finite(xy[0][2].get(f"{metric}_lo")),
                         finite(xy[0][2].get(f"{metric}_hi")),
@@ -180,7 +180,7 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
                             ls=style,
                         )
                 handles.setdefault(plain(label), h)
-        for ax, values in ref_lines.values():
+        for ax, values in ref_lines.items():
             _include_in_ylim(ax, values)
         for ax, metric in zip(axes, metrics, strict=False):
             ax.set_title(SWEEP_METRICS[metric])

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from varbench.io import disk_full, is_disk_full
 from varbench.metrics.base import Metric
 
 KEY_NN_MEDIAN = "memorisation_nn_lpips_median"
@@ -69,17 +70,6 @@ def memorisation_summary(sample_nn: np.ndarray, heldout_nn: np.ndarray) -> dict[
     }
 
 
-def _spill_error(path: Path, exc: OSError) -> Exception:
-    """A full disk while spilling becomes the one DiskFullError naming the folder."""
-    import errno
-
-    from varbench.io import disk_full
-
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return disk_full(path.parent, exc)
-    return exc
-
-
 class RowFile:
     """Float32 rows of a fixed width in a plain file, appended in order and read back by slices.
 
@@ -101,7 +91,9 @@ class RowFile:
             self._fh.write(rows.tobytes())
             self._fh.flush()
         except OSError as exc:
-            raise _spill_error(self.path, exc) from exc
+            if is_disk_full(exc):  # named by the folder holding the spill's temporary folder
+                raise disk_full(self.path.parent, exc) from exc
+            raise
         self.rows += len(rows)
 
     def __len__(self) -> int:

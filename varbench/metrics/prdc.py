@@ -101,10 +101,7 @@ def _prepare(*sets: np.ndarray) -> list[_Prepared]:
     shift_sq = max(shift_sq, float(shift32.astype(np.float64) @ shift32.astype(np.float64)))
     out = []
     for x in xs:
-        if x.dtype == np.float32:
-            xf = np.subtract(x, shift32)
-        else:
-            xf = (x - shift32).astype(np.float32)
+        xf = (x - shift32).astype(np.float32, copy=False)
         # Upper bounds (float32 sums inflated by their own worst-case error) suffice here.
         grow = 1.0 + 2.0 * (d + 2) * _U32
         n32 = np.einsum("ij,ij->i", xf, xf)
@@ -154,9 +151,10 @@ def _duplicate_groups(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     for members in groups.values():
         if len(members) <= k:
             continue
+        first = members[: k + 1]  # the k lowest-index other members are among these
         for r in members:
             rows_list.append(r)
-            nbr_list.append([m for m in members if m != r][:k])
+            nbr_list.append([m for m in first if m != r][:k])
     if not rows_list:
         return np.empty(0, np.int64), np.empty((0, k), np.int64)
     order = np.argsort(rows_list)
