@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from varbench.errors import DatasetError
@@ -30,6 +30,14 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".
 
 
 @dataclass(frozen=True)
+class ClassSource:
+    """A class read from a container (an LMDB) of which only the chosen entries are extracted."""
+
+    n_files: int  # entries in the container, not only the extracted ones
+    listing_sha256: str  # hash of every key in the container: adding or removing one is drift
+
+
+@dataclass(frozen=True)
 class DatasetListing:
     """Every image of a dataset by class, as sorted root-relative POSIX paths."""
 
@@ -38,10 +46,12 @@ class DatasetListing:
     classes: dict[str, tuple[str, ...]]  # class name -> sorted relative paths
     labels: dict[str, str]  # class name -> human-readable label (for prompts)
     problems: tuple[str, ...] = ()  # unreadable folders and link cycles, reported by validation
+    files: Mapping[str, Path] = field(default_factory=dict)  # names stored outside root (LMDB)
+    sources: Mapping[str, ClassSource] = field(default_factory=dict)  # classes listed from LMDBs
 
     def path(self, rel: str) -> Path:
-        """Absolute path of a root-relative file."""
-        return self.root / rel
+        """Absolute path of a root-relative file (or of an entry extracted from a container)."""
+        return self.files.get(rel) or self.root / rel
 
     @property
     def class_names(self) -> list[str]:

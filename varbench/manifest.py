@@ -110,13 +110,14 @@ def build_manifest(
     for index, name in enumerate(sorted(valid)):
         files = valid[name]
         refs, cond, heldout = select(files, name, spec.n_per_class, spec.k, spec.seed)
+        source = listing.sources.get(name)  # an LMDB: count and hash all its keys, not the extract
         classes.append(
             ManifestClass(
                 name=name,
                 label=listing.labels.get(name, name),
                 index=index,
-                n_files=len(files),
-                listing_sha256=sha256_json(list(files)),
+                n_files=source.n_files if source else len(files),
+                listing_sha256=source.listing_sha256 if source else sha256_json(list(files)),
                 references=refs,
                 conditioning=cond,
                 heldout=heldout,

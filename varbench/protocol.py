@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-LAYOUTS = ("demo", "imagefolder", "sun397")
+LAYOUTS = ("demo", "imagefolder", "sun397", "lsun")
 # Keys a user may override with --set on any protocol; the label then records the change.
 OVERRIDABLE = {
     "n_per_class": int,
@@ -38,7 +38,7 @@ class ProtocolSpec:
     name: str
     version: int
     description: str
-    layout: str  # demo | imagefolder | sun397
+    layout: str  # demo | imagefolder | sun397 | lsun
     n_per_class: int  # reference images per class
     k: int  # conditioning images per class, drawn from the references
     seed: int
@@ -50,6 +50,7 @@ class ProtocolSpec:
     example: str = ""
     sweeps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     prepare: str = "none"  # named preparation of every scored image (varbench.prepare)
+    category: str | None = None  # lsun: the LSUN category (<data>/<category>_train_lmdb/, class name)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set values applied
 
     @property
@@ -87,6 +88,8 @@ class ProtocolSpec:
             "resolution": self.resolution,
             "n_classes": self.n_classes,
             "prepare": self.image_prep.identity(),
+            # only when set, so the run ids of the other protocols stay what they were
+            **({"category": self.category} if self.category is not None else {}),
         }
 
     def validate(self) -> None:
@@ -106,6 +109,8 @@ class ProtocolSpec:
             problems.append("resolution must be >= 8")
         if self.n_classes is not None and self.n_classes < 1:
             problems.append("n_classes must be >= 1")
+        if (self.layout == "lsun") != (self.category is not None):
+            problems.append("category must be set exactly when layout is 'lsun'")
         if not self.metrics:
             problems.append("metrics must name at least one metric")
         if self.prepare not in preparation_registry:
@@ -178,6 +183,7 @@ def parse_protocol(data: Mapping[str, Any], origin: str) -> ProtocolSpec:
             example=str(data.get("example", "")),
             sweeps={k: dict(v) for k, v in data.get("sweeps", {}).items()},
             prepare=str(data.get("prepare", "none")),
+            category=str(data["category"]) if data.get("category") is not None else None,
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{origin}: {exc}") from None

@@ -138,6 +138,10 @@ def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> Data
         raise UsageError(
             f"protocol {spec.name!r} needs --data PATH ({spec.layout} layout); see `varbench list protocols`"
         )
+    if spec.layout == "lsun":
+        from varbench.lsun import list_lsun
+
+        return list_lsun(data, spec, cache_dir)
     return list_dataset(data, spec.layout, spec.class_names)
 
 

@@ -1,0 +1,216 @@
+"""LSUN (one class per protocol): the official LMDB release, or an exported image folder.
+
+Bedroom's train LMDB holds about 3 million images, so listing reads keys only, never a value.
+The keys are ranked with the manifest's own ranking and only the entries a run can use are
+extracted: the top ``n_per_class`` (the references) and the next ``n_per_class`` (held out, for
+the oracle baseline and the memorisation reference curve). Because the extract is a prefix of
+the full ranking, ``build_manifest`` selects from it exactly what it would select from every key,
+and validates (decodes) only those files. Values are WebP or JPEG whatever the release's README
+says: the format is sniffed from the bytes, which are kept exactly as stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote_from_bytes
+
+from varbench.datasets import IMAGE_EXTENSIONS, ClassSource, DatasetListing
+from varbench.errors import DatasetError
+from varbench.io import atomic_write_bytes
+from varbench.manifest import _rank
+from varbench.progress import progress_bar
+from varbench.protocol import ProtocolSpec
+
+LSUN_FIX = (
+    "fix: unpack the LSUN release again (e.g. `unzip bedroom_train_lmdb.zip -d DATA`) "
+    "or point --data at an exported image folder"
+)
+_MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"))
+_PROGRESS_EVERY = 1 << 16
+
+
+def key_name(key: bytes) -> str:
+    """The file-safe, reversible name of an LMDB key (LSUN's 40-hex keys stay as they are)."""
+    name = quote_from_bytes(key, safe="-_.~")
+    return "%2E" + name[1:] if name.startswith(".") else name
+
+
+def sniff(data: bytes) -> str | None:
+    """File extension of WebP, JPEG or PNG bytes, by content; None for anything else."""
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), None)
+
+
+def n_extract(spec: ProtocolSpec) -> int:
+    """Entries a run can use: the references and as many held-out images (oracle, memorisation)."""
+    return 2 * spec.n_per_class
+
+
+def _top(names: Iterator[tuple[str, bytes]], spec: ProtocolSpec, m: int):
+    """The ``m`` best-ranked (rank, name, key) of ``names``, best first, without a full sort."""
+    cls = spec.category or ""
+    ranked = ((_rank(spec.seed, "reference", cls, n), n, k) for n, k in names)
+    return heapq.nsmallest(m, ranked)
+
+
+def find_lmdb(data: Path, category: str) -> Path | None:
+    """``<data>/<category>_train_lmdb`` as the release unpacks, or ``<data>`` itself if it is one."""
+    if (data / "data.mdb").exists():
+        return data
+    sub = data / f"{category}_train_lmdb"
+    return sub if sub.is_dir() else None
+
+
+def _open(path: Path):
+    """Open an LMDB read-only without locking (a shared read-only copy works); check its size."""
+    import lmdb
+
+    mdb = path / "data.mdb"
+    if not mdb.is_file():
+        raise DatasetError(str(path), [f"missing {mdb} (an LSUN LMDB holds data.mdb); {LSUN_FIX}"])
+    try:
+        env = lmdb.open(
+            str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=8
+        )
+    except lmdb.Error as exc:
+        raise DatasetError(
+            str(path), [f"{mdb} is not a readable LMDB database ({exc}); {LSUN_FIX}"]
+        ) from None
+    # A truncated data.mdb would fault (SIGBUS) on the first page past its end: refuse it here.
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = mdb.stat().st_size
+    if size < need:
+        env.close()
+        raise DatasetError(
+            str(path),
+            [f"{mdb} is truncated: {size:,} bytes, the database needs {need:,}; {LSUN_FIX}"],
+        )
+    if env.stat()["entries"] == 0:
+        env.close()
+        raise DatasetError(str(path), [f"{mdb} is an empty database (0 entries); {LSUN_FIX}"])
+    return env
+
+
+def _keys(txn, total: int, digest) -> Iterator[tuple[str, bytes]]:
+    """Every (name, key) of the database in key order, feeding ``digest``; values are not read."""
+    with progress_bar("listing LMDB keys", total) as advance:
+        for i, key in enumerate(txn.cursor().iternext(keys=True, values=False), 1):
+            digest.update(len(key).to_bytes(2, "big") + key)
+            if i % _PROGRESS_EVERY == 0:
+                advance(_PROGRESS_EVERY)
+            yield key_name(key), key
+        advance(total % _PROGRESS_EVERY)
+
+
+def _store(data: bytes, name: str, ext: str, cache_dir: Path) -> Path:
+    """Keep a value's bytes under their sha256 (content-addressed), the file named by its key."""
+    digest = hashlib.sha256(data).hexdigest()
+    stem = name if len(name) <= 200 else hashlib.sha256(name.encode()).hexdigest()
+    path = Path(cache_dir) / "lsun" / digest[:2] / digest / f"{stem}{ext}"
+    try:
+        if path.stat().st_size == len(data):
+            return path
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
+    return path
+
+
+def list_lmdb(path: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing:
+    """Rank every key of an LSUN LMDB and extract only the entries a run can use."""
+    import lmdb
+
+    env = _open(path)
+    cls = spec.category or ""
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    keys_digest = hashlib.sha256()
+    try:
+        total = env.stat()["entries"]
+        with env.begin(buffers=False) as txn:
+            top = _top(_keys(txn, total, keys_digest), spec, n_extract(spec))
+            with progress_bar("extracting chosen entries", len(top)) as advance:
+                for _rank_hex, name, key in top:
+                    value = txn.get(key)
+                    data = value if value is not None else b""
+                    ext = sniff(data)
+                    if ext is None:
+                        problems.append(
+                            f"entry {name!r} of {path} is not a WebP, JPEG or PNG image (starts "
+                            f"with {data[:8]!r}); fix: repair the database or re-download it"
+                        )
+                    else:
+                        files[name] = _store(data, name, ext, cache_dir)
+                    advance(1)
+    except lmdb.Error as exc:
+        raise DatasetError(
+            str(path), [f"{path / 'data.mdb'} is corrupted ({exc}); {LSUN_FIX}"]
+        ) from None
+    finally:
+        env.close()
+    return DatasetListing(
+        root=path,
+        layout="lsun",
+        classes={cls: tuple(sorted(files))},
+        labels={cls: cls.replace("_", " ")},
+        problems=tuple(problems),
+        files=files,
+        sources={cls: ClassSource(n_files=total, listing_sha256=keys_digest.hexdigest())},
+    )
+
+
+def list_exported(folder: Path, spec: ProtocolSpec) -> DatasetListing:
+    """``<folder>/*.{webp,jpg,png}``: rank the file names, keep the entries a run can use."""
+    cls = spec.category or ""
+    with os.scandir(folder) as it:
+        names = sorted(
+            e.name
+            for e in it
+            if not e.name.startswith(".")
+            and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            and not e.is_dir()
+        )
+    top = _top(((n, b"") for n in names), spec, n_extract(spec))
+    digest = hashlib.sha256()
+    for n in names:
+        data = n.encode()
+        digest.update(len(data).to_bytes(2, "big") + data)
+    return DatasetListing(
+        root=folder,
+        layout="lsun",
+        classes={cls: tuple(sorted(n for _r, n, _k in top))},
+        labels={cls: cls.replace("_", " ")},
+        sources={cls: ClassSource(n_files=len(names), listing_sha256=digest.hexdigest())},
+    )
+
+
+def list_lsun(data: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing:
+    """The LSUN listing of ``--data``: an LMDB as the release unpacks, or an exported folder."""
+    data = Path(data).expanduser().resolve()
+    category = spec.category or ""
+    if not data.is_dir():
+        raise DatasetError(str(data), [f"missing folder: --data {data} does not exist"])
+    path = find_lmdb(data, category)
+    if path is not None:
+        return list_lmdb(path, spec, cache_dir)
+    try:
+        listing = list_exported(data, spec)
+    except OSError as exc:
+        raise DatasetError(str(data), [f"cannot list folder {data}: {exc.strerror or exc}"]) from None
+    if not listing.classes[category]:
+        others = sorted(p.name for p in data.glob("*_lmdb") if p.is_dir())
+        hint = f" (found {', '.join(others)}: another category?)" if others else ""
+        raise DatasetError(
+            str(data),
+            [
+                f"no LSUN data in {data}{hint}: expected {data}/{category}_train_lmdb/ "
+                "(data.mdb, lock.mdb) as the LSUN release unpacks, or exported images "
+                f"{data}/*.webp|jpg|png; {LSUN_FIX}"
+            ],
+        )
+    return listing
