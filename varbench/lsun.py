@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
+import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
 from varbench.datasets import IMAGE_EXTENSIONS, ClassSource, DatasetListing
 from varbench.errors import DatasetError
-from varbench.io import atomic_write_bytes
+from varbench.io import disk_full, file_mode, is_disk_full
 from varbench.manifest import _rank
 from varbench.progress import progress_bar
 from varbench.protocol import ProtocolSpec
@@ -31,10 +33,13 @@ LSUN_FIX = (
 )
 _MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"))
 _PROGRESS_EVERY = 1 << 16
+_PLAIN = re.compile(rb"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*\Z")
 
 
 def key_name(key: bytes) -> str:
     """The file-safe, reversible name of an LMDB key (LSUN's 40-hex keys stay as they are)."""
+    if _PLAIN.match(key):  # the common case, checked first: listing calls this once per key
+        return key.decode("ascii")
     name = quote_from_bytes(key, safe="-_.~")
     return "%2E" + name[1:] if name.startswith(".") else name
 
@@ -108,16 +113,31 @@ def _keys(txn, total: int, digest) -> Iterator[tuple[str, bytes]]:
 
 
 def _store(data: bytes, name: str, ext: str, cache_dir: Path) -> Path:
-    """Keep a value's bytes under their sha256 (content-addressed), the file named by its key."""
+    """Keep a value's bytes exactly, under their sha256 (content-addressed), named by the key too.
+
+    Written to a temporary file and renamed, so readers never see a part; not fsynced (20,000
+    fsyncs would dominate the listing): a file cut by a crash fails the size check below, or
+    validation, which names it by its key, and deleting it recovers.
+    """
     digest = hashlib.sha256(data).hexdigest()
-    stem = name if len(name) <= 200 else hashlib.sha256(name.encode()).hexdigest()
-    path = Path(cache_dir) / "lsun" / digest[:2] / digest / f"{stem}{ext}"
+    stem = name if len(name) <= 160 else hashlib.sha256(name.encode()).hexdigest()
+    path = Path(cache_dir) / "lsun" / digest[:2] / f"{digest[:32]}.{stem}{ext}"
     try:
         if path.stat().st_size == len(data):
             return path
     except OSError:
         pass
-    atomic_write_bytes(path, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".part-", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, exc) from exc
+        raise
     return path
 
 
@@ -201,7 +221,9 @@ def list_lsun(data: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing
     try:
         listing = list_exported(data, spec)
     except OSError as exc:
-        raise DatasetError(str(data), [f"cannot list folder {data}: {exc.strerror or exc}"]) from None
+        raise DatasetError(
+            str(data), [f"cannot list folder {data}: {exc.strerror or exc}"]
+        ) from None
     if not listing.classes[category]:
         others = sorted(p.name for p in data.glob("*_lmdb") if p.is_dir())
         hint = f" (found {', '.join(others)}: another category?)" if others else ""

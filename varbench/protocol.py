@@ -50,7 +50,7 @@ class ProtocolSpec:
     example: str = ""
     sweeps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     prepare: str = "none"  # named preparation of every scored image (varbench.prepare)
-    category: str | None = None  # lsun: the LSUN category (<data>/<category>_train_lmdb/, class name)
+    category: str | None = None  # lsun: LSUN category (<category>_train_lmdb/, the class)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set values applied
 
     @property
