@@ -10,7 +10,10 @@ time, and reads its peak RSS from the kernel (wait4). A second process times the
 with the database (key iteration and ranking) for the extrapolation:
 
     t(3M) = t_total + (3M / N - 1) * t_keys
-    rss(3M) = peak_rss + (3M / N - 1) * (branch + leaf pages of the LMDB, mapped while listing)
+    rss(3M) = peak_rss + (3M / N - 1) * (branch + leaf pages of the LMDB)
+
+(an upper bound: the tree pages are read one by one with pread, never kept or mapped; the memory
+of the listing is the 2 x n_per_class best-ranked names, whatever N).
 
 The page cache is warm (the database was just written or read); a cold disk adds read time.
 
@@ -36,16 +39,16 @@ from PIL import Image
 
 TARGET = 3_000_000
 RANK_ONLY = """
-import hashlib, json, sys, time
+import json, sys, time
 from pathlib import Path
-from varbench.lsun import _keys, _open, _top, n_extract
+from varbench.lsun import _open, rank_keys
 from varbench.protocol import load_protocol
 spec = load_protocol("lsun_bedroom_1shot")
 env = _open(Path(sys.argv[1]))
 st = env.stat()
 t = time.perf_counter()
 with env.begin() as txn:
-    top = _top(_keys(txn, st["entries"], hashlib.sha256()), spec, n_extract(spec))
+    top, _ = rank_keys(Path(sys.argv[1]), txn, spec, st["entries"])
 t = time.perf_counter() - t
 print(json.dumps({"t_keys": t, "index_bytes": (st["branch_pages"] + st["leaf_pages"]) * st["psize"],
                   "overflow_pages": st["overflow_pages"], "entries": st["entries"]}))

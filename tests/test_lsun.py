@@ -18,6 +18,7 @@ from varbench.datasets import DatasetListing
 from varbench.demo_data import demo_image
 from varbench.errors import DatasetError
 from varbench.hashing import pixel_sha256
+from varbench.lmdb_keys import LmdbLayoutError, iter_keys
 from varbench.lsun import key_name, list_lsun, sniff
 from varbench.manifest import build_manifest, select
 from varbench.protocol import load_protocol
@@ -71,6 +72,56 @@ def test_sniff_by_content_not_name():
     arr = demo_image(0, 0)
     assert [sniff(encode(arr, f)) for f in ("WEBP", "JPEG", "PNG")] == [".webp", ".jpg", ".png"]
     assert sniff(b"GIF89a....") is None and sniff(b"") is None
+
+
+def cursor_keys(path: Path) -> list[bytes]:
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        keys = list(txn.cursor().iternext(keys=True, values=False))
+    env.close()
+    return keys
+
+
+@pytest.mark.parametrize("value_size", [0, 40, 3000, 9000])  # empty, inline, 1 and 3 overflow pages
+def test_tree_walk_lists_the_cursor_keys(tmp_path, value_size):
+    """The page walker yields exactly the cursor's keys, in order, through a 3-level tree."""
+    rng = np.random.default_rng(value_size)
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 28)
+    with env.begin(write=True) as txn:
+        for _ in range(6000 if value_size < 1000 else 1500):
+            key = rng.bytes(int(rng.integers(1, 120)))  # varied lengths, any bytes
+            txn.put(key, rng.bytes(value_size))
+    depth = env.stat()["depth"]
+    env.close()
+    assert depth >= (3 if value_size < 1000 else 2)
+    assert list(iter_keys(tmp_path / "db")) == cursor_keys(tmp_path / "db")
+
+
+def test_tree_walk_refuses_layouts_it_does_not_know(tmp_path):
+    env = lmdb.open(str(tmp_path / "dup"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(b"a", b"1")
+    env.close()
+    env = lmdb.open(str(tmp_path / "dup"), map_size=1 << 24, max_dbs=2)
+    env.open_db(b"sub")  # a named database: a sub-database node in the main tree
+    env.close()
+    with pytest.raises(LmdbLayoutError):
+        list(iter_keys(tmp_path / "dup"))
+
+
+def test_cursor_fallback_selects_the_same(church, tmp_path, monkeypatch):
+    import varbench.lsun as lsun
+
+    s = spec()
+    walked = list_lsun(church, s, tmp_path / "cache")
+
+    def refuse(path):
+        raise LmdbLayoutError("test")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(lsun, "iter_keys", refuse)
+    fallback = list_lsun(church, s, tmp_path / "cache")
+    assert fallback.classes == walked.classes and fallback.sources == walked.sources
 
 
 def test_lmdb_listing_extracts_only_the_top_of_the_ranking(church, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import os
 import re
 import tempfile
@@ -23,10 +24,12 @@ from urllib.parse import quote_from_bytes
 from varbench.datasets import IMAGE_EXTENSIONS, ClassSource, DatasetListing
 from varbench.errors import DatasetError
 from varbench.io import disk_full, file_mode, is_disk_full
+from varbench.lmdb_keys import LmdbLayoutError, iter_keys
 from varbench.manifest import _rank
 from varbench.progress import progress_bar
 from varbench.protocol import ProtocolSpec
 
+log = logging.getLogger(__name__)
 LSUN_FIX = (
     "fix: unpack the LSUN release again (e.g. `unzip bedroom_train_lmdb.zip -d DATA`) "
     "or point --data at an exported image folder"
@@ -101,15 +104,33 @@ def _open(path: Path):
     return env
 
 
-def _keys(txn, total: int, digest) -> Iterator[tuple[str, bytes]]:
-    """Every (name, key) of the database in key order, feeding ``digest``; values are not read."""
+def _named(keys: Iterator[bytes], total: int, digest) -> Iterator[tuple[str, bytes]]:
+    """(name, key) of every key in key order, feeding ``digest``, with progress on stderr."""
     with progress_bar("listing LMDB keys", total) as advance:
-        for i, key in enumerate(txn.cursor().iternext(keys=True, values=False), 1):
+        for i, key in enumerate(keys, 1):
             digest.update(len(key).to_bytes(2, "big") + key)
             if i % _PROGRESS_EVERY == 0:
                 advance(_PROGRESS_EVERY)
             yield key_name(key), key
         advance(total % _PROGRESS_EVERY)
+
+
+def rank_keys(path: Path, txn, spec: ProtocolSpec, total: int) -> tuple[list, str]:
+    """The best-ranked (rank, name, key) entries of the LMDB and the hash of all its keys.
+
+    Keys come from the B-tree pages (``varbench.lmdb_keys``); a layout that reader does not know
+    falls back to the ``lmdb`` cursor, which is right but reads every value page on the way.
+    """
+    try:
+        digest = hashlib.sha256()
+        top = _top(_named(iter_keys(path), total, digest), spec, n_extract(spec))
+        return top, digest.hexdigest()
+    except LmdbLayoutError as exc:
+        log.warning("%s: %s; listing its keys through the lmdb cursor (slower)", path, exc)
+    digest = hashlib.sha256()
+    keys = txn.cursor().iternext(keys=True, values=False)
+    top = _top(_named(keys, total, digest), spec, n_extract(spec))
+    return top, digest.hexdigest()
 
 
 def _store(data: bytes, name: str, ext: str, cache_dir: Path) -> Path:
@@ -149,11 +170,10 @@ def list_lmdb(path: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing
     cls = spec.category or ""
     files: dict[str, Path] = {}
     problems: list[str] = []
-    keys_digest = hashlib.sha256()
     try:
         total = env.stat()["entries"]
         with env.begin(buffers=False) as txn:
-            top = _top(_keys(txn, total, keys_digest), spec, n_extract(spec))
+            top, keys_sha256 = rank_keys(path, txn, spec, total)
             with progress_bar("extracting chosen entries", len(top)) as advance:
                 for _rank_hex, name, key in top:
                     value = txn.get(key)
@@ -180,7 +200,7 @@ def list_lmdb(path: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing
         labels={cls: cls.replace("_", " ")},
         problems=tuple(problems),
         files=files,
-        sources={cls: ClassSource(n_files=total, listing_sha256=keys_digest.hexdigest())},
+        sources={cls: ClassSource(n_files=total, listing_sha256=keys_sha256)},
     )
 
 
