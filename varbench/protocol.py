@@ -111,6 +111,8 @@ class ProtocolSpec:
             problems.append("n_classes must be >= 1")
         if (self.layout == "lsun") != (self.category is not None):
             problems.append("category must be set exactly when layout is 'lsun'")
+        elif self.category is not None and not self.category.replace("_", "").isalnum():
+            problems.append(f"category={self.category!r} must be letters, digits and _")
         if not self.metrics:
             problems.append("metrics must name at least one metric")
         if self.prepare not in preparation_registry:
