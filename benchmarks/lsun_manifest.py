@@ -15,7 +15,8 @@ with the database (key iteration and ranking) for the extrapolation:
 (an upper bound: the tree pages are read one by one with pread, never kept or mapped; the memory
 of the listing is the 2 x n_per_class best-ranked names, whatever N).
 
-The page cache is warm (the database was just written or read); a cold disk adds read time.
+CPU seconds (user + sys, from the kernel) are printed beside wall seconds because the shared
+machine is loaded; the load average is printed too. The page cache is warm (the database was just written or read); a cold disk adds read time.
 
     python benchmarks/lsun_manifest.py [--entries 300000] [--dir /tmp/varbench-bench-lsun]
 """
@@ -46,11 +47,11 @@ from varbench.protocol import load_protocol
 spec = load_protocol("lsun_bedroom_1shot")
 env = _open(Path(sys.argv[1]))
 st = env.stat()
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 with env.begin() as txn:
     top, _ = rank_keys(Path(sys.argv[1]), txn, spec, st["entries"])
-t = time.perf_counter() - t
-print(json.dumps({"t_keys": t, "index_bytes": (st["branch_pages"] + st["leaf_pages"]) * st["psize"],
+t, c = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({"t_keys": t, "cpu_keys": c, "index_bytes": (st["branch_pages"] + st["leaf_pages"]) * st["psize"],
                   "overflow_pages": st["overflow_pages"], "entries": st["entries"]}))
 """
 
@@ -93,8 +94,8 @@ def make_lmdb(path: Path, entries: int) -> None:
     marker.write_text(str(entries))
 
 
-def manifest_once(data: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GiB) of `varbench manifest` in a fresh process, cold cache."""
+def manifest_once(data: Path) -> tuple[float, float, float]:
+    """Wall and CPU seconds and peak RSS (GiB) of `varbench manifest` in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="lsun-bench-cache-") as cache:
         env = {**os.environ, "VARBENCH_NO_PROGRESS": "1", "VARBENCH_CACHE": cache}
         cmd = [sys.executable, "-m", "varbench.cli", "manifest", "--protocol",
@@ -110,7 +111,8 @@ def manifest_once(data: Path) -> tuple[float, float]:
         m = json.loads((Path(cache) / "manifest.json").read_text())
         assert len(m["classes"][0]["references"]) == 10_000
         assert len(m["classes"][0]["heldout"]) == 10_000
-    return elapsed, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return elapsed, cpu, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:
@@ -120,7 +122,8 @@ def main() -> None:
     args = ap.parse_args()
     db = args.dir / "bedroom_train_lmdb"
     make_lmdb(db, args.entries)
-    seconds, rss = manifest_once(args.dir)
+    load = os.getloadavg()[0]
+    seconds, cpu, rss = manifest_once(args.dir)
     out = subprocess.run(
         [sys.executable, "-c", RANK_ONLY, str(db)], check=True, capture_output=True, text=True
     )
@@ -130,11 +133,15 @@ def main() -> None:
         "entries": part["entries"],
         "lsun_manifest_s": round(seconds, 2),
         "lsun_manifest_peak_rss_gib": round(rss, 3),
+        "lsun_manifest_cpu_s": round(cpu, 2),
         "lsun_keys_s": round(part["t_keys"], 2),
+        "lsun_keys_cpu_s": round(part["cpu_keys"], 2),
         "lsun_index_gib": round(part["index_bytes"] / 2**30, 4),
         "lsun_overflow_pages": part["overflow_pages"],
         "lsun_manifest_s_at_3m": round(seconds + scale * part["t_keys"], 1),
         "lsun_manifest_peak_rss_gib_at_3m": round(rss + scale * part["index_bytes"] / 2**30, 3),
+        "lsun_manifest_cpu_s_at_3m": round(cpu + scale * part["cpu_keys"], 1),
+        "load_average_1m": round(load, 2),
     }
     print(json.dumps(result))
 

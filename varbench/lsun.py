@@ -16,14 +16,13 @@ import heapq
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
 from varbench.datasets import IMAGE_EXTENSIONS, ClassSource, DatasetListing
 from varbench.errors import DatasetError
-from varbench.io import disk_full, file_mode, is_disk_full
+from varbench.io import disk_full, is_disk_full
 from varbench.lmdb_keys import LmdbLayoutError, iter_keys
 from varbench.manifest import _rank
 from varbench.progress import progress_bar
@@ -133,29 +132,33 @@ def rank_keys(path: Path, txn, spec: ProtocolSpec, total: int) -> tuple[list, st
     return top, digest.hexdigest()
 
 
-def _store(data: bytes, name: str, ext: str, cache_dir: Path) -> Path:
+def _store(data: bytes, name: str, ext: str, cache_dir: Path, made: set[Path]) -> Path:
     """Keep a value's bytes exactly, under their sha256 (content-addressed), named by the key too.
 
-    Written to a temporary file and renamed, so readers never see a part; not fsynced (20,000
-    fsyncs would dominate the listing): a file cut by a crash fails the size check below, or
-    validation, which names it by its key, and deleting it recovers.
+    Written to a temporary file of this process and renamed, so readers (other shards) never see
+    a part; not fsynced (20,000 fsyncs would dominate the listing): a file cut by a crash fails
+    the size check below, or validation, which names it by its key; deleting it recovers.
     """
     digest = hashlib.sha256(data).hexdigest()
     stem = name if len(name) <= 160 else hashlib.sha256(name.encode()).hexdigest()
-    path = Path(cache_dir) / "lsun" / digest[:2] / f"{digest[:32]}.{stem}{ext}"
+    folder = Path(cache_dir) / "lsun" / digest[:2]
+    path = folder / f"{digest[:32]}.{stem}{ext}"
     try:
         if path.stat().st_size == len(data):
             return path
     except OSError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.{os.getpid()}.part"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".part-", dir=path.parent)
+        if folder not in made:
+            folder.mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         if is_disk_full(exc):
             raise disk_full(path, exc) from exc
         raise
@@ -170,6 +173,7 @@ def list_lmdb(path: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing
     cls = spec.category or ""
     files: dict[str, Path] = {}
     problems: list[str] = []
+    made: set[Path] = set()
     try:
         total = env.stat()["entries"]
         with env.begin(buffers=False) as txn:
@@ -185,7 +189,7 @@ def list_lmdb(path: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing
                             f"with {data[:8]!r}); fix: repair the database or re-download it"
                         )
                     else:
-                        files[name] = _store(data, name, ext, cache_dir)
+                        files[name] = _store(data, name, ext, cache_dir, made)
                     advance(1)
     except lmdb.Error as exc:
         raise DatasetError(
