@@ -17,6 +17,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
@@ -35,6 +36,7 @@ LSUN_FIX = (
 )
 _MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"))
 _PROGRESS_EVERY = 1 << 16
+_BATCH = 256  # values held in memory at once while extracting
 _PLAIN = re.compile(rb"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*\Z")
 
 
@@ -178,19 +180,29 @@ def list_lmdb(path: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing
         total = env.stat()["entries"]
         with env.begin(buffers=False) as txn:
             top, keys_sha256 = rank_keys(path, txn, spec, total)
-            with progress_bar("extracting chosen entries", len(top)) as advance:
-                for _rank_hex, name, key in top:
-                    value = txn.get(key)
-                    data = value if value is not None else b""
-                    ext = sniff(data)
-                    if ext is None:
-                        problems.append(
-                            f"entry {name!r} of {path} is not a WebP, JPEG or PNG image (starts "
-                            f"with {data[:8]!r}); fix: repair the database or re-download it"
-                        )
-                    else:
-                        files[name] = _store(data, name, ext, cache_dir, made)
-                    advance(1)
+            # in key order, which is the file's order for values written in key order: a cold
+            # disk reads forward instead of seeking at random; file writes overlap in threads
+            chosen = sorted((key, name) for _rank_hex, name, key in top)
+            with (
+                progress_bar("extracting chosen entries", len(chosen)) as advance,
+                ThreadPoolExecutor(max_workers=4) as pool,
+            ):
+                for start in range(0, len(chosen), _BATCH):
+                    batch = []
+                    for key, name in chosen[start : start + _BATCH]:
+                        data = txn.get(key) or b""
+                        ext = sniff(data)
+                        if ext is None:
+                            problems.append(
+                                f"entry {name!r} of {path} is not a WebP, JPEG or PNG image (starts"
+                                f" with {data[:8]!r}); fix: repair the database or re-download it"
+                            )
+                        else:
+                            batch.append((data, name, ext))
+                    stored = pool.map(lambda b: _store(*b, cache_dir, made), batch)
+                    for (_data, name, _ext), file in zip(batch, stored, strict=True):
+                        files[name] = file
+                    advance(len(chosen[start : start + _BATCH]))
     except lmdb.Error as exc:
         raise DatasetError(
             str(path), [f"{path / 'data.mdb'} is corrupted ({exc}); {LSUN_FIX}"]
