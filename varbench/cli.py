@@ -464,6 +464,7 @@ class PlotKind(str, Enum):
     pr = "pr"
     memorisation = "memorisation"
     grid = "grid"
+    contrast = "contrast"
 
 
 class PlotFormat(str, Enum):
@@ -477,7 +478,9 @@ def plot(
     runs: Path = typer.Option(
         Path("runs"), "--runs", help="folder searched recursively for run folders"
     ),
-    kind: PlotKind = typer.Option(..., "--kind", help="sweep | pr | memorisation | grid"),
+    kind: PlotKind = typer.Option(
+        ..., "--kind", help="sweep | pr | memorisation | grid | contrast"
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the figure files"),
     fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", "-f", help="png | svg | pdf"),
     protocol: list[str] = typer.Option(
@@ -495,8 +498,14 @@ def plot(
     from varbench.results import published_results
     from varbench.runview import load_runs
 
-    found = load_runs(runs, protocol or None)
-    names = list(dict.fromkeys(r.protocol for r in found))
+    found = load_runs(runs, None if kind == PlotKind.contrast else (protocol or None))
+    names = protocol or list(dict.fromkeys(r.protocol for r in found))
+    if kind == PlotKind.contrast:
+        from varbench.contrast import contrast_panels
+        from varbench.runview import measured_frame
+
+        for line in contrast_panels(measured_frame(found), protocol or None)[1]:
+            stderr_console.print(f"contrast: {line}")
     written = []
     for stem, fig in plots.figures(kind.value, found, published_results(), names,
                                    grid_classes, grid_samples, seed):  # fmt: skip
