@@ -116,8 +116,8 @@ def main() -> None:
     from varbench.adapter import get_adapter_class
     from varbench.demo_data import demo_root
     from varbench.manifest import build_manifest
-    from varbench.protocol import load_protocol
     from varbench.plan import load_dataset
+    from varbench.protocol import load_protocol
     from varbench.store import generation_groups, sample_slots
 
     with tempfile.TemporaryDirectory() as tmp:
