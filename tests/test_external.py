@@ -63,6 +63,12 @@ def copy_row(tmp_path_factory, exported):
     return row
 
 
+def _external(out: Path, samples: Path, name: str) -> list[dict]:
+    """`varbench run --model external` in-process (the CLI path is tested once, below)."""
+    sets = {"samples": str(samples), "name": name}
+    return run(RunConfig(model="external", protocol="demo_1shot", out=out, sets=sets))
+
+
 def _metrics(row: dict) -> dict:
     cols = set(metric_columns())
     return {k: v for k, v in row.items() if k in cols and v is not None}
@@ -110,28 +116,14 @@ def test_imported_copy_equals_copy_baseline_bit_for_bit(exported, copy_row, tmp_
     extra = json.loads(row["extra"])
     assert extra["samples_sha256"] in row["run_id"] or extra["samples_sha256"]
     # a re-run with the same files reuses the result (same run id, same row, nothing redone)
-    (again,) = run(
-        RunConfig(
-            model="external",
-            protocol="demo_1shot",
-            out=out,
-            sets={"samples": str(tmp_path / "samples"), "name": "copy_elsewhere"},
-        )
-    )
+    (again,) = _external(out, tmp_path / "samples", "copy_elsewhere")
     assert again["run_id"] == row["run_id"] and again["created_at"] == row["created_at"]
     # a changed file is a different run
     victim = next((tmp_path / "samples").rglob("*.png"))
     arr = np.asarray(Image.open(victim).convert("RGB")).copy()
     arr[0, 0] ^= 1
     Image.fromarray(arr).save(victim)
-    (changed,) = run(
-        RunConfig(
-            model="external",
-            protocol="demo_1shot",
-            out=out,
-            sets={"samples": str(tmp_path / "samples"), "name": "copy_elsewhere"},
-        )
-    )
+    (changed,) = _external(out, tmp_path / "samples", "copy_elsewhere")
     assert changed["run_id"] != row["run_id"]
     board = run_json("leaderboard", "--runs", str(out), "--format", "json")
     assert "copy_elsewhere" in json.dumps(board)
@@ -140,14 +132,7 @@ def test_imported_copy_equals_copy_baseline_bit_for_bit(exported, copy_row, tmp_
 def test_npz_import_equals_copy_baseline(exported, copy_row, tmp_path):
     plan, _ = exported
     _write_copy(plan, tmp_path / "s.npz", "npz")
-    (row,) = run(
-        RunConfig(
-            model="external",
-            protocol="demo_1shot",
-            out=tmp_path / "runs",
-            sets={"samples": str(tmp_path / "s.npz"), "name": "copy_npz"},
-        )
-    )
+    (row,) = _external(tmp_path / "runs", tmp_path / "s.npz", "copy_npz")
     assert _metrics(row) == _metrics(copy_row)
 
 
@@ -158,14 +143,7 @@ def test_sweep_points_import_into_one_run(exported, tmp_path):
     _write_copy(plan, tmp_path / "g4.npz", "npz")
     with np.load(tmp_path / "g4.npz") as z:
         np.savez(root / "guidance-4.npz", z["arr_0"][:, ::-1].copy())  # flipped: another point
-    rows = run(
-        RunConfig(
-            model="external",
-            protocol="demo_1shot",
-            out=tmp_path / "runs",
-            sets={"samples": str(root), "name": "sweepy"},
-        )
-    )
+    rows = _external(tmp_path / "runs", root, "sweepy")
     assert [json.loads(r["params"]) for r in rows] == [{"guidance": 1}, {"guidance": 4}]
     assert len({r["run_id"] for r in rows}) == 1
     assert rows[0]["fid"] != rows[1]["fid"]
@@ -210,14 +188,7 @@ def test_bad_folder_is_one_error_naming_every_file(exported, tmp_path):
 def test_bad_npz_is_named(exported, tmp_path, arr, message):
     np.savez(tmp_path / "s.npz", arr)
     with pytest.raises(VarbenchError, match="nothing was imported") as info:
-        run(
-            RunConfig(
-                model="external",
-                protocol="demo_1shot",
-                out=tmp_path / "runs",
-                sets={"samples": str(tmp_path / "s.npz"), "name": "x"},
-            )
-        )
+        _external(tmp_path / "runs", tmp_path / "s.npz", "x")
     assert message in str(info.value) and str(tmp_path / "s.npz") in str(info.value)
     assert not (tmp_path / "runs").exists()
 
@@ -228,11 +199,4 @@ def test_usage_errors_name_the_flag(tmp_path):
     with pytest.raises(VarbenchError, match="--set samples=PATH"):
         run(RunConfig(model="external", protocol="demo_1shot", out=tmp_path, sets={"name": "a"}))
     with pytest.raises(VarbenchError, match="no such file"):
-        run(
-            RunConfig(
-                model="external",
-                protocol="demo_1shot",
-                out=tmp_path,
-                sets={"samples": str(tmp_path / "nope"), "name": "a"},
-            )
-        )
+        _external(tmp_path, tmp_path / "nope", "a")

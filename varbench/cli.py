@@ -228,6 +228,14 @@ def list_(
                     "params": {p.name: p.default for p in cls.params if not p.sweep},
                 }
             )
+        out.append(
+            {
+                "name": "external",
+                "description": "samples made outside varbench (folder or ADM .npz per sweep "
+                "point), scored under the same protocol; see `varbench export`",
+                "params": {"samples": "PATH (required)", "name": "NAME (required)"},
+            }
+        )
     elif what == ListWhat.protocols:
         from varbench.protocol import load_protocol_file, protocol_files
 
@@ -240,6 +248,7 @@ def list_(
                     "version": s.version,
                     "description": s.description,
                     "layout": s.layout,
+                    "full_set": s.full_set,
                     "n_classes": s.n_classes,
                     "n_per_class": s.n_per_class,
                     "k": s.k,

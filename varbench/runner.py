@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,11 +168,15 @@ class _RunBase(ABC):
     def prepare(self) -> tuple[Plan, RunStore]:
         """Plan the run, then verify the plan against the run folder's manifest."""
         plan = make_plan(self.spec, self.cfg.data, self.cache_dir)
+        self.planned(plan)
         check_drift(self.cfg.out, self.base_key(), plan.manifest, str(plan.listing.root))
         store = RunStore(Path(self.cfg.out) / self.run_id(plan))
         if store.manifest_path.is_file():
             check_same(read_manifest(store.manifest_path), plan.manifest, store.root)
         return plan, store
+
+    def planned(self, plan: Plan) -> None:
+        """Hook between planning and the run's identity (imports validate their samples here)."""
 
     def write_run_files(self, plan: Plan, store: RunStore) -> None:
         """Create the run folder (manifest and configuration) once every check has passed."""
@@ -221,6 +225,34 @@ class _RunBase(ABC):
 
     @abstractmethod
     def _execute(self) -> list[dict[str, Any]]: ...
+
+    def fill_points(
+        self,
+        store: RunStore,
+        mine: list[SampleSlot],
+        verb: str,
+        fill: Callable[[int, dict[str, Any], str], None],
+    ) -> None:
+        """Make this shard's missing samples of every point with ``fill(index, point, pid)``.
+
+        Each point is filled under the shard's lock, after a killed writer's temp files are
+        removed and only if samples are still missing (the previous holder may have finished);
+        the shard is then marked done for `varbench status`.
+        """
+        index, count = self.shard()
+        for i, point in enumerate(self.points):
+            pid = point_id(point)
+            if store.missing(pid, mine):
+                lock = FileLock(
+                    store.point_dir(pid) / "locks" / f"{verb}-{index}of{count}.lock",
+                    what=f"run {store.root.name}, point {pid}, shard {index}/{count}",
+                )
+                with lock:
+                    store.remove_orphan_temps(pid, mine)  # a killed writer's partial files
+                    if store.missing(pid, mine):
+                        fill(i, point, pid)
+            store.mark_shard_done(pid, index, count, len(mine))
+        self.ranks.barrier()
 
     def score_finished(
         self, plan: Plan, store: RunStore, encoders: dict[str, Any]
@@ -380,26 +412,17 @@ class Run(_RunBase):
             )
             self.adapter.check_available()  # weights missing: fail now, before the run folder exists
         self.write_run_files(plan, store)
-        ready = False
         resolution = int(self.options.get("resolution") or self.spec.resolution)
-        for point in self.points:
-            pid = point_id(point)
-            if store.missing(pid, mine):
-                lock = FileLock(
-                    store.point_dir(pid) / "locks" / f"generate-{index}of{count}.lock",
-                    what=f"run {store.root.name}, point {pid}, shard {index}/{count}",
-                )
-                with lock:
-                    store.remove_orphan_temps(pid, mine)  # a killed writer's partial files
-                    missing = store.missing(pid, mine)  # the previous holder may have finished
-                    if missing and not ready:
-                        ready = True
-                        self.adapter.setup(self._adapter_context(plan))
-                    if missing:
-                        job = GenerationJob(self.name, plan.listing, store, pid, point, resolution)
-                        generate_groups(self.adapter, job, my_groups)
-            store.mark_shard_done(pid, index, count, len(mine))
-        self.ranks.barrier()
+
+        def generate_point(i: int, point: dict[str, Any], pid: str) -> None:
+            if not self._ready:
+                self._ready = True
+                self.adapter.setup(self._adapter_context(plan))
+            job = GenerationJob(self.name, plan.listing, store, pid, point, resolution)
+            generate_groups(self.adapter, job, my_groups)
+
+        self._ready = False
+        self.fill_points(store, mine, "generate", generate_point)
         return self.score_finished(plan, store, encoders)
 
     def _adapter_context(self, plan: Plan) -> RunContext:
@@ -456,13 +479,12 @@ class ExternalRun(_RunBase):
         self.samples_path = Path(path).expanduser()
         self.samples = None
 
-    def _validated(self, plan: Plan):
+    def planned(self, plan: Plan) -> None:
+        """Validate the samples against the plan: they decide the run id and the sweep points."""
         from varbench.external import validate
 
-        if self.samples is None:
-            self.samples = validate(self.samples_path, plan.slots)
-            self.points = [p.point for p in self.samples.points]
-        return self.samples
+        self.samples = validate(self.samples_path, plan.slots)
+        self.points = [p.point for p in self.samples.points]
 
     def base_key(self) -> dict[str, Any]:
         return {
@@ -478,12 +500,8 @@ class ExternalRun(_RunBase):
     def _execute(self) -> list[dict[str, Any]]:
         from varbench.external import import_point
 
-        plan = make_plan(self.spec, self.cfg.data, self.cache_dir)
-        samples = self._validated(plan)  # every problem, before anything is written
-        check_drift(self.cfg.out, self.base_key(), plan.manifest, str(plan.listing.root))
-        store = RunStore(Path(self.cfg.out) / self.run_id(plan))
-        if store.manifest_path.is_file():
-            check_same(read_manifest(store.manifest_path), plan.manifest, store.root)
+        plan, store = self.prepare()  # validates every sample before anything is written
+        samples = self.samples
         encoders = self.check_encoders()
         index, count = self.shard()
         slots = list(plan.slots)
@@ -491,18 +509,12 @@ class ExternalRun(_RunBase):
         for p in self.points:
             verify_samples(store, point_id(p), mine)
         self.write_run_files(plan, store)
-        for i, point in enumerate(self.points):
-            pid = point_id(point)
-            if store.missing(pid, mine):
-                lock = FileLock(
-                    store.point_dir(pid) / "locks" / f"import-{index}of{count}.lock",
-                    what=f"run {store.root.name}, point {pid}, shard {index}/{count}",
-                )
-                with lock:
-                    store.remove_orphan_temps(pid, mine)
-                    import_point(samples, i, slots, mine, store, pid)
-            store.mark_shard_done(pid, index, count, len(mine))
-        self.ranks.barrier()
+        self.fill_points(
+            store,
+            mine,
+            "import",
+            lambda i, point, pid: import_point(samples, i, slots, mine, store, pid),
+        )
         return self.score_finished(plan, store, encoders)
 
     def row_fields(self, store: RunStore, pid: str) -> dict[str, Any]:
