@@ -66,7 +66,11 @@ def _echo_json(obj) -> None:
 @app.command()
 def run(
     model: str = typer.Option(
-        ..., "--model", "-m", help="adapter name (see `varbench list models`)"
+        ...,
+        "--model",
+        "-m",
+        help="adapter name (see `varbench list models`), or external: score samples made "
+        "elsewhere (--set samples=PATH --set name=NAME; see `varbench export`)",
     ),
     protocol: str = typer.Option(..., "--protocol", "-p", help="protocol name or .toml path"),
     data: Path = typer.Option(None, "--data", help="dataset root (not needed for demo_1shot)"),
@@ -224,6 +228,14 @@ def list_(
                     "params": {p.name: p.default for p in cls.params if not p.sweep},
                 }
             )
+        out.append(
+            {
+                "name": "external",
+                "description": "samples made outside varbench (folder or ADM .npz per sweep "
+                "point), scored under the same protocol; see `varbench export`",
+                "params": {"samples": "PATH (required)", "name": "NAME (required)"},
+            }
+        )
     elif what == ListWhat.protocols:
         from varbench.protocol import load_protocol_file, protocol_files
 
@@ -236,6 +248,7 @@ def list_(
                     "version": s.version,
                     "description": s.description,
                     "layout": s.layout,
+                    "full_set": s.full_set,
                     "n_classes": s.n_classes,
                     "n_per_class": s.n_per_class,
                     "k": s.k,
@@ -286,9 +299,9 @@ def manifest(
     """
     setup_logging()
     from varbench.manifest import build_manifest, write_manifest
+    from varbench.plan import load_dataset, parse_sets
     from varbench.protocol import load_protocol
     from varbench.results import default_cache_dir
-    from varbench.runner import load_dataset, parse_sets
 
     spec = load_protocol(protocol)
     sets = parse_sets(set_)
@@ -301,6 +314,36 @@ def manifest(
         stderr_console.print(f"wrote {output} (sha256 {m.sha256})")
     else:
         _echo_json(m.to_json())
+
+
+@app.command()
+def export(
+    protocol: str = typer.Option(..., "--protocol", "-p"),
+    data: Path = typer.Option(None, "--data", help="dataset root (not needed for the demo)"),
+    out: Path = typer.Option(..., "--out", help="folder to write the plan into"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="protocol override KEY=VALUE (n_per_class, k, seed, ...)"
+    ),
+    cache_dir: Path = typer.Option(None, "--cache-dir"),
+) -> None:
+    """Write a protocol's plan (conditioning PNGs, plan.csv/.jsonl, manifest, README) for
+    generating its samples outside varbench; score them with `varbench run --model external`.
+
+    Example: varbench export --protocol demo_1shot --out plan
+    """
+    setup_logging()
+    from varbench.export import export_plan
+    from varbench.plan import make_plan, parse_sets
+    from varbench.protocol import load_protocol
+    from varbench.results import default_cache_dir
+    from varbench.runner import split_sets
+
+    spec = load_protocol(protocol)
+    sets, _, _ = split_sets(parse_sets(set_), {}, "export")
+    if sets:
+        spec = spec.with_overrides(sets)
+    plan = make_plan(spec, data, Path(cache_dir or default_cache_dir()))
+    _echo_json(export_plan(plan, out))
 
 
 @app.command()
@@ -430,6 +473,7 @@ class PlotKind(str, Enum):
     pr = "pr"
     memorisation = "memorisation"
     grid = "grid"
+    contrast = "contrast"
 
 
 class PlotFormat(str, Enum):
@@ -443,7 +487,9 @@ def plot(
     runs: Path = typer.Option(
         Path("runs"), "--runs", help="folder searched recursively for run folders"
     ),
-    kind: PlotKind = typer.Option(..., "--kind", help="sweep | pr | memorisation | grid"),
+    kind: PlotKind = typer.Option(
+        ..., "--kind", help="sweep | pr | memorisation | grid | contrast"
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the figure files"),
     fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", "-f", help="png | svg | pdf"),
     protocol: list[str] = typer.Option(
@@ -461,8 +507,14 @@ def plot(
     from varbench.results import published_results
     from varbench.runview import load_runs
 
-    found = load_runs(runs, protocol or None)
-    names = list(dict.fromkeys(r.protocol for r in found))
+    found = load_runs(runs, None if kind == PlotKind.contrast else (protocol or None))
+    names = protocol or list(dict.fromkeys(r.protocol for r in found))
+    if kind == PlotKind.contrast:
+        from varbench.contrast import contrast_panels
+        from varbench.runview import measured_frame
+
+        for line in contrast_panels(measured_frame(found), protocol or None)[1]:
+            stderr_console.print(f"contrast: {line}")
     written = []
     for stem, fig in plots.figures(kind.value, found, published_results(), names,
                                    grid_classes, grid_samples, seed):  # fmt: skip
@@ -530,7 +582,7 @@ def metrics(
     Example: varbench metrics --real refs/ --fake samples/ --metrics fid,kid,precision,recall
     """
     setup_logging(verbose)
-    from varbench.runner import parse_sets
+    from varbench.plan import parse_sets
     from varbench.scoring import score_folders
 
     values = score_folders(
@@ -565,7 +617,7 @@ def fetch(
     Example: varbench fetch --protocol imagenet_1shot --model ip_adapter
     """
     setup_logging(verbose)
-    from varbench.scoring import fetch as fetch_
+    from varbench.fetching import fetch as fetch_
 
     names = [e.strip() for e in encoders.split(",") if e.strip()] if encoders else []
     _echo_json(fetch_(names, protocol, model))

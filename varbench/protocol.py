@@ -52,6 +52,9 @@ class ProtocolSpec:
     prepare: str = "none"  # named preparation of every scored image (varbench.prepare)
     category: str | None = None  # lsun: LSUN category (<category>_train_lmdb/, the class)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set values applied
+    # the full-set (K = n) counterpart of a few-shot protocol, for Fig. 3's contrast; not part
+    # of the identity (it changes no image used or made)
+    full_set: str | None = None
 
     @property
     def samples_per_cond(self) -> int:
@@ -113,6 +116,8 @@ class ProtocolSpec:
             problems.append("category must be set exactly when layout is 'lsun'")
         elif self.category is not None and not self.category.replace("_", "").isalnum():
             problems.append(f"category={self.category!r} must be letters, digits and _")
+        if self.full_set is not None and self.full_set == self.name:
+            problems.append("full_set must name another protocol (the K = n counterpart)")
         if not self.metrics:
             problems.append("metrics must name at least one metric")
         if self.prepare not in preparation_registry:
@@ -186,6 +191,7 @@ def parse_protocol(data: Mapping[str, Any], origin: str) -> ProtocolSpec:
             sweeps={k: dict(v) for k, v in data.get("sweeps", {}).items()},
             prepare=str(data.get("prepare", "none")),
             category=str(data["category"]) if data.get("category") is not None else None,
+            full_set=str(data["full_set"]) if data.get("full_set") else None,
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{origin}: {exc}") from None

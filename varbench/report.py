@@ -317,6 +317,30 @@ def _protocols(runs: list[RunView], wanted: list[str] | None) -> list[str]:
     return seen if not wanted or seen else list(wanted)
 
 
+def contrast_html(measured: pd.DataFrame, protocols: list[str]) -> str:
+    """Fig. 3's section: one-shot vs full-set recall per model; run pairs missing a side named."""
+    from varbench import plots
+    from varbench.contrast import contrast_panels
+
+    panels, missing = contrast_panels(measured, protocols)
+    if not panels and not missing:
+        return ""
+    html = '<h2 id="contrast-section">One-shot against full-set recall</h2>'
+    if panels:
+        html += _figure_html(
+            plots.contrast_figure(panels),
+            "Recall on a one-shot protocol (solid) and on its full-set counterpart (dashed) "
+            "against guidance, per model (Semantica Fig. 3); bars: intervals.",
+        )
+    if missing:
+        html += (
+            '<p class="note">Missing a side:</p><ul>'
+            + "".join(f"<li>{esc(m)}</li>" for m in missing)
+            + "</ul>"
+        )
+    return html
+
+
 def build_report(
     runs_dir: Path, protocols: list[str] | None = None, opts: ReportOptions | None = None
 ) -> str:
@@ -365,6 +389,7 @@ def build_report(
                 "Precision-recall plane: every model and sweep point.",
             )
         )
+    body.append(contrast_html(measured, names))
     for run in runs:
         body.append(f"<h2>Run {esc(run.run_id)}</h2><p>{esc(run.model)} on {esc(run.protocol)}</p>")
         body.append("<h3>Provenance</h3>" + provenance_html(run))
