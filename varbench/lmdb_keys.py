@@ -45,18 +45,26 @@ def _meta(buf: bytes, offset: int) -> tuple[int, int, int, int, int]:
 
 def iter_keys(path: Path) -> Iterator[bytes]:
     """Every key of the main database of ``path``/data.mdb, in key order, from the tree pages."""
+    try:
+        yield from _walk(path)
+    except (struct.error, OSError) as exc:  # a page cut short or unreadable: not our layout
+        raise LmdbLayoutError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _walk(path: Path) -> Iterator[bytes]:
     fd = os.open(Path(path) / "data.mdb", os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead into value pages
-        head = os.pread(fd, 1 << 16, 0)
+        head = os.pread(fd, 4096, 0)
         if len(head) < PAGE_HEADER + _META.size + 2 * _DB.size + 16:
             raise LmdbLayoutError("file shorter than a meta page")
         first = _meta(head, 0)
         psize = first[1]
-        if psize < 512 or psize & (psize - 1) or len(head) < 2 * psize:
+        if psize < 512 or psize & (psize - 1):
             raise LmdbLayoutError(f"page size {psize}")
-        _txnid, _ps, flags, entries, root = max(first, _meta(head, psize))
+        second = _meta(os.pread(fd, PAGE_HEADER + _META.size + 2 * _DB.size + 16, psize), 0)
+        _txnid, _ps, flags, entries, root = max(first, second)
         if flags:
             raise LmdbLayoutError(f"main database flags {flags:#x}")
         if root == INVALID_PAGE:
