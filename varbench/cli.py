@@ -556,6 +556,49 @@ def metrics(
         sys.stdout.write("".join(f"{k}\t{v}\n" for k, v in values.items()))
 
 
+class CompareFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def compare(
+    runs: Path = typer.Option(Path("runs"), "--runs", help="folder searched for run folders"),
+    protocol: str = typer.Option(..., "--protocol", "-p", help="protocol both runs used"),
+    models: str = typer.Option(..., "--models", help="A,B: the two models to compare"),
+    metrics_: str = typer.Option(
+        "fid,precision,recall", "--metrics", help="comma-separated: fid, precision, recall"
+    ),
+    weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"
+    ),
+    fmt: CompareFormat = typer.Option(
+        CompareFormat.table, "--format", "-f", help="table | json"
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Is A better than B? A - B per metric and sweep point, paired 95 % interval, verdict.
+
+    Example: varbench compare --runs runs --protocol demo_1shot --models oracle,copy
+    """
+    setup_logging(verbose)
+    from varbench.compare import compare_runs, render_table
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if len(names) != 2 or names[0] == names[1]:
+        raise UsageError(f"--models {models!r}: expected two different models, A,B")
+    rows = compare_runs(
+        runs, protocol, names[0], names[1],
+        [m.strip() for m in metrics_.split(",") if m.strip()],
+        cache_dir, _parse_weights(weights),
+    )  # fmt: skip
+    if fmt == CompareFormat.json:
+        _echo_json(rows)
+    else:
+        sys.stdout.write(render_table(rows))
+
+
 @app.command()
 def stats(
     real: Path = typer.Option(..., "--real", help="folder of reference images (recursive)"),
