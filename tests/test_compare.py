@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,21 @@ def test_compare_cli_pairs_the_runs_own_half_samples(two_runs):
     bad = run_cli("compare", "--runs", str(out), "--protocol", "demo_1shot",
                   "--models", "oracle,copy", "--metrics", "kid", check=False)  # fmt: skip
     assert bad.returncode == 2 and "supported: fid, precision, recall" in bad.stderr
+
+
+def test_leaderboard_json_and_report_show_best_against_best(two_runs):
+    from varbench.cli import Format  # noqa: F401 - the CLI's json path calls the same function
+    from varbench.compare import attach_to_leaderboard
+    from varbench.leaderboard import collect, render, select
+    from varbench.report import build_report
+
+    out, rows = two_runs
+    df = attach_to_leaderboard(select(collect(out, include_published=False)), out)
+    got = {r["model"]: r["vs_best"] for r in json.loads(render(df, "json"))}
+    assert got["oracle"] is None  # the best model
+    vs = got["copy"]
+    assert vs["against"] == "oracle"
+    assert vs["fid"]["diff"] == pytest.approx(rows["copy"]["fid"] - rows["oracle"]["fid"])
+    assert vs["fid"]["better"] == "oracle" and vs["recall"]["better"] == "oracle"
+    html = build_report(out)
+    assert '<table id="paired">' in html and "oracle</span>" in html

@@ -190,6 +190,10 @@ def leaderboard(
     from varbench.leaderboard import collect, render, select
 
     df = select(collect(runs, include_published=published), protocol, model)
+    if fmt == Format.json:  # best point of each model against the best model, paired
+        from varbench.compare import attach_to_leaderboard
+
+        df = attach_to_leaderboard(df, runs)
     text = render(df, fmt.value, columns.split(",") if columns else None)
     if text is not None:
         sys.stdout.write(text)
@@ -573,9 +577,7 @@ def compare(
     cache_dir: Path = typer.Option(
         None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"
     ),
-    fmt: CompareFormat = typer.Option(
-        CompareFormat.table, "--format", "-f", help="table | json"
-    ),
+    fmt: CompareFormat = typer.Option(CompareFormat.table, "--format", "-f", help="table | json"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Is A better than B? A - B per metric and sweep point, paired 95 % interval, verdict.

@@ -351,6 +351,10 @@ def best_point_comparisons(
             except Exception as exc:  # noqa: BLE001 - shown as an error entry, not a crash
                 out[key] = {"against": top_run.model, "error": str(exc)}
                 continue
+            for r in res.values():
+                r["better"] = {A_BETTER: run.model, B_BETTER: top_run.model}.get(
+                    r["verdict"], UNDECIDED
+                )
             out[key] = {"against": top_run.model, "against_point": top.pid, **res}
     return out
 
