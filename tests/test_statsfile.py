@@ -140,7 +140,10 @@ def test_clean_fid_and_torch_fidelity_statistics_files(folders, tmp_path):
     # torch-fidelity's cache entry <input>-<extractor>-stat-fid-<layer>.pt
     tf = tmp_path / "input1-inception-v3-compat-stat-fid-2048.pt"
     torch.save(fid_features_to_statistics(torch.from_numpy(feats)), tf)
-    for path in (cf, kidf, tf):
+    # torch-fidelity's features cache entry <input>-<extractor>-features-<layer>.pt
+    tff = tmp_path / "input1-inception-v3-compat-features-2048.pt"
+    torch.save(torch.from_numpy(feats), tff)
+    for path in (cf, kidf, tf, tff):
         got = score_folders(path, fake, ["fid"], **kw)["fid"]
         assert got == pytest.approx(ref, rel=1e-5), path.name  # float32 features: 1e-5
     kid_folder = score_folders(real, fake, ["kid"], **kw, sets={"kid_subset_size": "6"})

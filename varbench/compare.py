@@ -166,7 +166,13 @@ def point_features(
         path = point_dir / entry["file"]
         rel = entry["file"].removeprefix("samples/")
         hit = known.get(rel)
-        st = path.stat()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise UsageError(
+                f"{path}: sample listed in {point_dir / 'index.json'} is missing; re-run "
+                f"`varbench run` for {info.get('model')} to regenerate it"
+            ) from None
         if isinstance(hit, list) and len(hit) == 4 and hit[:2] == [st.st_size, st.st_mtime_ns]:
             digest = str(hit[2])
         else:
