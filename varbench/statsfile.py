@@ -36,6 +36,7 @@ import numpy as np
 
 from varbench.errors import UsageError
 from varbench.hashing import pixel_sha256
+from varbench.imageio import read_dataset_image
 from varbench.io import atomic_write_bytes
 from varbench.metrics import metric_registry
 from varbench.metrics.fid import (
@@ -45,6 +46,7 @@ from varbench.metrics.fid import (
 )
 from varbench.prepare import ImagePrep
 from varbench.scoring import (
+    FeatureContext,
     FolderContext,
     folder_prep,
     parse_metric_options,
@@ -250,16 +252,18 @@ class ReferenceContext(FolderContext):
         prep: ImagePrep,
         seed: int = 0,
     ):
-        self.prep = prep
-        self.default_encoder = encoder
-        self.seed = seed
-        self.options = dict(options)
         self.weights = dict(weights)
         self.device = device
-        self.cache_dir = Path(cache_dir)
-        self.encoders: dict[str, Any] = {}
-        self._caches = {}
-        self.paths: dict[str, Path] = {}
+        FeatureContext.__init__(
+            self,
+            prep,
+            encoder,
+            seed,
+            options,
+            cache_dir,
+            self._checked_encoder,
+            decode=read_dataset_image,
+        )
         self._arrays: dict[str, np.ndarray] = {}
         self.ref = ref
         self.metric = ""  # the metric being computed, named by the stats-only error
