@@ -194,6 +194,10 @@ def leaderboard(
     from varbench.leaderboard import collect, render, select
 
     df = select(collect(runs, include_published=published), protocol, model)
+    if fmt == Format.json:  # best point of each model against the best model, paired
+        from varbench.compare import attach_to_leaderboard
+
+        df = attach_to_leaderboard(df, runs)
     text = render(df, fmt.value, columns.split(",") if columns else None)
     if text is not None:
         sys.stdout.write(text)
@@ -550,7 +554,12 @@ def baseline(
 
 @app.command()
 def metrics(
-    real: Path = typer.Option(..., "--real", help="folder of real images (searched recursively)"),
+    real: Path = typer.Option(
+        ...,
+        "--real",
+        help="folder of real images (searched recursively), or a reference file: ADM batch "
+        ".npz (arr_0 or mu/sigma), clean-fid .npz, torch-fidelity .pt, `varbench stats` .npz",
+    ),
     fake: Path = typer.Option(..., "--fake", help="folder of generated images"),
     metrics_: str = typer.Option(
         "fid,kid,precision_recall",
@@ -601,6 +610,80 @@ def metrics(
         _echo_json(values)
     else:
         sys.stdout.write("".join(f"{k}\t{v}\n" for k, v in values.items()))
+
+
+class CompareFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def compare(
+    runs: Path = typer.Option(Path("runs"), "--runs", help="folder searched for run folders"),
+    protocol: str = typer.Option(..., "--protocol", "-p", help="protocol both runs used"),
+    models: str = typer.Option(..., "--models", help="A,B: the two models to compare"),
+    metrics_: str = typer.Option(
+        "fid,precision,recall", "--metrics", help="comma-separated: fid, precision, recall"
+    ),
+    weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"
+    ),
+    fmt: CompareFormat = typer.Option(CompareFormat.table, "--format", "-f", help="table | json"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Is A better than B? A - B per metric and sweep point, paired 95 % interval, verdict.
+
+    Example: varbench compare --runs runs --protocol demo_1shot --models oracle,copy
+    """
+    setup_logging(verbose)
+    from varbench.compare import compare_runs, render_table
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if len(names) != 2 or names[0] == names[1]:
+        raise UsageError(f"--models {models!r}: expected two different models, A,B")
+    rows = compare_runs(
+        runs, protocol, names[0], names[1],
+        [m.strip() for m in metrics_.split(",") if m.strip()],
+        cache_dir, _parse_weights(weights),
+    )  # fmt: skip
+    if fmt == CompareFormat.json:
+        _echo_json(rows)
+    else:
+        sys.stdout.write(render_table(rows))
+
+
+@app.command()
+def stats(
+    real: Path = typer.Option(..., "--real", help="folder of reference images (recursive)"),
+    out: Path = typer.Option(..., "--out", "-o", help="statistics file to write (.npz)"),
+    encoder: str = typer.Option("inception", "--encoder", help="feature space of the statistics"),
+    weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1"),
+    prepare: str = typer.Option(
+        None, "--prepare", help="preparation of the images, e.g. adm_center_crop (default: none)"
+    ),
+    resolution: int = typer.Option(
+        None, "--resolution", help="target size of --prepare (e.g. 512)"
+    ),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Write reference statistics (mu, sigma in the ADM layout, with varbench's provenance).
+
+    Example: varbench stats --real refs/ --out refs.npz && varbench metrics --real refs.npz --fake samples/ --metrics fid
+    """
+    setup_logging(verbose)
+    from varbench.statsfile import reference_statistics, write_stats
+
+    mu, sigma, meta = reference_statistics(
+        real, encoder, _parse_weights(weights), device, cache_dir, prepare, resolution
+    )
+    path = write_stats(out, mu, sigma, meta)
+    _echo_json({"stats": str(path), **{k: meta[k] for k in ("encoder", "encoder_key",
+                "prepare_label", "n_images", "dim")}})  # fmt: skip
 
 
 @app.command()

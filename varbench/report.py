@@ -202,6 +202,33 @@ def leaderboard_html(measured: pd.DataFrame, published: pd.DataFrame) -> str:
     return "".join(out)
 
 
+def paired_html(runs: list[RunView]) -> str:
+    """Best point of each model against the best model: A - B, paired interval, verdict."""
+    from varbench.compare import METRICS, best_point_comparisons
+
+    found = best_point_comparisons(runs)
+    if not found:
+        return '<p class="note">No two models share a protocol and manifest here.</p>'
+    model_of = {run.run_id: run.model for run in runs}
+    out = ['<table id="paired"><thead><tr><th>model</th><th>params</th><th>against</th>']
+    out += [f"<th>{esc(m)} (A - B)</th>" for m in METRICS]
+    out.append("</tr></thead><tbody>")
+    for (run_id, params), res in sorted(found.items()):
+        out.append(f"<tr><td>{esc(model_of.get(run_id, run_id))}</td><td>{esc(params)}</td>"
+                   f"<td>{esc(res.get('against'))} {esc(res.get('against_point', ''))}</td>")  # fmt: skip
+        if "error" in res:
+            out.append(f'<td colspan="{len(METRICS)}" class="note">{esc(res["error"])}</td></tr>')
+            continue
+        for m in METRICS:
+            r = res[m]
+            out.append(f'<td class="num" data-v="{r["diff"]!r}">{r["diff"]:+.4g} '
+                       f'<span class="note">[{r["lo"]:+.4g}, {r["hi"]:+.4g}] '
+                       f"{esc(r['better'])}</span></td>")  # fmt: skip
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _figure_html(fig: Any, caption: str) -> str:
     from varbench import plots
 
@@ -367,6 +394,11 @@ def build_report(
             "Brackets: the row's interval (<code>_lo</code>, <code>_hi</code>). Click a column "
             "to sort.</p>",
             leaderboard_html(measured, published)]  # fmt: skip
+    body += ['<h2 id="paired-section">Best model against the others (paired)</h2>',
+             '<p class="note">Each model\'s best (lowest-FID) point against the best model\'s, '
+             "same protocol and manifest: A - B with a 95 % interval from the same class "
+             "half-samples applied to both runs, and the verdict.</p>",
+             paired_html(runs)]  # fmt: skip
     for protocol in names:
         m = measured[measured["protocol"] == protocol] if not measured.empty else measured
         base = protocol.split("[", 1)[0]

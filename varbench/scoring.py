@@ -413,6 +413,13 @@ def score_folders(
     """
     from varbench.results import default_cache_dir
 
+    if Path(real_dir).is_file():  # a reference batch / statistics file (varbench.statsfile)
+        from varbench.statsfile import score_against_file
+
+        return score_against_file(
+            real_dir, fake_dir, metrics, encoder, weights, sets, device, cache_dir, prepare,
+            resolution,
+        )  # fmt: skip
     prep = folder_prep(prepare, resolution)
     names = resolve_metric_names(metrics)
     options = parse_metric_options(sets or {})
