@@ -571,6 +571,11 @@ def fetch(
     _echo_json(fetch_(names, protocol, model))
 
 
+from varbench.study.cli import study_app  # noqa: E402
+
+app.add_typer(study_app, name="study")
+
+
 def main() -> None:
     """Console-script entry: user errors print one clear message, no traceback."""
     try:
