@@ -44,6 +44,9 @@ class StudyDB:
         self.allow_tie = self.info.get("allow_tie") == "1"
         self.systems = [s["label"] for s in json.loads(self.info.get("systems", "[]"))]
         self._local = threading.local()
+        # Writers queue here, woken the moment the previous commit ends, rather than in
+        # SQLite's busy handler, which sleeps in growing steps (tail latency under load).
+        self._write_lock = threading.Lock()
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -85,6 +88,10 @@ class StudyDB:
     def vote(self, rid: int, trial_id: int, choice: str, ms: int | None) -> str:
         """Store one vote in its own transaction: 'stored', 'duplicate' or 'unknown'."""
         con = self.con
+        with self._write_lock:
+            return self._vote(con, rid, trial_id, choice, ms)
+
+    def _vote(self, con, rid: int, trial_id: int, choice: str, ms: int | None) -> str:
         con.execute("BEGIN IMMEDIATE")
         try:
             row = con.execute(
