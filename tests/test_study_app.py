@@ -409,3 +409,33 @@ def test_three_models_give_bradley_terry_and_win_matrix(runs, tmp_path):
     assert res["win_matrix"]["oracle"]["copy"] == 1.0 and res["win_matrix"]["copy"]["augment"] == 0
     assert res["agreement"]["krippendorff_alpha_nominal"] == 1.0
     assert "preference" not in res
+
+
+def test_leaderboard_and_report_show_preference_beside_metrics(runs, small_study, tmp_path):
+    study = tmp_path / "lb.sqlite"
+    shutil.copy(small_study, study)
+    tokens, _ = _invite(study, 3)
+    with Server(study) as srv:
+        _rate_all(srv.port, tokens, study)
+    from varbench.study.analysis import analyse
+
+    shares = {r["system"]: r for r in analyse(study)["per_system"]}
+    rows = cli_json("leaderboard", "--runs", str(runs), "--study", str(study), "--format", "json",
+                    "--no-published")  # fmt: skip
+    by_model = {r["model"]: r for r in rows}
+    for model in ("copy", "oracle"):
+        r = by_model[model]
+        assert r["human_pref"] == pytest.approx(shares[model]["human_pref"])
+        assert r["human_pref_wilson_lo"] <= r["human_pref"] <= r["human_pref_wilson_hi"]
+        assert r["fid"] is not None and r["recall"] is not None
+    assert by_model["copy"]["human_pref"] + by_model["oracle"]["human_pref"] == pytest.approx(1)
+    assert by_model["augment"]["human_pref"] is None  # not in the study
+    html = tmp_path / "report.html"
+    cli_json("report", "--runs", str(runs), "--study", str(study), "--out", str(html),
+             "--grid-classes", "1", "--grid-samples", "1", "--closest", "0")  # fmt: skip
+    text = html.read_text()
+    section = text[text.index('id="human-preference"') :]
+    table = section[: section.index("</table>")]
+    assert table.count("<tr>") == 3  # header + copy + oracle
+    assert f"{100 * shares['oracle']['human_pref']:.1f}" in table
+    assert "<svg" in section[: section.index("</figure>")]

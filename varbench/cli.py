@@ -182,6 +182,9 @@ def leaderboard(
         True, "--published/--no-published", help="include the papers' numbers"
     ),
     columns: str = typer.Option(None, "--columns", help="comma-separated columns to show"),
+    study: list[Path] = typer.Option(
+        [], "--study", help="study file(s): add human preference columns (repeatable)"
+    ),
 ) -> None:
     """Show every run under --runs beside the published numbers, best FID first.
 
@@ -190,6 +193,12 @@ def leaderboard(
     from varbench.leaderboard import collect, render, select
 
     df = select(collect(runs, include_published=published), protocol, model)
+    if study:
+        from varbench.leaderboard import DISPLAY_COLUMNS
+        from varbench.study.join import attach
+
+        df = attach(df, study)
+        columns = columns or ",".join([*DISPLAY_COLUMNS[:-1], "human_pref", "source"])
     text = render(df, fmt.value, columns.split(",") if columns else None)
     if text is not None:
         sys.stdout.write(text)
@@ -405,6 +414,9 @@ def report(
     worst_classes: int = typer.Option(10, "--worst-classes", help="rows of the per-class table"),
     thumb_px: int = typer.Option(96, "--thumb-px", help="thumbnail size (pixels, longest side)"),
     seed: int = typer.Option(0, "--seed", help="seed of the grid's class choice"),
+    study: list[Path] = typer.Option(
+        [], "--study", help="study file(s): a human preference section (repeatable)"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Write one self-contained HTML report (leaderboard, plots, samples, provenance).
@@ -421,7 +433,7 @@ def report(
     if thumb_px < 8:
         raise UsageError(f"--thumb-px {thumb_px}: must be >= 8")
     opts = ReportOptions(grid_classes, grid_samples, closest, worst_classes, thumb_px, seed=seed)
-    path = write_report(runs, out, protocol or None, opts)
+    path = write_report(runs, out, protocol or None, opts, studies=study or None)
     _echo_json({"report": str(path), "bytes": path.stat().st_size})
 
 

@@ -318,7 +318,10 @@ def _protocols(runs: list[RunView], wanted: list[str] | None) -> list[str]:
 
 
 def build_report(
-    runs_dir: Path, protocols: list[str] | None = None, opts: ReportOptions | None = None
+    runs_dir: Path,
+    protocols: list[str] | None = None,
+    opts: ReportOptions | None = None,
+    studies: list[Path] | None = None,
 ) -> str:
     """The report's HTML text."""
     from varbench import plots
@@ -343,6 +346,10 @@ def build_report(
             "Brackets: the row's interval (<code>_lo</code>, <code>_hi</code>). Click a column "
             "to sort.</p>",
             leaderboard_html(measured, published)]  # fmt: skip
+    if studies:  # human preference beside FID and recall (`--study`)
+        from varbench.study.join import study_html
+
+        body.append(study_html(studies, measured))
     for protocol in names:
         m = measured[measured["protocol"] == protocol] if not measured.empty else measured
         base = protocol.split("[", 1)[0]
@@ -399,10 +406,14 @@ def build_report(
 
 
 def write_report(
-    runs_dir: Path, out: Path, protocols: list[str] | None = None, opts: ReportOptions | None = None
+    runs_dir: Path,
+    out: Path,
+    protocols: list[str] | None = None,
+    opts: ReportOptions | None = None,
+    studies: list[Path] | None = None,
 ) -> Path:
     """Build the report and write it atomically to ``out`` (nothing else is written)."""
-    text = build_report(runs_dir, protocols, opts)
+    text = build_report(runs_dir, protocols, opts, studies)
     atomic_write_text(out, text)
     log.info("wrote %s (%.1f MB)", out, len(text.encode()) / 1e6)
     return Path(out)
