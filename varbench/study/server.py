@@ -266,8 +266,23 @@ def make_app(path: Path) -> Starlette:
 
 def serve(path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the study until interrupted (access log off: request paths carry tokens)."""
+    import socket
+
     import uvicorn
 
+    from varbench.errors import UsageError
+
     app = make_app(path)
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
+            "pick another --port"
+        ) from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this machine can open the links "
+                    "(plain HTTP; put it behind HTTPS to share it)", host)  # fmt: skip
     log.info("serving %s on http://%s:%d (links: `varbench study invite`)", path, host, port)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
