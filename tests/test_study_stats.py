@@ -54,12 +54,12 @@ def test_intervals_cover_the_truth(rater_sd, image_sd):
     rng = np.random.default_rng(17)
     mu = 0.4
     truth = _truth(mu, float(np.hypot(rater_sd, image_sd)), 0.2)
-    n_sim = 200
+    n_sim = 160
     hit_w = hit_b = 0
     for i in range(n_sim):
         y, r, c = _simulate(rng, mu, rater_sd, image_sd)
         w = stats.wilson(y.sum(), y.size)
-        b = stats.cluster_bootstrap(y, r, c, n_boot=400, seed=i)
+        b = stats.cluster_bootstrap(y, r, c, n_boot=300, seed=i)
         assert b.lo <= b.estimate <= b.hi and w.lo <= w.estimate <= w.hi
         hit_w += w.lo <= truth <= w.hi
         hit_b += b.lo <= truth <= b.hi
@@ -100,9 +100,9 @@ def test_bradley_terry_recovers_a_known_ranking():
     rng = np.random.default_rng(5)
     true = np.array([0.0, 0.4, 0.8, 1.2, -0.5])
     n = len(true)
-    a = rng.integers(0, n, 4000)
-    b = (a + rng.integers(1, n, 4000)) % n
-    y = (rng.random(4000) < _sigmoid(true[a] - true[b])).astype(float)
+    a = rng.integers(0, n, 3000)
+    b = (a + rng.integers(1, n, 3000)) % n
+    y = (rng.random(3000) < _sigmoid(true[a] - true[b])).astype(float)
     elo, lo, hi = stats.bt_bootstrap(y, a, b, n, n_boot=100, seed=0)
     assert list(np.argsort(-elo)) == list(np.argsort(-true))
     true_elo = stats.to_elo(true - true.mean())
