@@ -58,7 +58,8 @@ def preference_figure(rows: pd.DataFrame):
                     color=colour, capsize=3, label=name)  # fmt: skip
     ax.axvline(0.5, color="#888", lw=0.8, ls="--")
     ax.set_yticks(y, labels)
-    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("share of comparisons preferred (ties half)")
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
