@@ -439,3 +439,14 @@ def test_leaderboard_and_report_show_preference_beside_metrics(runs, small_study
     assert table.count("<tr>") == 3  # header + copy + oracle
     assert f"{100 * shares['oracle']['human_pref']:.1f}" in table
     assert "<svg" in section[: section.index("</figure>")]
+
+
+def test_sets_of_samples_use_the_papers_prompt(runs, tmp_path):
+    study = _create(runs, tmp_path / "sets.sqlite", ("copy", "oracle"), 4, "--set-size", "2")
+    t = _trials(study)
+    assert all(len(json.loads(x)) == 2 for x in t["left_images"])
+    (token,), _ = _invite(study, 1)
+    with Server(study) as srv:
+        page = request(srv.port, "GET", f"/r/{token}?start=1")[2].decode()
+    assert "choose between two alternative sets, Set 1 and Set 2" in page
+    assert page.count('alt="left candidate"') == 2 and "Set 2 (right)" in page

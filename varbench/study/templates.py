@@ -70,7 +70,8 @@ TRIAL = """{% extends "base.html" %}{% block body %}
 <button type="submit" name="choice" value="{{ side }}" id="{{ side }}" class="cand">
 <div class="set" data-cols="{{ cols }}">{% for img in trial[side] %}
 <img src="/img/{{ token }}/{{ img }}" alt="{{ side }} candidate">{% endfor %}</div>
-<span class="key">{{ "&larr; Left"|safe if side == "left" else "Right &rarr;"|safe }}</span>
+<span class="key">{% if side == "left" %}&larr; {{ "Set 1 (left)" if cols > 1 else "Left" }}{%
+ else %}{{ "Set 2 (right)" if cols > 1 else "Right" }} &rarr;{% endif %}</span>
 </button>{% endfor %}
 </div>
 {% if allow_tie %}<button type="submit" name="choice" value="tie" id="tie" class="tie">
