@@ -63,10 +63,14 @@ def cluster_bootstrap(
     rng = np.random.default_rng(seed)
     wr = rng.multinomial(len(r_codes), np.full(len(r_codes), 1 / len(r_codes)), size=n_boot)
     wc = rng.multinomial(len(c_codes), np.full(len(c_codes), 1 / len(c_codes)), size=n_boot)
-    w = wr[:, r_idx] * wc[:, c_idx]  # (n_boot, n_votes)
-    tot = w.sum(axis=1)
-    ok = tot > 0
-    means = (w[ok] @ y) / tot[ok]
+    means = []
+    step = max(1, 2_000_000 // y.size)  # bound memory: (step, n_votes) weights at a time
+    for i in range(0, n_boot, step):
+        w = wr[i : i + step, r_idx] * wc[i : i + step, c_idx]
+        tot = w.sum(axis=1)
+        ok = tot > 0
+        means.append((w[ok] @ y) / tot[ok])
+    means = np.concatenate(means)
     a = (1 - level) / 2
     return Interval(float(y.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
 
