@@ -1,11 +1,18 @@
 """Interval validity by simulation: on a synthetic K-shot design whose expected FID, precision and
-recall are known from many fresh draws, nominal 95 % intervals cover them >= 85 % of the time."""
+recall are known from many fresh draws, nominal 95 % intervals cover them >= 85 % of the time,
+and are not too wide: their mean width is at most twice the oracle interval's (1.96 x the true
+standard deviation of the statistic over fresh draws, each side)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from varbench.metrics.bootstrap import half_sample_replicates, recentred_intervals, statistics
+from varbench.metrics.bootstrap import (
+    Z95,
+    half_sample_replicates,
+    recentred_intervals,
+    statistics,
+)
 
 D, CLASSES, PER_CLASS = 8, 20, 10
 
@@ -24,8 +31,10 @@ def draw(rng: np.random.Generator, means: np.ndarray):
 def test_half_sampling_intervals_cover_the_expected_value():
     means = np.random.default_rng(123).normal(0, 2.0, (CLASSES, D))
     rng = np.random.default_rng(0)
-    truth = np.mean([statistics(*draw(rng, means)[:2], 3) for _ in range(200)], axis=0)
-    trials, hits = 40, np.zeros(3)
+    fresh = np.array([statistics(*draw(rng, means)[:2], 3) for _ in range(200)])
+    truth = fresh.mean(axis=0)
+    oracle_width = 2 * Z95 * fresh.std(axis=0, ddof=1)
+    trials, hits, width = 40, np.zeros(3), np.zeros(3)
     for t in range(trials):
         real, fake, rc, fc = draw(rng, means)
         estimate = statistics(real, fake, 3)
@@ -35,8 +44,11 @@ def test_half_sampling_intervals_cover_the_expected_value():
         hi = np.array([iv["fid_hi"], iv["precision_hi"], iv["recall_hi"]])
         assert (lo <= estimate).all() and (estimate <= hi).all() and (lo < hi).all()
         hits += (lo <= truth) & (truth <= hi)
+        width += (hi - lo) / trials
     coverage = hits / trials
     assert (coverage >= 0.85).all(), f"coverage fid/precision/recall = {coverage}"
+    ratio = width / oracle_width
+    assert (ratio <= 2.0).all(), f"mean width / oracle width, fid/precision/recall = {ratio}"
 
 
 def test_demo_intervals_contain_their_estimates(tmp_path):

@@ -161,3 +161,33 @@ def test_spill_on_a_full_disk_is_one_clear_error(tmp_path):
     assert len(rows) == 2
     np.testing.assert_array_equal(rows[0:2], np.arange(6, dtype=np.float32).reshape(2, 3))
     rows.close()
+
+
+def test_identical_pixels_are_at_exactly_zero_whatever_the_kernels(tmp_path):
+    """Identity is decided by pixel hash: an encoder whose rows depend on the batch composition
+    in their last bits (as batched kernels on another machine may) still gives exactly 0."""
+    import varbench.metrics.memorisation as mem
+
+    class BatchNoisyEncoder:
+        device = "cpu"
+
+        def embed(self, images):
+            x = np.stack([np.asarray(im, np.float64).ravel()[:48] / 255.0 for im in images])
+            return x * (1.0 + 1e-12 * len(images))  # last bits depend on the batch size
+
+    refs = [demo_image(c % 3, 60 + c) for c in range(5)]
+    queries = [refs[3].copy(), refs[1].copy(), demo_image(0, 99)]
+    none = np.zeros(0, np.int64)
+    exclude = [none, np.array([1]), none]  # query 1's twin is its own conditioning image
+    base = mem.RowFile(tmp_path / "phi.f32", 48)
+    mem.embed_all(BatchNoisyEncoder(), refs.__getitem__, len(refs), base)
+    dist, idx = mem.search_images(BatchNoisyEncoder(), queries.__getitem__, 3, base, exclude)
+    base.close()
+    assert idx[0] == 3 and dist[0] == 0.0
+    assert idx[1] != 1 and dist[1] > 0
+    assert dist[2] > 0
+    # the float path alone would not give 0 here
+    plain, _ = mem.nearest_excluding(
+        BatchNoisyEncoder().embed(queries[:1]), BatchNoisyEncoder().embed(refs), [none]
+    )
+    assert plain[0] > 0

@@ -66,7 +66,11 @@ def _echo_json(obj) -> None:
 @app.command()
 def run(
     model: str = typer.Option(
-        ..., "--model", "-m", help="adapter name (see `varbench list models`)"
+        ...,
+        "--model",
+        "-m",
+        help="adapter name (see `varbench list models`), or external: score samples made "
+        "elsewhere (--set samples=PATH --set name=NAME; see `varbench export`)",
     ),
     protocol: str = typer.Option(..., "--protocol", "-p", help="protocol name or .toml path"),
     data: Path = typer.Option(None, "--data", help="dataset root (not needed for demo_1shot)"),
@@ -199,6 +203,10 @@ def leaderboard(
 
         df = attach(df, study)
         columns = columns or ",".join([*DISPLAY_COLUMNS[:-1], "human_pref", "source"])
+    if fmt == Format.json:  # best point of each model against the best model, paired
+        from varbench.compare import attach_to_leaderboard
+
+        df = attach_to_leaderboard(df, runs)
     text = render(df, fmt.value, columns.split(",") if columns else None)
     if text is not None:
         sys.stdout.write(text)
@@ -233,6 +241,14 @@ def list_(
                     "params": {p.name: p.default for p in cls.params if not p.sweep},
                 }
             )
+        out.append(
+            {
+                "name": "external",
+                "description": "samples made outside varbench (folder or ADM .npz per sweep "
+                "point), scored under the same protocol; see `varbench export`",
+                "params": {"samples": "PATH (required)", "name": "NAME (required)"},
+            }
+        )
     elif what == ListWhat.protocols:
         from varbench.protocol import load_protocol_file, protocol_files
 
@@ -245,6 +261,7 @@ def list_(
                     "version": s.version,
                     "description": s.description,
                     "layout": s.layout,
+                    "full_set": s.full_set,
                     "n_classes": s.n_classes,
                     "n_per_class": s.n_per_class,
                     "k": s.k,
@@ -295,9 +312,9 @@ def manifest(
     """
     setup_logging()
     from varbench.manifest import build_manifest, write_manifest
+    from varbench.plan import load_dataset, parse_sets
     from varbench.protocol import load_protocol
     from varbench.results import default_cache_dir
-    from varbench.runner import load_dataset, parse_sets
 
     spec = load_protocol(protocol)
     sets = parse_sets(set_)
@@ -310,6 +327,36 @@ def manifest(
         stderr_console.print(f"wrote {output} (sha256 {m.sha256})")
     else:
         _echo_json(m.to_json())
+
+
+@app.command()
+def export(
+    protocol: str = typer.Option(..., "--protocol", "-p"),
+    data: Path = typer.Option(None, "--data", help="dataset root (not needed for the demo)"),
+    out: Path = typer.Option(..., "--out", help="folder to write the plan into"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="protocol override KEY=VALUE (n_per_class, k, seed, ...)"
+    ),
+    cache_dir: Path = typer.Option(None, "--cache-dir"),
+) -> None:
+    """Write a protocol's plan (conditioning PNGs, plan.csv/.jsonl, manifest, README) for
+    generating its samples outside varbench; score them with `varbench run --model external`.
+
+    Example: varbench export --protocol demo_1shot --out plan
+    """
+    setup_logging()
+    from varbench.export import export_plan
+    from varbench.plan import make_plan, parse_sets
+    from varbench.protocol import load_protocol
+    from varbench.results import default_cache_dir
+    from varbench.runner import split_sets
+
+    spec = load_protocol(protocol)
+    sets, _, _ = split_sets(parse_sets(set_), {}, "export")
+    if sets:
+        spec = spec.with_overrides(sets)
+    plan = make_plan(spec, data, Path(cache_dir or default_cache_dir()))
+    _echo_json(export_plan(plan, out))
 
 
 @app.command()
@@ -442,6 +489,7 @@ class PlotKind(str, Enum):
     pr = "pr"
     memorisation = "memorisation"
     grid = "grid"
+    contrast = "contrast"
 
 
 class PlotFormat(str, Enum):
@@ -455,7 +503,9 @@ def plot(
     runs: Path = typer.Option(
         Path("runs"), "--runs", help="folder searched recursively for run folders"
     ),
-    kind: PlotKind = typer.Option(..., "--kind", help="sweep | pr | memorisation | grid"),
+    kind: PlotKind = typer.Option(
+        ..., "--kind", help="sweep | pr | memorisation | grid | contrast"
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the figure files"),
     fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", "-f", help="png | svg | pdf"),
     protocol: list[str] = typer.Option(
@@ -473,8 +523,14 @@ def plot(
     from varbench.results import published_results
     from varbench.runview import load_runs
 
-    found = load_runs(runs, protocol or None)
-    names = list(dict.fromkeys(r.protocol for r in found))
+    found = load_runs(runs, None if kind == PlotKind.contrast else (protocol or None))
+    names = protocol or list(dict.fromkeys(r.protocol for r in found))
+    if kind == PlotKind.contrast:
+        from varbench.contrast import contrast_panels
+        from varbench.runview import measured_frame
+
+        for line in contrast_panels(measured_frame(found), protocol or None)[1]:
+            stderr_console.print(f"contrast: {line}")
     written = []
     for stem, fig in plots.figures(kind.value, found, published_results(), names,
                                    grid_classes, grid_samples, seed):  # fmt: skip
@@ -510,7 +566,12 @@ def baseline(
 
 @app.command()
 def metrics(
-    real: Path = typer.Option(..., "--real", help="folder of real images (searched recursively)"),
+    real: Path = typer.Option(
+        ...,
+        "--real",
+        help="folder of real images (searched recursively), or a reference file: ADM batch "
+        ".npz (arr_0 or mu/sigma), clean-fid .npz, torch-fidelity .pt, `varbench stats` .npz",
+    ),
     fake: Path = typer.Option(..., "--fake", help="folder of generated images"),
     metrics_: str = typer.Option(
         "fid,kid,precision_recall",
@@ -542,7 +603,7 @@ def metrics(
     Example: varbench metrics --real refs/ --fake samples/ --metrics fid,kid,precision,recall
     """
     setup_logging(verbose)
-    from varbench.runner import parse_sets
+    from varbench.plan import parse_sets
     from varbench.scoring import score_folders
 
     values = score_folders(
@@ -563,6 +624,80 @@ def metrics(
         sys.stdout.write("".join(f"{k}\t{v}\n" for k, v in values.items()))
 
 
+class CompareFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def compare(
+    runs: Path = typer.Option(Path("runs"), "--runs", help="folder searched for run folders"),
+    protocol: str = typer.Option(..., "--protocol", "-p", help="protocol both runs used"),
+    models: str = typer.Option(..., "--models", help="A,B: the two models to compare"),
+    metrics_: str = typer.Option(
+        "fid,precision,recall", "--metrics", help="comma-separated: fid, precision, recall"
+    ),
+    weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"
+    ),
+    fmt: CompareFormat = typer.Option(CompareFormat.table, "--format", "-f", help="table | json"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Is A better than B? A - B per metric and sweep point, paired 95 % interval, verdict.
+
+    Example: varbench compare --runs runs --protocol demo_1shot --models oracle,copy
+    """
+    setup_logging(verbose)
+    from varbench.compare import compare_runs, render_table
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if len(names) != 2 or names[0] == names[1]:
+        raise UsageError(f"--models {models!r}: expected two different models, A,B")
+    rows = compare_runs(
+        runs, protocol, names[0], names[1],
+        [m.strip() for m in metrics_.split(",") if m.strip()],
+        cache_dir, _parse_weights(weights),
+    )  # fmt: skip
+    if fmt == CompareFormat.json:
+        _echo_json(rows)
+    else:
+        sys.stdout.write(render_table(rows))
+
+
+@app.command()
+def stats(
+    real: Path = typer.Option(..., "--real", help="folder of reference images (recursive)"),
+    out: Path = typer.Option(..., "--out", "-o", help="statistics file to write (.npz)"),
+    encoder: str = typer.Option("inception", "--encoder", help="feature space of the statistics"),
+    weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1"),
+    prepare: str = typer.Option(
+        None, "--prepare", help="preparation of the images, e.g. adm_center_crop (default: none)"
+    ),
+    resolution: int = typer.Option(
+        None, "--resolution", help="target size of --prepare (e.g. 512)"
+    ),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="feature cache (default $VARBENCH_CACHE)"
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Write reference statistics (mu, sigma in the ADM layout, with varbench's provenance).
+
+    Example: varbench stats --real refs/ --out refs.npz && varbench metrics --real refs.npz --fake samples/ --metrics fid
+    """
+    setup_logging(verbose)
+    from varbench.statsfile import reference_statistics, write_stats
+
+    mu, sigma, meta = reference_statistics(
+        real, encoder, _parse_weights(weights), device, cache_dir, prepare, resolution
+    )
+    path = write_stats(out, mu, sigma, meta)
+    _echo_json({"stats": str(path), **{k: meta[k] for k in ("encoder", "encoder_key",
+                "prepare_label", "n_images", "dim")}})  # fmt: skip
+
+
 @app.command()
 def fetch(
     protocol: str = typer.Option(
@@ -577,7 +712,7 @@ def fetch(
     Example: varbench fetch --protocol imagenet_1shot --model ip_adapter
     """
     setup_logging(verbose)
-    from varbench.scoring import fetch as fetch_
+    from varbench.fetching import fetch as fetch_
 
     names = [e.strip() for e in encoders.split(",") if e.strip()] if encoders else []
     _echo_json(fetch_(names, protocol, model))

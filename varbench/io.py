@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -14,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from varbench.errors import DiskFullError
+
+log = logging.getLogger(__name__)
 
 _UMASK_LOCK = threading.Lock()
 
@@ -106,3 +109,24 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as im:
         im.load()
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_json_or(path: str | os.PathLike, default: Any) -> Any:
+    """A JSON side file's content; ``default`` when absent, and with a warning when damaged."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return default
+    except OSError as exc:
+        log.warning("cannot read %s (%s); it is rebuilt", path, exc)
+        return default
+    try:
+        value = json.loads(data)
+    except ValueError:
+        log.warning("damaged %s (not JSON); it is rebuilt from the files it describes", path)
+        return default
+    if not isinstance(value, type(default)):
+        log.warning("damaged %s (unexpected content); it is rebuilt", path)
+        return default
+    return value

@@ -97,6 +97,8 @@ def _json_value(value):
     """A cell as a JSON value: numpy scalars unwrapped, missing and non-finite numbers as null."""
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, dict):  # e.g. ``vs_best`` (varbench.compare)
+        return {str(k): _json_value(v) for k, v in value.items()}
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if value is None or value is pd.NA or value is pd.NaT:

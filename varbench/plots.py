@@ -33,7 +33,7 @@ SWEEP_METRICS: dict[str, str] = {
     "align_clip_mean": "alignment CLIP",
 }
 RC = {"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7}
-KINDS = ("sweep", "pr", "memorisation", "grid")
+KINDS = ("sweep", "pr", "memorisation", "grid", "contrast")
 
 
 def plain(text: Any) -> str:
@@ -200,6 +200,56 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
                 ncol=min(4, len(handles)),
                 frameon=False,
             )
+    return fig
+
+
+def contrast_figure(panels: list) -> Figure | None:
+    """Semantica Fig. 3: recall on the one-shot protocol and on its full-set counterpart against
+    guidance, one panel per model, with the rows' intervals as error bars."""
+    panels = [p for p in panels if p.one_rows or p.full_rows]
+    if not panels:
+        return None
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    with plt.rc_context(RC):
+        fig = Figure(figsize=(max(4.5, 3.2 * ncol), 2.6 * nrow + 0.6), layout="constrained")
+        axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+        for ax, panel in zip(axes, panels, strict=False):
+            axis = None
+            for rows, label, style in (
+                (panel.one_rows, panel.one_shot, "-"),
+                (panel.full_rows, panel.full_set, "--"),
+            ):
+                pts = []
+                for r in rows:
+                    params = parse_params(r.get("params"))
+                    axis = axis or x_param(params)
+                    x, y = finite(params.get(axis)) if axis else 0.0, finite(r.get("recall"))
+                    if y is not None:
+                        pts.append((x if x is not None else 0.0, y, r))
+                pts.sort(key=lambda p: p[0])
+                if not pts:
+                    continue
+                ys = [y for _, y, _ in pts]
+                ax.errorbar(
+                    [x for x, _, _ in pts],
+                    ys,
+                    yerr=_yerr([r for _, _, r in pts], "recall", ys),
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    lw=1,
+                    ls=style,
+                    label=plain(label),
+                )
+            ax.set_title(plain(panel.model))
+            ax.set_xlabel(plain(axis or "sweep point"))
+            ax.set_ylabel("recall")
+            ax.grid(alpha=0.3)
+            ax.legend(frameon=False)
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        fig.suptitle("one-shot vs full-set recall (Semantica Fig. 3)")
     return fig
 
 
@@ -391,6 +441,13 @@ def figures(
             fig = pr_figure(m, p, protocol)
             if fig is not None:
                 out.append((f"pr_{protocol}", fig))
+    if kind == "contrast":
+        from varbench.contrast import contrast_panels
+
+        panels, _ = contrast_panels(measured, list(protocols))
+        fig = contrast_figure(panels)
+        if fig is not None:
+            out.append(("contrast", fig))
     for run in runs:
         if kind == "memorisation":
             fig = memorisation_figure(run)

@@ -51,6 +51,9 @@ class ProtocolSpec:
     sweeps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     prepare: str = "none"  # named preparation of every scored image (varbench.prepare)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set values applied
+    # the full-set (K = n) counterpart of a few-shot protocol, for Fig. 3's contrast; not part
+    # of the identity (it changes no image used or made)
+    full_set: str | None = None
 
     @property
     def samples_per_cond(self) -> int:
@@ -106,6 +109,8 @@ class ProtocolSpec:
             problems.append("resolution must be >= 8")
         if self.n_classes is not None and self.n_classes < 1:
             problems.append("n_classes must be >= 1")
+        if self.full_set is not None and self.full_set == self.name:
+            problems.append("full_set must name another protocol (the K = n counterpart)")
         if not self.metrics:
             problems.append("metrics must name at least one metric")
         if self.prepare not in preparation_registry:
@@ -178,6 +183,7 @@ def parse_protocol(data: Mapping[str, Any], origin: str) -> ProtocolSpec:
             example=str(data.get("example", "")),
             sweeps={k: dict(v) for k, v in data.get("sweeps", {}).items()},
             prepare=str(data.get("prepare", "none")),
+            full_set=str(data["full_set"]) if data.get("full_set") else None,
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{origin}: {exc}") from None

@@ -202,6 +202,33 @@ def leaderboard_html(measured: pd.DataFrame, published: pd.DataFrame) -> str:
     return "".join(out)
 
 
+def paired_html(runs: list[RunView]) -> str:
+    """Best point of each model against the best model: A - B, paired interval, verdict."""
+    from varbench.compare import METRICS, best_point_comparisons
+
+    found = best_point_comparisons(runs)
+    if not found:
+        return '<p class="note">No two models share a protocol and manifest here.</p>'
+    model_of = {run.run_id: run.model for run in runs}
+    out = ['<table id="paired"><thead><tr><th>model</th><th>params</th><th>against</th>']
+    out += [f"<th>{esc(m)} (A - B)</th>" for m in METRICS]
+    out.append("</tr></thead><tbody>")
+    for (run_id, params), res in sorted(found.items()):
+        out.append(f"<tr><td>{esc(model_of.get(run_id, run_id))}</td><td>{esc(params)}</td>"
+                   f"<td>{esc(res.get('against'))} {esc(res.get('against_point', ''))}</td>")  # fmt: skip
+        if "error" in res:
+            out.append(f'<td colspan="{len(METRICS)}" class="note">{esc(res["error"])}</td></tr>')
+            continue
+        for m in METRICS:
+            r = res[m]
+            out.append(f'<td class="num" data-v="{r["diff"]!r}">{r["diff"]:+.4g} '
+                       f'<span class="note">[{r["lo"]:+.4g}, {r["hi"]:+.4g}] '
+                       f"{esc(r['better'])}</span></td>")  # fmt: skip
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _figure_html(fig: Any, caption: str) -> str:
     from varbench import plots
 
@@ -317,6 +344,30 @@ def _protocols(runs: list[RunView], wanted: list[str] | None) -> list[str]:
     return seen if not wanted or seen else list(wanted)
 
 
+def contrast_html(measured: pd.DataFrame, protocols: list[str]) -> str:
+    """Fig. 3's section: one-shot vs full-set recall per model; run pairs missing a side named."""
+    from varbench import plots
+    from varbench.contrast import contrast_panels
+
+    panels, missing = contrast_panels(measured, protocols)
+    if not panels and not missing:
+        return ""
+    html = '<h2 id="contrast-section">One-shot against full-set recall</h2>'
+    if panels:
+        html += _figure_html(
+            plots.contrast_figure(panels),
+            "Recall on a one-shot protocol (solid) and on its full-set counterpart (dashed) "
+            "against guidance, per model (Semantica Fig. 3); bars: intervals.",
+        )
+    if missing:
+        html += (
+            '<p class="note">Missing a side:</p><ul>'
+            + "".join(f"<li>{esc(m)}</li>" for m in missing)
+            + "</ul>"
+        )
+    return html
+
+
 def build_report(
     runs_dir: Path,
     protocols: list[str] | None = None,
@@ -350,6 +401,11 @@ def build_report(
         from varbench.study.join import study_html
 
         body.append(study_html(studies, measured))
+    body += ['<h2 id="paired-section">Best model against the others (paired)</h2>',
+             '<p class="note">Each model\'s best (lowest-FID) point against the best model\'s, '
+             "same protocol and manifest: A - B with a 95 % interval from the same class "
+             "half-samples applied to both runs, and the verdict.</p>",
+             paired_html(runs)]  # fmt: skip
     for protocol in names:
         m = measured[measured["protocol"] == protocol] if not measured.empty else measured
         base = protocol.split("[", 1)[0]
@@ -372,6 +428,7 @@ def build_report(
                 "Precision-recall plane: every model and sweep point.",
             )
         )
+    body.append(contrast_html(measured, names))
     for run in runs:
         body.append(f"<h2>Run {esc(run.run_id)}</h2><p>{esc(run.model)} on {esc(run.protocol)}</p>")
         body.append("<h3>Provenance</h3>" + provenance_html(run))

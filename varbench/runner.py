@@ -1,41 +1,39 @@
-"""Drives one run: protocol -> manifest -> adapter.generate -> sample store -> metrics -> results.
+"""Drives one run through the rooms: plan -> generate (or import) -> score -> results.parquet.
 
 Resumable by construction: samples on disk are skipped, features come from the content cache, and
 finished sweep points keep their stored result. Numbers depend only on the inputs and seeds.
+The runner owns only what spans the rooms: the run's identity, its folder, locks and shards.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from varbench.adapter import Adapter, Request, RunContext, get_adapter_class
+from varbench.adapter import Adapter, RunContext, get_adapter_class
 from varbench.cluster import Ranks, rank_device, torchrun_ranks
-from varbench.datasets import DatasetListing, list_dataset
-from varbench.demo_data import demo_root
-from varbench.encoders import encoder_registry
 from varbench.errors import ManifestMismatchError, UsageError
-from varbench.features import FeatureCache
-from varbench.hashing import pixel_sha256, sha256_json
-from varbench.io import atomic_write_json, atomic_write_png, read_rgb
+from varbench.hashing import sha256_json
+from varbench.io import atomic_write_json
 from varbench.locks import FileLock, LockHeldError
-from varbench.manifest import Manifest, build_manifest, check_same, read_manifest, write_manifest
-from varbench.metrics import METRIC_OPTIONS, metric_registry
-from varbench.progress import progress_bar
-from varbench.protocol import OVERRIDABLE, ProtocolSpec, load_protocol
+from varbench.manifest import check_same, read_manifest, write_manifest
+from varbench.metrics import METRIC_OPTIONS
+from varbench.plan import Plan, check_drift, load_dataset, make_plan, parse_sets, run_id
+from varbench.protocol import OVERRIDABLE, load_protocol
 from varbench.registry import suggest
 from varbench.results import environment, json_field, write_results
-from varbench.store import RunStore, SampleSlot, generation_groups, point_id, sample_slots
+from varbench.scoring import PointContext, ScoreSetup, point_bookkeeping, score_point
+from varbench.store import RunStore, SampleSlot, point_id, verify_samples
 
 log = logging.getLogger(__name__)
+
+EXTERNAL = "external"  # `--model external`: score samples made outside varbench
+EXTERNAL_KEYS = ("samples", "name")
 
 
 @dataclass
@@ -88,23 +86,28 @@ def resolve_dtype(dtype: str, device: str, gpu_auto: str = "float16") -> str:
 
 
 def split_sets(
-    sets: Mapping[str, str], adapter_cls: type[Adapter]
+    sets: Mapping[str, str], own: Mapping[str, Any] | type[Adapter], owner: str | None = None
 ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """Route ``--set`` keys to the protocol, the metrics or the adapter; unknown keys are errors."""
-    proto, metric, adapter = {}, {}, {}
-    pmap = adapter_cls.param_map()
+    """Route ``--set`` keys to the protocol, the metrics or the source (adapter or import).
+
+    ``own`` is the source's key map (an adapter class stands for its ``param_map()``); unknown
+    keys are usage errors listing what each part takes.
+    """
+    if isinstance(own, type):
+        owner, own = repr(own.name), own.param_map()
+    proto, metric, mine = {}, {}, {}
     for key, value in sets.items():
-        if key in pmap:
-            adapter[key] = value
+        if key in own:
+            mine[key] = value
         elif key in OVERRIDABLE:
             proto[key] = value
         elif key in METRIC_OPTIONS:
             metric[key] = value
         else:
-            known = sorted(set(pmap) | set(OVERRIDABLE) | set(METRIC_OPTIONS))
+            known = sorted(set(own) | set(OVERRIDABLE) | set(METRIC_OPTIONS))
             raise UsageError(
                 f"--set {key}=…: unknown key.{suggest(key, known)} "
-                f"{adapter_cls.name!r} takes: {', '.join(pmap) or '(none)'}; "
+                f"{owner} takes: {', '.join(own) or '(none)'}; "
                 f"protocols take: {', '.join(OVERRIDABLE)}; metrics take: {', '.join(METRIC_OPTIONS)}."
             )
     for key, value in metric.items():
@@ -112,65 +115,247 @@ def split_sets(
             METRIC_OPTIONS[key](value)
         except ValueError:
             raise UsageError(f"--set {key}={value!r}: expected an integer") from None
-    return proto, metric, adapter
+    return proto, metric, mine
 
 
-def parse_sets(items: Sequence[str]) -> dict[str, str]:
-    """``["a=1", "b=x,y"]`` -> dict; malformed items are a usage error."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE (e.g. --set guidance=1,4)")
-        out[key.strip()] = value.strip()
-    return out
+class _RunBase(ABC):
+    """What every run shares: identity, run folder, shards, scoring and results.parquet."""
 
+    name: str  # the row's `model` and the run id's prefix
 
-def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> DatasetListing:
-    """The demo's generated folder, or the user's ``--data``."""
-    if spec.layout == "demo":
-        if data is not None:
-            log.warning(
-                "protocol %s uses the embedded demo images; --data %s is ignored", spec.name, data
-            )
-        return list_dataset(demo_root(cache_dir), "imagefolder")
-    if data is None:
-        raise UsageError(
-            f"protocol {spec.name!r} needs --data PATH ({spec.layout} layout); see `varbench list protocols`"
-        )
-    return list_dataset(data, spec.layout, spec.class_names)
-
-
-def _as_uint8(image: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Accept uint8 or float [0, 1] HxWx3 output; NaNs become 0 and are reported."""
-    arr = np.asarray(image)
-    if arr.dtype == np.uint8:
-        return arr, False
-    has_nan = bool(np.isnan(arr).any())
-    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0)
-    return (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8), has_nan
-
-
-class Run:
-    """One `varbench run`: resolved spec, adapter options, manifest and store."""
-
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, own: Mapping[str, Any], owner: str):
         from varbench.results import default_cache_dir
 
         self.cfg = cfg
         self.cache_dir = Path(cfg.cache_dir or default_cache_dir())
-        self.adapter_cls = get_adapter_class(cfg.model)
-        proto_sets, self.metric_options, adapter_sets = split_sets(cfg.sets, self.adapter_cls)
+        proto_sets, self.metric_options, self.own_sets = split_sets(cfg.sets, own, owner)
         spec = load_protocol(cfg.protocol)
         self.spec = spec.with_overrides(proto_sets) if proto_sets else spec
-        self.options = self.adapter_cls.resolve_options(
-            adapter_sets, self.spec.sweeps.get(self.adapter_cls.name, {})
-        )
-        self.points = self.adapter_cls.sweep_points(self.options)
         if not (0 <= cfg.shard[0] < cfg.shard[1]):
             raise UsageError(f"--shard {cfg.shard[0]}/{cfg.shard[1]}: need 0 <= index < count")
         self.ranks: Ranks = torchrun_ranks()
         self.device = check_device(rank_device(resolve_device(cfg.device), self.ranks))
+
+    # -- hooks -----------------------------------------------------------------------------
+    @abstractmethod
+    def base_key(self) -> dict[str, Any]:
+        """Identity of the run apart from the data."""
+
+    @abstractmethod
+    def run_info(self) -> dict[str, Any]:
+        """The source's part of ``run.json``."""
+
+    @abstractmethod
+    def row_fields(self, store: RunStore, pid: str) -> dict[str, Any]:
+        """The source's columns of a result row (options, convention, device, timing, notes)."""
+
+    @abstractmethod
+    def provenance(self, stored: dict[str, Any] | None) -> dict[str, Any]:
+        """The source's provenance for ``extra`` (the stored one when nothing new is known)."""
+
+    points: list[dict[str, Any]]
+
+    # -- shared stages ---------------------------------------------------------------------
+    @property
+    def setup(self) -> ScoreSetup:
+        return ScoreSetup(
+            self.spec, self.metric_options, self.cache_dir, self.device, self.cfg.weights
+        )
+
+    def run_id(self, plan: Plan) -> str:
+        return run_id(self.name, self.spec, self.base_key(), plan.manifest)
+
+    def prepare(self) -> tuple[Plan, RunStore]:
+        """Plan the run, then verify the plan against the run folder's manifest."""
+        plan = make_plan(self.spec, self.cfg.data, self.cache_dir)
+        self.planned(plan)
+        check_drift(self.cfg.out, self.base_key(), plan.manifest, str(plan.listing.root))
+        store = RunStore(Path(self.cfg.out) / self.run_id(plan))
+        if store.manifest_path.is_file():
+            check_same(read_manifest(store.manifest_path), plan.manifest, store.root)
+        return plan, store
+
+    def planned(self, plan: Plan) -> None:
+        """Hook between planning and the run's identity (imports validate their samples here)."""
+
+    def write_run_files(self, plan: Plan, store: RunStore) -> None:
+        """Create the run folder (manifest and configuration) once every check has passed."""
+        if not store.manifest_path.is_file():
+            write_manifest(store.manifest_path, plan.manifest)
+        if not store.run_json.is_file():
+            atomic_write_json(
+                store.run_json,
+                {
+                    "run_id": store.root.name,
+                    "model": self.name,
+                    **self.run_info(),
+                    "protocol": self.spec.identity(),
+                    "protocol_label": self.spec.label,
+                    "manifest_sha256": plan.manifest.sha256,
+                    "base_key": sha256_json(self.base_key()),
+                    "data_root": str(plan.listing.root),
+                    "points": [point_id(p) for p in self.points],
+                    "samples_per_point": len(plan.slots),
+                    "created_at": _now(),
+                },
+            )
+
+    def shard(self) -> tuple[int, int]:
+        """(index, count) of this process: ``--shard`` refined by the torchrun rank."""
+        index, count = self.cfg.shard
+        return index * self.ranks.world + self.ranks.rank, count * self.ranks.world
+
+    def check_encoders(self) -> dict[str, Any]:
+        """Every encoder the metrics need, checked within seconds, before any sample is made."""
+        encoders = {n: self.setup.make_encoder(n) for n in self.setup.encoders_needed()}
+        for enc in encoders.values():
+            enc.check_available()
+        return encoders
+
+    def execute(self) -> list[dict[str, Any]]:
+        """Produce this process's shard of every point, then score the finished points.
+
+        Returns the result rows (empty for a shard whose points are not all finished, and for
+        torchrun ranks other than 0).
+        """
+        try:
+            return self._execute()
+        finally:
+            self.ranks.close()
+
+    @abstractmethod
+    def _execute(self) -> list[dict[str, Any]]: ...
+
+    def fill_points(
+        self,
+        store: RunStore,
+        mine: list[SampleSlot],
+        verb: str,
+        fill: Callable[[int, dict[str, Any], str], None],
+    ) -> None:
+        """Make this shard's missing samples of every point with ``fill(index, point, pid)``.
+
+        Each point is filled under the shard's lock, after a killed writer's temp files are
+        removed and only if samples are still missing (the previous holder may have finished);
+        the shard is then marked done for `varbench status`.
+        """
+        index, count = self.shard()
+        for i, point in enumerate(self.points):
+            pid = point_id(point)
+            if store.missing(pid, mine):
+                lock = FileLock(
+                    store.point_dir(pid) / "locks" / f"{verb}-{index}of{count}.lock",
+                    what=f"run {store.root.name}, point {pid}, shard {index}/{count}",
+                )
+                with lock:
+                    store.remove_orphan_temps(pid, mine)  # a killed writer's partial files
+                    if store.missing(pid, mine):
+                        fill(i, point, pid)
+            store.mark_shard_done(pid, index, count, len(mine))
+        self.ranks.barrier()
+
+    def score_finished(
+        self, plan: Plan, store: RunStore, encoders: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Score every finished point once (a lock per point), then write results.parquet."""
+        slots = list(plan.slots)
+        setup = self.setup
+        finished = [p for p in self.points if not store.missing(point_id(p), slots)]
+        for p in self.points:
+            if p not in finished:
+                log.info("point %s: waiting for other shards to finish", point_id(p))
+        if self.ranks.distributed:  # every rank encodes its share of the feature chunks
+            for point in finished:
+                pid = point_id(point)
+                ctx = PointContext(setup, plan.listing, plan.manifest, store, pid, slots, encoders)
+                ctx.prefetch(self.ranks)
+            if self.ranks.rank != 0:
+                return []
+        scored: list[dict[str, Any]] = []
+        for point in finished:
+            pid = point_id(point)
+            lock = FileLock(
+                store.point_dir(pid) / "locks" / "score.lock",
+                what=f"scoring of run {store.root.name}, point {pid}",
+            )
+            try:
+                lock.acquire()
+            except LockHeldError as exc:
+                log.warning("%s", exc)
+                continue
+            try:
+                store.write_index(pid, slots)
+                ctx = PointContext(setup, plan.listing, plan.manifest, store, pid, slots, encoders)
+
+                def row(values, extra, pid=pid, point=point, ctx=ctx):
+                    return self._row(plan, store, pid, point, ctx, values, extra)
+
+                scored.append(score_point(setup, ctx, store, pid, encoders, row, self.provenance))
+            finally:
+                lock.release()
+        rows = [store.read_point_result(point_id(p)) for p in self.points]
+        if all(rows):
+            rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+            write_results(store.results_path, rows)
+            return rows
+        return scored
+
+    def _row(
+        self,
+        plan: Plan,
+        store: RunStore,
+        pid: str,
+        point: dict[str, Any],
+        ctx: PointContext,
+        values: Mapping[str, Any],
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        """One result row: identity, provenance and the metric values."""
+        own = self.row_fields(store, pid)
+        return {
+            "run_id": store.root.name,
+            "model": self.name,
+            "protocol": self.spec.label,
+            "protocol_version": self.spec.version,
+            "params": json_field(point),
+            "options": own.pop("options"),
+            "guidance_convention": own.pop("guidance_convention"),
+            "encoder": self.spec.encoder,
+            "prepare": self.spec.image_prep.label,
+            "n_samples": len(plan.slots),
+            "n_real": len(plan.manifest.references),
+            "n_classes": len(plan.manifest.classes),
+            "n_black": ctx.n_black,
+            "n_nan": own.pop("n_nan"),
+            "source": "varbench",
+            "seed": self.spec.seed,
+            "manifest_sha256": plan.manifest.sha256,
+            "device": own.pop("device"),
+            "dtype": own.pop("dtype"),
+            "wall_time_s": own.pop("wall_time_s"),
+            "images_per_s": own.pop("images_per_s"),
+            **environment(),
+            "created_at": _now(),
+            "images_per_call": own.pop("images_per_call"),
+            "generation_warnings": own.pop("generation_warnings"),
+            "model_path": own.pop("model_path"),
+            "extra": json_field(extra),
+            "notes": own.pop("notes"),
+            **values,
+        }
+
+
+class Run(_RunBase):
+    """One `varbench run` of an adapter: plan, generate its shard, score."""
+
+    def __init__(self, cfg: RunConfig):
+        self.adapter_cls = get_adapter_class(cfg.model)
+        super().__init__(cfg, self.adapter_cls.param_map(), repr(self.adapter_cls.name))
+        self.name = self.adapter_cls.name
+        self.options = self.adapter_cls.resolve_options(
+            self.own_sets, self.spec.sweeps.get(self.adapter_cls.name, {})
+        )
+        self.points = self.adapter_cls.sweep_points(self.options)
         self.dtype = resolve_dtype(cfg.dtype, self.device, self.adapter_cls.gpu_auto_dtype)
         if cfg.batch_size is not None:
             if cfg.batch_size < 1:
@@ -183,8 +368,8 @@ class Run:
         self.images_per_call = int(cfg.images_per_call or self.adapter_cls.images_per_call)
         if self.images_per_call < 1:
             raise UsageError(f"--images-per-call {self.images_per_call}: need >= 1")
+        self.adapter: Adapter | None = None
 
-    # -- identity ----------------------------------------------------------------------
     def base_key(self) -> dict[str, Any]:
         """Identity of the run apart from the data (model, options, protocol)."""
         return {
@@ -203,527 +388,157 @@ class Run:
             "group_by_condition": bool(self.adapter_cls.group_by_condition),
         }
 
-    def run_id(self, manifest: Manifest) -> str:
-        """``<model>-<protocol>-<hash>`` of the base key and manifest hash."""
-        digest = sha256_json({**self.base_key(), "manifest": manifest.sha256})[:12]
-        return f"{self.adapter_cls.name}-{self.spec.name}-{digest}"
-
-    def _check_drift(self, manifest: Manifest, root: str) -> None:
-        """A changed dataset is an error: look for runs of this config on the same data root."""
-        key = sha256_json(self.base_key())
-        out = Path(self.cfg.out)
-        if not out.is_dir():
-            return
-        for run_json in sorted(out.glob("*/run.json")):
-            try:
-                info = json.loads(run_json.read_text())
-            except (OSError, ValueError):
-                continue
-            if (
-                info.get("base_key") == key
-                and info.get("data_root") == root
-                and info.get("manifest_sha256") != manifest.sha256
-            ):
-                stored = read_manifest(run_json.parent / "manifest.json")
-                check_same(stored, manifest, run_json.parent)
-
-    # -- stages --------------------------------------------------------------------------
-    def prepare(self) -> tuple[DatasetListing, Manifest, RunStore]:
-        """List and validate the dataset, build the manifest and verify it against the run's."""
-        listing = load_dataset(self.spec, self.cfg.data, self.cache_dir)
-        manifest, _ = build_manifest(self.spec, listing, self.cache_dir)
-        self._check_drift(manifest, str(listing.root))
-        store = RunStore(Path(self.cfg.out) / self.run_id(manifest))
-        if store.manifest_path.is_file():
-            check_same(read_manifest(store.manifest_path), manifest, store.root)
-        return listing, manifest, store
-
-    def _write_run_files(
-        self, listing: DatasetListing, manifest: Manifest, store: RunStore
-    ) -> None:
-        """Create the run folder (manifest and configuration) once every check has passed."""
-        if not store.manifest_path.is_file():
-            write_manifest(store.manifest_path, manifest)
-        if not store.run_json.is_file():
-            atomic_write_json(
-                store.run_json,
-                {
-                    "run_id": store.root.name,
-                    "model": self.adapter_cls.name,
-                    "options": self.options,
-                    "protocol": self.spec.identity(),
-                    "protocol_label": self.spec.label,
-                    "manifest_sha256": manifest.sha256,
-                    "base_key": sha256_json(self.base_key()),
-                    "data_root": str(listing.root),
-                    "model_path": self.cfg.model_path,
-                    "points": [point_id(p) for p in self.points],
-                    "samples_per_point": sum(len(c.conditioning) for c in manifest.classes)
-                    * self.spec.samples_per_cond,
-                    "generation": self.generation(),
-                    "created_at": _now(),
-                },
-            )
-
-    def encoders_needed(self) -> list[str]:
-        """Default encoder plus any a metric declares."""
-        names = [self.spec.encoder]
-        for m in self.spec.metrics:
-            names += [e for e in metric_registry.get(m).encoders if e not in names]
-        return names
-
-    def make_encoder(self, name: str):
-        """Instantiate an encoder with its local weights file, if given."""
-        return encoder_registry.get(name)(weights=self.cfg.weights.get(name), device=self.device)
-
-    def shard(self) -> tuple[int, int]:
-        """(index, count) of this process: ``--shard`` refined by the torchrun rank."""
-        index, count = self.cfg.shard
-        return index * self.ranks.world + self.ranks.rank, count * self.ranks.world
-
-    def execute(self) -> list[dict[str, Any]]:
-        """Generate this process's shard of every point, then score the finished points.
-
-        Returns the result rows (empty for a shard whose points are not all finished, and for
-        torchrun ranks other than 0).
-        """
-        try:
-            return self._execute()
-        finally:
-            self.ranks.close()
+    def run_info(self) -> dict[str, Any]:
+        return {
+            "options": self.options,
+            "model_path": self.cfg.model_path,
+            "generation": self.generation(),
+        }
 
     def _execute(self) -> list[dict[str, Any]]:
-        listing, manifest, store = self.prepare()
-        encoders = {n: self.make_encoder(n) for n in self.encoders_needed()}
-        for enc in encoders.values():
-            enc.check_available()  # fail within seconds, before generating anything
-        slots = sample_slots(manifest, self.spec.samples_per_cond, self.spec.seed)
-        groups = generation_groups(slots, self.images_per_call, self.adapter_cls.group_by_condition)
+        from varbench.generate import GenerationJob, generate_groups
+
+        plan, store = self.prepare()
+        encoders = self.check_encoders()  # fail within seconds, before generating anything
+        groups = plan.groups(self.images_per_call, self.adapter_cls.group_by_condition)
         index, count = self.shard()
         my_groups = [g for gi, g in enumerate(groups) if gi % count == index]
         mine = [s for g in my_groups for s in g]
         for p in self.points:  # damaged samples are deleted here, so they count as missing
             verify_samples(store, point_id(p), mine)
-        adapter: Adapter | None = None
         if any(store.missing(point_id(p), mine) for p in self.points):
-            adapter = self.adapter_cls(
+            self.adapter = self.adapter_cls(
                 self.options, model_path=self.cfg.model_path, device=self.device, dtype=self.dtype
             )
-            adapter.check_available()  # weights missing: fail now, before the run folder exists
-        self._write_run_files(listing, manifest, store)
-        ready = False
-        for point in self.points:
-            pid = point_id(point)
-            if store.missing(pid, mine):
-                lock = FileLock(
-                    store.point_dir(pid) / "locks" / f"generate-{index}of{count}.lock",
-                    what=f"run {store.root.name}, point {pid}, shard {index}/{count}",
-                )
-                with lock:
-                    store.remove_orphan_temps(pid, mine)  # a killed writer's partial files
-                    missing = store.missing(pid, mine)  # the previous holder may have finished
-                    if missing and not ready:
-                        ready = True
-                        adapter.setup(
-                            RunContext(
-                                protocol=self.spec,
-                                manifest=manifest,
-                                dataset=listing,
-                                device=self.device,
-                                dtype=self.dtype,
-                                cache_dir=str(self.cache_dir),
-                            )
-                        )
-                    if missing:
-                        self._generate(adapter, listing, store, pid, point, my_groups)
-            store.mark_shard_done(pid, index, count, len(mine))
-        self.ranks.barrier()
-        return self._score_finished(listing, manifest, store, slots, encoders, adapter)
-
-    def _score_finished(self, listing, manifest, store, slots, encoders, adapter):
-        """Score every finished point once (a lock per point), then write results.parquet."""
-        finished = [p for p in self.points if not store.missing(point_id(p), slots)]
-        for p in self.points:
-            if p not in finished:
-                log.info("point %s: waiting for other shards to finish", point_id(p))
-        if self.ranks.distributed:  # every rank encodes its share of the feature chunks
-            for point in finished:
-                pid = point_id(point)
-                ctx = _Context(self, listing, manifest, store, pid, slots, encoders)
-                ctx.prefetch(self.ranks)
-            if self.ranks.rank != 0:
-                return []
-        scored: list[dict[str, Any]] = []
-        for point in finished:
-            pid = point_id(point)
-            lock = FileLock(
-                store.point_dir(pid) / "locks" / "score.lock",
-                what=f"scoring of run {store.root.name}, point {pid}",
-            )
-            try:
-                lock.acquire()
-            except LockHeldError as exc:
-                log.warning("%s", exc)
-                continue
-            try:
-                store.write_index(pid, slots)
-                scored.append(
-                    self._score(listing, manifest, store, pid, point, slots, encoders, adapter)
-                )
-            finally:
-                lock.release()
-        rows = [store.read_point_result(point_id(p)) for p in self.points]
-        if all(rows):
-            rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-            write_results(store.results_path, rows)
-            return rows
-        return scored
-
-    def _generate(
-        self,
-        adapter: Adapter,
-        listing: DatasetListing,
-        store: RunStore,
-        pid: str,
-        point: dict[str, Any],
-        groups: list[tuple[SampleSlot, ...]],
-    ) -> None:
-        """One ``adapter.generate`` call per group with a missing sample; each PNG written atomically.
-
-        A group is regenerated whole (its other samples come out bit-identical) so that every
-        sample is always made in the same model call as in an uninterrupted run.
-        """
+            self.adapter.check_available()  # weights missing: fail now, before the run folder exists
+        self.write_run_files(plan, store)
         resolution = int(self.options.get("resolution") or self.spec.resolution)
-        cond_cache: dict[str, np.ndarray] = {}
-        point_dir = store.point_dir(pid)
-        timing_path = point_dir / "timing.json"
-        nan_path = point_dir / "nan.json"
-        warnings_path = point_dir / "warnings.json"
-        timing = _read_json(timing_path, {"seconds": 0.0, "images": 0})
-        nan_slots = set(_read_json(nan_path, []))
-        todo = [(g, store.missing(pid, list(g))) for g in groups]
-        todo = [(g, miss) for g, miss in todo if miss]
-        total = sum(len(miss) for _, miss in todo)
-        with progress_bar(f"generating {self.adapter_cls.name} {pid}", total) as advance:
-            for group, missing in todo:
-                requests = []
-                for cond_id in dict.fromkeys(s.cond_id for s in group):
-                    members = [s for s in group if s.cond_id == cond_id]
-                    if cond_id not in cond_cache:
-                        cond_cache = {cond_id: read_rgb(listing.path(cond_id))}
-                    first = members[0]
-                    requests.append(
-                        Request(
-                            cond_image=cond_cache[cond_id],
-                            cond_id=cond_id,
-                            class_name=first.class_name,
-                            class_label=first.class_label,
-                            class_index=first.class_index,
-                            sample_indices=tuple(s.sample_index for s in members),
-                            seeds=tuple(s.seed for s in members),
-                            point=dict(point),
-                            resolution=resolution,
-                        )
-                    )
-                t0 = time.perf_counter()
-                outputs = adapter.generate(requests)
-                elapsed = time.perf_counter() - t0
-                events = adapter.drain_warnings()
-                if events:
-                    for event in events:
-                        log.warning("%s %s: %s", self.adapter_cls.name, pid, event)
-                    atomic_write_json(warnings_path, _read_json(warnings_path, []) + events)
-                if len(outputs) != len(requests):
-                    raise RuntimeError(
-                        f"adapter {self.adapter_cls.name} returned {len(outputs)} results for {len(requests)} requests"
-                    )
-                wanted = {s.relpath for s in missing}
-                images: list[tuple[SampleSlot, np.ndarray]] = []
-                for req, imgs in zip(requests, outputs, strict=True):
-                    if len(imgs) != len(req.sample_indices):
-                        raise RuntimeError(
-                            f"adapter {self.adapter_cls.name} returned {len(imgs)} images for {len(req.sample_indices)} samples"
-                        )
-                    members = [s for s in group if s.cond_id == req.cond_id]
-                    for slot, img in zip(members, imgs, strict=True):
-                        arr, had_nan = _as_uint8(img)
-                        if arr.ndim != 3 or arr.shape[2] != 3:
-                            raise RuntimeError(
-                                f"adapter {self.adapter_cls.name} returned an image of shape {arr.shape}; expected HxWx3"
-                            )
-                        if slot.relpath not in wanted:
-                            continue  # on disk already, and bit-identical to this one
-                        if had_nan:
-                            nan_slots.add(slot.relpath)
-                        images.append((slot, arr))
-                if nan_slots:
-                    atomic_write_json(nan_path, sorted(nan_slots))  # before the PNGs exist
-                for slot, arr in images:
-                    atomic_write_png(store.sample_path(pid, slot), arr)
-                timing["seconds"] += elapsed
-                timing["images"] += len(group)
-                atomic_write_json(timing_path, timing)
-                advance(len(images))
 
-    def _score(
-        self,
-        listing: DatasetListing,
-        manifest: Manifest,
-        store: RunStore,
-        pid: str,
-        point: dict[str, Any],
-        slots: list[SampleSlot],
-        encoders: dict[str, Any],
-        adapter: Adapter | None,
-    ) -> dict[str, Any]:
-        """Compute (or reuse) the result row of one finished sweep point."""
-        metric_names = list(self.spec.metrics)
-        config = {
-            "metrics": metric_names,
-            "metric_options": self.metric_options,
-            "encoders": {n: e.cache_key() for n, e in encoders.items()},
-        }
-        ctx = _Context(self, listing, manifest, store, pid, slots, encoders)
-        # the samples' pixel hashes are part of the key: a changed sample is never trusted
-        config_key = sha256_json({**config, "samples": sha256_json(ctx.fake_hashes)})
-        stored = store.read_point_result(pid)
-        if stored and stored.get("_config_key") == config_key:
-            return {k: v for k, v in stored.items() if not k.startswith("_")}
-        ctx.prefetch(Ranks())  # same feature chunks as a torchrun job splits across ranks
-        values: dict[str, Any] = {}
-        for name in metric_names:
-            metric = metric_registry.get(name)()
-            values.update(metric.compute(ctx))
-            artifacts = metric.artifacts(ctx)
-            if artifacts:
-                atomic_write_json(store.point_dir(pid) / "artifacts" / f"{name}.json", artifacts)
-        timing = _read_json(store.point_dir(pid) / "timing.json", {"seconds": 0.0, "images": 0})
-        n_nan = len(_read_json(store.point_dir(pid) / "nan.json", []))
-        gen_warnings = _read_json(store.point_dir(pid) / "warnings.json", [])
-        extra = adapter.provenance() if adapter is not None else (stored or {}).get("_extra", {})
-        row = {
-            "run_id": store.root.name,
-            "model": self.adapter_cls.name,
-            "protocol": self.spec.label,
-            "protocol_version": self.spec.version,
-            "params": json_field(point),
+        def generate_point(i: int, point: dict[str, Any], pid: str) -> None:
+            if not self._ready:
+                self._ready = True
+                self.adapter.setup(self._adapter_context(plan))
+            job = GenerationJob(self.name, plan.listing, store, pid, point, resolution)
+            generate_groups(self.adapter, job, my_groups)
+
+        self._ready = False
+        self.fill_points(store, mine, "generate", generate_point)
+        return self.score_finished(plan, store, encoders)
+
+    def _adapter_context(self, plan: Plan) -> RunContext:
+        return RunContext(
+            protocol=self.spec,
+            manifest=plan.manifest,
+            dataset=plan.listing,
+            device=self.device,
+            dtype=self.dtype,
+            cache_dir=str(self.cache_dir),
+        )
+
+    def row_fields(self, store: RunStore, pid: str) -> dict[str, Any]:
+        timing, n_nan, gen_warnings = point_bookkeeping(store, pid)
+        return {
             "options": json_field(self.adapter_cls.fixed_options(self.options)),
             "guidance_convention": self.adapter_cls.guidance_convention,
-            "encoder": self.spec.encoder,
-            "prepare": self.spec.image_prep.label,
-            "n_samples": len(slots),
-            "n_real": len(manifest.references),
-            "n_classes": len(manifest.classes),
-            "n_black": ctx.n_black,
             "n_nan": n_nan,
-            "source": "varbench",
-            "seed": self.spec.seed,
-            "manifest_sha256": manifest.sha256,
             "device": self.device,
             "dtype": self.dtype,
             "wall_time_s": float(timing["seconds"]),
             "images_per_s": float(timing["images"] / timing["seconds"])
             if timing["seconds"] > 0
             else None,
-            **environment(),
-            "created_at": _now(),
             "images_per_call": self.images_per_call,
             "generation_warnings": len(gen_warnings),
             "model_path": self.cfg.model_path or "",
-            "extra": json_field({**extra, "generation": self.generation()}),
             "notes": "; ".join(
                 ["NOT bit-identical to a run without these events: " + " | ".join(gen_warnings)]
                 if gen_warnings
                 else []
             ),
-            **values,
         }
-        atomic_write_json(
-            store.point_result_path(pid), {**row, "_config_key": config_key, "_extra": extra}
-        )
-        return row
+
+    def provenance(self, stored: dict[str, Any] | None) -> dict[str, Any]:
+        extra = self.adapter.provenance() if self.adapter is not None else (stored or {})
+        return {**extra, "generation": self.generation()}
 
 
-class _Context:
-    """MetricContext over one finished point: features through the content-keyed cache."""
+class ExternalRun(_RunBase):
+    """`varbench run --model external`: plan, import samples made elsewhere, score."""
 
-    def __init__(self, run: Run, listing, manifest, store, pid, slots, encoders):
-        self.run = run
-        self.prep = run.spec.image_prep  # every scored image passes through it
-        self.default_encoder = run.spec.encoder
-        self.seed = run.spec.seed
-        self.options = run.metric_options
-        self.listing = listing
-        self.encoders = encoders
-        self._caches: dict[tuple[str, str], FeatureCache] = {}
-        refs = manifest.references
-        self.real_hashes = [manifest.pixel_sha256[r] for _, r in refs]
-        self.real_class = np.array([c.index for c, _ in refs])
-        conds = [(c, f) for c in manifest.classes for f in c.conditioning]
-        self.cond_hashes = [manifest.pixel_sha256[f] for _, f in conds]
-        cond_row = {f: i for i, (_, f) in enumerate(conds)}
-        self.fake_cond_index = np.array([cond_row[s.cond_id] for s in slots])
-        self.fake_class = np.array([s.class_index for s in slots])
-        self.class_labels = [c.label for c in sorted(manifest.classes, key=lambda c: c.index)]
-        self._manifest = manifest
-        self.paths: dict[str, Path] = {}
-        for _, r in refs:
-            self.paths[manifest.pixel_sha256[r]] = listing.path(r)
-        self.fake_hashes, self.n_black = self._hash_samples(store, pid, slots)
+    def __init__(self, cfg: RunConfig):
+        from varbench.external import check_name
 
-    def _hash_samples(self, store: RunStore, pid: str, slots) -> tuple[list[str], int]:
-        known = sample_hashes(store, pid, slots)
-        out, n_black = [], 0
-        for s in slots:
-            digest, black = known[s.relpath]
-            self.paths.setdefault(digest, store.sample_path(pid, s))
-            out.append(digest)
-            n_black += int(black)
-        return out, n_black
-
-    def _cache(self, name: str, output: str) -> FeatureCache:
-        key = (name, output)
-        if key not in self._caches:
-            self._caches[key] = FeatureCache(
-                self.run.cache_dir, self.encoder(name), output, self.prep
+        super().__init__(cfg, dict.fromkeys(EXTERNAL_KEYS), "'external'")
+        self.name = check_name(self.own_sets.get("name"))
+        path = self.own_sets.get("samples")
+        if not path:
+            raise UsageError(
+                "--model external needs --set samples=PATH: a folder laid out as `varbench "
+                "export` plans it, an .npz (arr_0 in plan order), or one of those per sweep point"
             )
-        return self._caches[key]
+        self.samples_path = Path(path).expanduser()
+        self.samples = None
 
-    def prefetch(self, ranks: Ranks) -> None:
-        """Encode the default encoder's missing features in fixed chunks, rank r taking r::world.
+    def planned(self, plan: Plan) -> None:
+        """Validate the samples against the plan: they decide the run id and the sweep points."""
+        from varbench.external import validate
 
-        Sets go in a fixed order (references, samples, conditioning images) and each set's
-        missing hashes are sorted and cut into ``chunk_size`` chunks, so every chunk holds the
-        same images whether one process or a torchrun job computes it.
-        """
-        cache = self._cache(self.default_encoder, "features")
-        size = cache.encoder.chunk_size()
-        for what, hashes in (
-            ("reference features", self.real_hashes),
-            ("sample features", self.fake_hashes),
-            ("conditioning features", self.cond_hashes),
-        ):
-            rows = cache._load()
-            missing = sorted(set(hashes) - rows.keys())
-            chunks = [missing[i : i + size] for i in range(0, len(missing), size)]
-            share = [h for c in chunks[ranks.rank :: ranks.world] for h in c]
-            if share:
-                cache.features(share, lambda h: read_rgb(self.paths[h]), what)
-            ranks.barrier()
+        self.samples = validate(self.samples_path, plan.slots)
+        self.points = [p.point for p in self.samples.points]
 
-    def encoder(self, name: str | None = None):
-        """The encoder instance (e.g. for CLIP text embeddings or LPIPS distances)."""
-        name = name or self.default_encoder
-        if name not in self.encoders:
-            self.encoders[name] = self.run.make_encoder(name)
-        return self.encoders[name]
+    def base_key(self) -> dict[str, Any]:
+        return {
+            "model": EXTERNAL,
+            "name": self.name,
+            "protocol": self.spec.identity(),
+            "samples": self.samples.sha256,
+        }
 
-    def _features(
-        self, hashes: list[str], encoder: str | None, output: str, what: str
-    ) -> np.ndarray:
-        name = encoder or self.default_encoder
-        return self._cache(name, output).features(hashes, lambda h: read_rgb(self.paths[h]), what)
+    def run_info(self) -> dict[str, Any]:
+        return {"options": {}, "external": self.samples.provenance()}
 
-    def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
-        return self._features(self.real_hashes, encoder, output, "reference features")
+    def _execute(self) -> list[dict[str, Any]]:
+        from varbench.external import import_point
 
-    def image(self, digest: str) -> np.ndarray:
-        """Prepared image (HxWx3 uint8) of a reference, sample, conditioning or held-out hash."""
-        return self.prep(read_rgb(self.paths[digest]))
+        plan, store = self.prepare()  # validates every sample before anything is written
+        samples = self.samples
+        encoders = self.check_encoders()
+        index, count = self.shard()
+        slots = list(plan.slots)
+        mine = [s for i, s in enumerate(slots) if i % count == index]
+        for p in self.points:
+            verify_samples(store, point_id(p), mine)
+        self.write_run_files(plan, store)
+        self.fill_points(
+            store,
+            mine,
+            "import",
+            lambda i, point, pid: import_point(samples, i, slots, mine, store, pid),
+        )
+        return self.score_finished(plan, store, encoders)
 
-    def features_of(
-        self, hashes: Sequence[str], encoder: str | None = None, output: str = "features"
-    ) -> np.ndarray:
-        """Cached features of any images this context knows by hash (e.g. ``heldout``)."""
-        return self._features(list(hashes), encoder, output, "features")
+    def row_fields(self, store: RunStore, pid: str) -> dict[str, Any]:
+        return {
+            "options": json_field({}),
+            "guidance_convention": "",
+            "n_nan": 0,
+            "device": "",
+            "dtype": "",
+            "wall_time_s": None,
+            "images_per_s": None,
+            "images_per_call": None,
+            "generation_warnings": 0,
+            "model_path": "",
+            "notes": f"samples made outside varbench, imported from {self.samples_path}",
+        }
 
-    def heldout(self, per_class: int) -> tuple[list[str], np.ndarray]:
-        """Pixel hashes and class indices of the first ``per_class`` held-out images per class."""
-        hashes, classes = [], []
-        for c in self._manifest.classes:
-            for rel in c.heldout[:per_class]:
-                path = self.listing.path(rel)
-                digest = pixel_sha256(read_rgb(path))
-                self.paths.setdefault(digest, path)
-                hashes.append(digest)
-                classes.append(c.index)
-        return hashes, np.array(classes, dtype=int)
-
-    def fake(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
-        return self._features(self.fake_hashes, encoder, output, "sample features")
-
-    def cond(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
-        return self._features(self.cond_hashes, encoder, output, "conditioning features")
+    def provenance(self, stored: dict[str, Any] | None) -> dict[str, Any]:
+        return {"source": EXTERNAL, "scored_on": self.device, **self.samples.provenance()}
 
 
-def _read_json(path: Path, default: Any) -> Any:
-    """A JSON file's content; ``default`` when absent, and with a warning when damaged."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return default
-    except OSError as exc:
-        log.warning("cannot read %s (%s); it is rebuilt", path, exc)
-        return default
-    try:
-        value = json.loads(data)
-    except ValueError:
-        log.warning("damaged %s (not JSON); it is rebuilt from the files it describes", path)
-        return default
-    if not isinstance(value, type(default)):
-        log.warning("damaged %s (unexpected content); it is rebuilt", path)
-        return default
-    return value
-
-
-def sample_hashes(
-    store: RunStore, pid: str, slots: Sequence[SampleSlot], drop_damaged: bool = False
-) -> dict[str, tuple[str, bool]]:
-    """relpath -> (pixel hash, all black) of the slots' samples on disk, via ``hashes.json``.
-
-    An entry is trusted only while the file's size and mtime match it; otherwise the PNG is
-    decoded in full. A sample that does not decode raises, or with ``drop_damaged`` is deleted
-    with a warning naming it (it then counts as missing and its group is regenerated).
-    """
-    hashes_path = store.point_dir(pid) / "hashes.json"
-    known = _read_json(hashes_path, {})
-    out: dict[str, tuple[str, bool]] = {}
-    changed = False
-    for s in slots:
-        path = store.sample_path(pid, s)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        stamp = [st.st_size, st.st_mtime_ns]
-        hit = known.get(s.relpath)
-        if isinstance(hit, list) and len(hit) == 4 and hit[:2] == stamp:
-            out[s.relpath] = (str(hit[2]), bool(hit[3]))
-            continue
-        try:
-            arr = read_rgb(path)
-        except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged sample
-            if not drop_damaged:
-                raise RuntimeError(f"damaged sample {path}: {exc}") from exc
-            log.warning("damaged sample %s (%s): deleted; its group is regenerated", path, exc)
-            path.unlink(missing_ok=True)
-            known.pop(s.relpath, None)
-            changed = True
-            continue
-        digest, black = pixel_sha256(arr), bool(arr.max() == 0)
-        known[s.relpath] = [*stamp, digest, black]
-        out[s.relpath] = (digest, black)
-        changed = True
-    if changed:
-        atomic_write_json(hashes_path, known)
-    return out
-
-
-def verify_samples(store: RunStore, pid: str, slots: Sequence[SampleSlot]) -> None:
-    """Delete (with a warning) any of these samples that no longer decode."""
-    if store.point_dir(pid).is_dir():
-        sample_hashes(store, pid, slots, drop_damaged=True)
+def make_run(cfg: RunConfig) -> _RunBase:
+    """The run for ``cfg.model``: an adapter's, or an import of external samples."""
+    return ExternalRun(cfg) if cfg.model == EXTERNAL else Run(cfg)
 
 
 def _now() -> str:
@@ -732,7 +547,17 @@ def _now() -> str:
 
 def run(cfg: RunConfig) -> list[dict[str, Any]]:
     """Entry point used by the CLI and tests."""
-    return Run(cfg).execute()
+    return make_run(cfg).execute()
 
 
-__all__ = ["RunConfig", "Run", "run", "parse_sets", "ManifestMismatchError"]
+__all__ = [
+    "RunConfig",
+    "Run",
+    "ExternalRun",
+    "run",
+    "make_run",
+    "parse_sets",
+    "load_dataset",
+    "ManifestMismatchError",
+    "SampleSlot",
+]

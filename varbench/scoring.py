@@ -1,10 +1,16 @@
-"""Scoring two image folders with registered metrics (`varbench metrics`), and `varbench fetch`."""
+"""Scoring room: one metric context over images known by pixel hash, used by runs and folders.
+
+A run's finished sweep point (generated or imported samples) and `varbench metrics` on two
+folders are scored the same way: features through the content-keyed cache, registered metrics
+on them, one result row. Nothing here generates; nothing here knows the runner.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +20,15 @@ from varbench.datasets import IMAGE_EXTENSIONS, check_image_file
 from varbench.encoders import encoder_registry
 from varbench.errors import DatasetError, UsageError
 from varbench.features import FeatureCache
+from varbench.hashing import pixel_sha256, sha256_json
 from varbench.imageio import policy_warnings_silenced, read_dataset_image
+from varbench.io import atomic_write_json, read_json_or, read_rgb
+from varbench.manifest import Manifest
 from varbench.metrics import METRIC_OPTIONS, metric_registry
 from varbench.prepare import ImagePrep, check_preparation
+from varbench.protocol import ProtocolSpec
 from varbench.registry import suggest
+from varbench.store import RunStore, SampleSlot, sample_hashes
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +99,64 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
-class FolderContext:
+class FeatureContext:
+    """Features and prepared images of images known by pixel hash, via the content-keyed cache."""
+
+    def __init__(
+        self,
+        prep: ImagePrep,
+        default_encoder: str,
+        seed: int,
+        options: Mapping[str, Any],
+        cache_dir: Path,
+        make_encoder: Callable[[str], Any],
+        encoders: dict[str, Any] | None = None,
+        decode: Callable[[Path], np.ndarray] = read_rgb,
+    ):
+        self.prep = prep  # every scored image passes through it
+        self.default_encoder = default_encoder
+        self.seed = seed
+        self.options = dict(options)
+        self.cache_dir = Path(cache_dir)
+        self._make_encoder = make_encoder
+        self.encoders: dict[str, Any] = encoders if encoders is not None else {}
+        self._decode_file = decode
+        self._caches: dict[tuple[str, str], FeatureCache] = {}
+        self.paths: dict[str, Path] = {}  # pixel hash -> a file holding those pixels
+
+    def encoder(self, name: str | None = None):
+        """The encoder instance (e.g. for CLIP text embeddings or LPIPS distances)."""
+        name = name or self.default_encoder
+        if name not in self.encoders:
+            self.encoders[name] = self._make_encoder(name)
+        return self.encoders[name]
+
+    def _cache(self, name: str, output: str) -> FeatureCache:
+        key = (name, output)
+        if key not in self._caches:
+            self._caches[key] = FeatureCache(self.cache_dir, self.encoder(name), output, self.prep)
+        return self._caches[key]
+
+    def _decoded(self, digest: str) -> np.ndarray:
+        return self._decode_file(self.paths[digest])
+
+    def image(self, digest: str) -> np.ndarray:
+        """Prepared image (HxWx3 uint8) of any image this context knows by hash."""
+        return self.prep(self._decoded(digest))
+
+    def features_of(
+        self,
+        hashes: Sequence[str],
+        encoder: str | None = None,
+        output: str = "features",
+        what: str = "features",
+    ) -> np.ndarray:
+        """Cached features of images known by hash, in order."""
+        name = encoder or self.default_encoder
+        return self._cache(name, output).features(list(hashes), self._decoded, what)
+
+
+class FolderContext(FeatureContext):
     """MetricContext over two folders (no conditioning images, no classes)."""
 
     def __init__(
@@ -103,21 +171,28 @@ class FolderContext:
         seed: int = 0,
         prep: ImagePrep | None = None,
     ):
-        self.prep = prep or ImagePrep()
-        self.default_encoder = encoder
-        self.seed = seed
-        self.options = dict(options)
         self.weights = dict(weights)
         self.device = device
-        self.cache_dir = Path(cache_dir)
-        self.encoders: dict[str, Any] = {}
-        self._caches: dict[tuple[str, str], FeatureCache] = {}
-        self.paths: dict[str, Path] = {}
+        super().__init__(
+            prep or ImagePrep(),
+            encoder,
+            seed,
+            options,
+            cache_dir,
+            self._checked_encoder,
+            decode=read_dataset_image,
+        )
         self.real_hashes = self._hash(real_dir)
         self.fake_hashes = self._hash(fake_dir)
         self.real_class = np.zeros(len(self.real_hashes), dtype=int)
         self.fake_class = np.zeros(len(self.fake_hashes), dtype=int)
         self.fake_cond_index = np.full(len(self.fake_hashes), -1)
+
+    def _checked_encoder(self, name: str):
+        """The encoder created with its local weights file, if one was given; missing weights fail."""
+        enc = encoder_registry.get(name)(weights=self.weights.get(name), device=self.device)
+        enc.check_available()
+        return enc
 
     def _hash(self, folder: Path) -> list[str]:
         """Pixel hashes of the folder's images in order, each decoded under the image policy
@@ -137,37 +212,11 @@ class FolderContext:
             self.paths.setdefault(digest, f)
         return [digest for digest, _ in out]
 
-    def encoder(self, name: str | None = None):
-        """The encoder instance, created with its local weights file if one was given."""
-        name = name or self.default_encoder
-        if name not in self.encoders:
-            enc = encoder_registry.get(name)(weights=self.weights.get(name), device=self.device)
-            enc.check_available()
-            self.encoders[name] = enc
-        return self.encoders[name]
-
-    def image(self, digest: str) -> np.ndarray:
-        """Prepared image by pixel hash."""
-        return self.prep(read_dataset_image(self.paths[digest]))
-
-    def _decoded(self, digest: str) -> np.ndarray:
-        return read_dataset_image(self.paths[digest])
-
-    def features_of(
-        self, hashes: Sequence[str], encoder: str | None = None, output: str = "features"
-    ) -> np.ndarray:
-        """Cached features of images known by hash."""
-        name = encoder or self.default_encoder
-        key = (name, output)
-        if key not in self._caches:
-            self._caches[key] = FeatureCache(self.cache_dir, self.encoder(name), output, self.prep)
-        return self._caches[key].features(list(hashes), self._decoded, output)
-
     def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
-        return self.features_of(self.real_hashes, encoder, output)
+        return self.features_of(self.real_hashes, encoder, output, output)
 
     def fake(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
-        return self.features_of(self.fake_hashes, encoder, output)
+        return self.features_of(self.fake_hashes, encoder, output, output)
 
     def cond(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
         raise UsageError(
@@ -177,6 +226,172 @@ class FolderContext:
 
     def heldout(self, per_class: int) -> tuple[list[str], np.ndarray]:
         raise UsageError("this metric needs held-out real images; score it inside `varbench run`")
+
+
+@dataclass(frozen=True)
+class ScoreSetup:
+    """What scoring a run needs from its configuration (passed down by the runner)."""
+
+    spec: ProtocolSpec
+    metric_options: Mapping[str, Any]
+    cache_dir: Path
+    device: str
+    weights: Mapping[str, str]
+
+    def make_encoder(self, name: str):
+        """Instantiate an encoder with its local weights file, if given."""
+        return encoder_registry.get(name)(weights=self.weights.get(name), device=self.device)
+
+    def encoders_needed(self) -> list[str]:
+        """Default encoder plus any a metric declares."""
+        names = [self.spec.encoder]
+        for m in self.spec.metrics:
+            names += [e for e in metric_registry.get(m).encoders if e not in names]
+        return names
+
+
+class PointContext(FeatureContext):
+    """MetricContext over one finished sweep point of a run: references, samples, conditioning."""
+
+    def __init__(
+        self,
+        setup: ScoreSetup,
+        listing,
+        manifest: Manifest,
+        store: RunStore,
+        pid: str,
+        slots: Sequence[SampleSlot],
+        encoders: dict[str, Any],
+    ):
+        spec = setup.spec
+        super().__init__(
+            spec.image_prep,
+            spec.encoder,
+            spec.seed,
+            setup.metric_options,
+            setup.cache_dir,
+            setup.make_encoder,
+            encoders,
+        )
+        self.listing = listing
+        refs = manifest.references
+        self.real_hashes = [manifest.pixel_sha256[r] for _, r in refs]
+        self.real_class = np.array([c.index for c, _ in refs])
+        conds = [(c, f) for c in manifest.classes for f in c.conditioning]
+        self.cond_hashes = [manifest.pixel_sha256[f] for _, f in conds]
+        cond_row = {f: i for i, (_, f) in enumerate(conds)}
+        self.fake_cond_index = np.array([cond_row[s.cond_id] for s in slots])
+        self.fake_class = np.array([s.class_index for s in slots])
+        self.class_labels = [c.label for c in sorted(manifest.classes, key=lambda c: c.index)]
+        self._manifest = manifest
+        for _, r in refs:
+            self.paths[manifest.pixel_sha256[r]] = listing.path(r)
+        self.fake_hashes, self.n_black = self._hash_samples(store, pid, slots)
+
+    def _hash_samples(self, store: RunStore, pid: str, slots) -> tuple[list[str], int]:
+        known = sample_hashes(store, pid, slots)
+        out, n_black = [], 0
+        for s in slots:
+            digest, black = known[s.relpath]
+            self.paths.setdefault(digest, store.sample_path(pid, s))
+            out.append(digest)
+            n_black += int(black)
+        return out, n_black
+
+    def prefetch(self, ranks) -> None:
+        """Encode the default encoder's missing features in fixed chunks, rank r taking r::world.
+
+        Sets go in a fixed order (references, samples, conditioning images) and each set's
+        missing hashes are sorted and cut into ``chunk_size`` chunks, so every chunk holds the
+        same images whether one process or a torchrun job computes it.
+        """
+        cache = self._cache(self.default_encoder, "features")
+        size = cache.encoder.chunk_size()
+        for what, hashes in (
+            ("reference features", self.real_hashes),
+            ("sample features", self.fake_hashes),
+            ("conditioning features", self.cond_hashes),
+        ):
+            rows = cache._load()
+            missing = sorted(set(hashes) - rows.keys())
+            chunks = [missing[i : i + size] for i in range(0, len(missing), size)]
+            share = [h for c in chunks[ranks.rank :: ranks.world] for h in c]
+            if share:
+                cache.features(share, self._decoded, what)
+            ranks.barrier()
+
+    def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
+        return self.features_of(self.real_hashes, encoder, output, "reference features")
+
+    def heldout(self, per_class: int) -> tuple[list[str], np.ndarray]:
+        """Pixel hashes and class indices of the first ``per_class`` held-out images per class."""
+        hashes, classes = [], []
+        for c in self._manifest.classes:
+            for rel in c.heldout[:per_class]:
+                path = self.listing.path(rel)
+                digest = pixel_sha256(read_rgb(path))
+                self.paths.setdefault(digest, path)
+                hashes.append(digest)
+                classes.append(c.index)
+        return hashes, np.array(classes, dtype=int)
+
+    def fake(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
+        return self.features_of(self.fake_hashes, encoder, output, "sample features")
+
+    def cond(self, encoder: str | None = None, output: str = "features") -> np.ndarray:
+        return self.features_of(self.cond_hashes, encoder, output, "conditioning features")
+
+
+def score_point(
+    setup: ScoreSetup,
+    ctx: PointContext,
+    store: RunStore,
+    pid: str,
+    encoders: Mapping[str, Any],
+    row: Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]],
+    provenance: Callable[[dict[str, Any] | None], dict[str, Any]],
+) -> dict[str, Any]:
+    """Compute (or reuse) the result row of one finished sweep point.
+
+    ``row(values, extra)`` builds the row from the metric values; ``provenance(stored)`` gives
+    the source's provenance (the stored one when nothing new is known). A stored row is reused
+    only while metrics, options, encoders and the samples' pixel hashes are unchanged.
+    """
+    metric_names = list(setup.spec.metrics)
+    config = {
+        "metrics": metric_names,
+        "metric_options": dict(setup.metric_options),
+        "encoders": {n: e.cache_key() for n, e in encoders.items()},
+    }
+    # the samples' pixel hashes are part of the key: a changed sample is never trusted
+    config_key = sha256_json({**config, "samples": sha256_json(ctx.fake_hashes)})
+    stored = store.read_point_result(pid)
+    if stored and stored.get("_config_key") == config_key:
+        return {k: v for k, v in stored.items() if not k.startswith("_")}
+    from varbench.cluster import Ranks
+
+    ctx.prefetch(Ranks())  # same feature chunks as a torchrun job splits across ranks
+    values: dict[str, Any] = {}
+    for name in metric_names:
+        metric = metric_registry.get(name)()
+        values.update(metric.compute(ctx))
+        artifacts = metric.artifacts(ctx)
+        if artifacts:
+            atomic_write_json(store.point_dir(pid) / "artifacts" / f"{name}.json", artifacts)
+    extra = provenance((stored or {}).get("_extra"))
+    out = row(values, extra)
+    atomic_write_json(
+        store.point_result_path(pid), {**out, "_config_key": config_key, "_extra": extra}
+    )
+    return out
+
+
+def point_bookkeeping(store: RunStore, pid: str) -> tuple[dict, int, list]:
+    """(timing, NaN sample count, generation warnings) recorded while a point was generated."""
+    point_dir = store.point_dir(pid)
+    timing = read_json_or(point_dir / "timing.json", {"seconds": 0.0, "images": 0})
+    n_nan = len(read_json_or(point_dir / "nan.json", []))
+    return timing, n_nan, read_json_or(point_dir / "warnings.json", [])
 
 
 def score_folders(
@@ -198,6 +413,13 @@ def score_folders(
     """
     from varbench.results import default_cache_dir
 
+    if Path(real_dir).is_file():  # a reference batch / statistics file (varbench.statsfile)
+        from varbench.statsfile import score_against_file
+
+        return score_against_file(
+            real_dir, fake_dir, metrics, encoder, weights, sets, device, cache_dir, prepare,
+            resolution,
+        )  # fmt: skip
     prep = folder_prep(prepare, resolution)
     names = resolve_metric_names(metrics)
     options = parse_metric_options(sets or {})
@@ -217,39 +439,3 @@ def score_folders(
     for name in names:
         values.update(metric_registry.get(name)().compute(ctx))
     return values
-
-
-def fetch(
-    encoders: Sequence[str] = (), protocol: str | None = None, model: str | None = None
-) -> list[dict[str, str]]:
-    """Download what the named encoders / protocol / model need into the usual caches."""
-    names = list(encoders)
-    if protocol:
-        from varbench.protocol import load_protocol
-
-        spec = load_protocol(protocol)
-        names += [spec.encoder]
-        for m in spec.metrics:
-            names += list(metric_registry.get(m).encoders)
-    if not names and not model:
-        raise UsageError("nothing to fetch: pass --protocol P, --encoders a,b or --model M")
-    done: list[dict[str, str]] = []
-    for name in dict.fromkeys(names):
-        enc = encoder_registry.get(name)()
-        if not hasattr(enc, "fetch"):
-            done.append({"encoder": name, "status": "no weights needed"})
-            continue
-        local = enc.weights_path() if hasattr(enc, "weights_path") else None
-        if local is not None:
-            done.append({"encoder": name, "status": "present", "path": str(local)})
-            continue
-        log.info("fetching weights of encoder %s", name)
-        done.append({"encoder": name, "status": "fetched", "path": str(enc.fetch())})
-    if model:
-        from varbench.adapter import get_adapter_class
-
-        cls = get_adapter_class(model)
-        adapter = cls(cls.resolve_options({}), device="cpu", dtype="float32")
-        for item in adapter.fetch():
-            done.append({"model": model, "status": "fetched", "path": str(item)})
-    return done

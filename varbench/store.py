@@ -12,13 +12,13 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from varbench.hashing import sample_seed
-from varbench.io import atomic_write_json
+from varbench.hashing import pixel_sha256, sample_seed
+from varbench.io import atomic_write_json, read_json_or, read_rgb
 from varbench.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -194,3 +194,52 @@ class RunStore:
                     "finished_at": time.time(),
                 },
             )
+
+
+def sample_hashes(
+    store: RunStore, pid: str, slots: Sequence[SampleSlot], drop_damaged: bool = False
+) -> dict[str, tuple[str, bool]]:
+    """relpath -> (pixel hash, all black) of the slots' samples on disk, via ``hashes.json``.
+
+    An entry is trusted only while the file's size and mtime match it; otherwise the PNG is
+    decoded in full. A sample that does not decode raises, or with ``drop_damaged`` is deleted
+    with a warning naming it (it then counts as missing and its group is regenerated).
+    """
+    hashes_path = store.point_dir(pid) / "hashes.json"
+    known = read_json_or(hashes_path, {})
+    out: dict[str, tuple[str, bool]] = {}
+    changed = False
+    for s in slots:
+        path = store.sample_path(pid, s)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        stamp = [st.st_size, st.st_mtime_ns]
+        hit = known.get(s.relpath)
+        if isinstance(hit, list) and len(hit) == 4 and hit[:2] == stamp:
+            out[s.relpath] = (str(hit[2]), bool(hit[3]))
+            continue
+        try:
+            arr = read_rgb(path)
+        except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged sample
+            if not drop_damaged:
+                raise RuntimeError(f"damaged sample {path}: {exc}") from exc
+            log.warning("damaged sample %s (%s): deleted; its group is regenerated", path, exc)
+            path.unlink(missing_ok=True)
+            known.pop(s.relpath, None)
+            changed = True
+            continue
+        digest, black = pixel_sha256(arr), bool(arr.max() == 0)
+        known[s.relpath] = [*stamp, digest, black]
+        out[s.relpath] = (digest, black)
+        changed = True
+    if changed:
+        atomic_write_json(hashes_path, known)
+    return out
+
+
+def verify_samples(store: RunStore, pid: str, slots: Sequence[SampleSlot]) -> None:
+    """Delete (with a warning) any of these samples that no longer decode."""
+    if store.point_dir(pid).is_dir():
+        sample_hashes(store, pid, slots, drop_damaged=True)

@@ -1,4 +1,4 @@
-"""DINOv2 ViT-B/14 (alignment) and ViT-L/14 (FD-DINOv2, as dgm-eval / EDM2) through timm.
+"""DINOv2 ViT-B/14 (alignment) and ViT-L/14 (FD-DINOv2 as dgm-eval; EDM2 resize_mode="pil") through timm.
 
 Output ``features``: the CLS token after the final norm, i.e. torch hub's ``x_norm_clstoken``:
 768-d for ViT-B, 1024-d for ViT-L. Preprocessing as dgm-eval: torchvision

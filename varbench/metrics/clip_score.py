@@ -1,4 +1,8 @@
-"""CLIP score as RIVAL reports it: 100 x cosine(image, text) in CLIP ViT-L/14, text = class label."""
+"""CLIP score as RIVAL reports it: the plain cosine(image, text) in CLIP ViT-L/14, text = class label.
+
+RIVAL's appendix E: "compute the cosine similarity between the projected features, yielding the
+output", so the column is on the cosine scale [-1, 1], not torchmetrics' 100 x max(cos, 0).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ from varbench.metrics.alignment import cosine_rows
 from varbench.metrics.base import Metric
 
 KEY_CLIP_SCORE = "clip_score"
+SCALE = "cosine"  # plain cosine in [-1, 1] (RIVAL), not 100 x cosine
 ENCODER = "clip_l"
 
 
 def clip_scores(image_emb: np.ndarray, text_emb: np.ndarray, text_index: np.ndarray) -> np.ndarray:
-    """Per-image 100 * cos(image ``i``, text row ``text_index[i]``), not clipped at 0."""
-    return 100.0 * cosine_rows(image_emb, np.asarray(text_emb)[np.asarray(text_index, dtype=int)])
+    """Per-image cos(image ``i``, text row ``text_index[i]``): plain cosine, not x 100, not clipped."""
+    return cosine_rows(image_emb, np.asarray(text_emb)[np.asarray(text_index, dtype=int)])
 
 
 class ClipScoreMetric(Metric):
@@ -32,4 +37,9 @@ class ClipScoreMetric(Metric):
         return {KEY_CLIP_SCORE: float(self._values.mean())}
 
     def artifacts(self, ctx) -> dict[str, object]:
-        return {"encoder": ENCODER, "prompt": "class label", "per_sample": self._values.tolist()}
+        return {
+            "encoder": ENCODER,
+            "prompt": "class label",
+            "scale": SCALE,
+            "per_sample": self._values.tolist(),
+        }

@@ -141,7 +141,7 @@ KEY_FD_DINOV2 = "fd_dinov2"
 
 
 class FDDinoV2Metric(Metric):
-    """Fréchet distance in DINOv2 ViT-L/14 space (FD-DINOv2, as dgm-eval and EDM2 report it)."""
+    """Fréchet distance in DINOv2 ViT-L/14 space (FD-DINOv2 as dgm-eval; EDM2 with resize_mode="pil")."""
 
     name = "fd_dinov2"
     keys = (KEY_FD_DINOV2,)

@@ -21,6 +21,12 @@ called on every (sample, reference) pair; ``memorisation_bruteforce_agreement`` 
 where our neighbour is a brute-force minimiser and both distances agree (relative 1e-6): it is
 1.0 unless something is wrong.
 
+Identity is exact by design: a query whose pixels equal a reference's (same pixel hash of the
+image handed to the encoder) is at distance exactly 0 from it, decided by the hash and never by
+the float path (the same image embedded in another batch composition can differ in its last
+bits, e.g. 4e-15 instead of 0). This is what a copied sample gets, and the own-conditioning
+exclusion removes those same rows by hash.
+
 Histograms use fixed bin edges ``BIN_EDGES``: 50 bins of width 0.02 on [0, 1]; distances above 1
 are counted in the last bin.
 """
@@ -33,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from varbench.hashing import pixel_sha256
 from varbench.io import disk_full, is_disk_full
 from varbench.metrics.base import Metric
 
@@ -79,10 +86,11 @@ class RowFile:
 
     def __init__(self, path: Path, dim: int) -> None:
         self.path, self.dim, self.rows = Path(path), int(dim), 0
+        self.hashes: list[str] | None = []  # pixel hash of each row's image; None if unknown
         self._fh = open(self.path, "w+b")  # noqa: SIM115 (closed by close())
 
-    def append(self, rows: np.ndarray) -> None:
-        """Write rows (n, dim) at the end."""
+    def append(self, rows: np.ndarray, hashes: Sequence[str] | None = None) -> None:
+        """Write rows (n, dim) at the end, with the pixel hashes of their images when known."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"expected rows of width {self.dim}, got {rows.shape}")
@@ -95,6 +103,10 @@ class RowFile:
                 raise disk_full(self.path.parent, exc) from exc
             raise
         self.rows += len(rows)
+        if hashes is None or self.hashes is None or len(hashes) != len(rows):
+            self.hashes = None
+        else:
+            self.hashes.extend(hashes)
 
     def __len__(self) -> int:
         return self.rows
@@ -122,7 +134,11 @@ def bound_eps(dim: int) -> float:
 
 
 def nearest_excluding(
-    queries: np.ndarray, base, exclude: Sequence[np.ndarray], device: str = "cpu"
+    queries: np.ndarray,
+    base,
+    exclude: Sequence[np.ndarray],
+    device: str = "cpu",
+    identical: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest base row (squared L2) of each query, skipping the rows ``exclude[i]``.
 
@@ -132,6 +148,8 @@ def nearest_excluding(
     differences (no cancellation), and the smallest recomputed distance wins (lowest index on
     ties). So ties or rounding of the product cannot pick a wrong neighbour.
     The product runs on ``device`` (torch float64; a GPU makes it seconds instead of hours).
+    ``identical[i]``: base rows whose image has query i's pixels (by hash); the lowest of them
+    not excluded is the neighbour at distance exactly 0, whatever the float path computes.
     Returns (distances, indices); (nan, -1) where every base row is excluded.
     """
     import torch  # its float64 GEMM; OpenBLAS via numpy is 30x slower for some thin shapes
@@ -166,6 +184,12 @@ def nearest_excluding(
         rows, cols, vals = ci[order][first], cj[order][first], exact[order][first]
         better = vals < best[rows]  # earlier chunks hold lower indices: they win ties
         best[rows[better]], where[rows[better]] = vals[better], cols[better] + s
+    for i, rows in enumerate(identical if identical is not None else ()):
+        rows = np.setdiff1d(np.asarray(rows, np.int64), np.asarray(exclude[i], np.int64))
+        if len(rows):  # same pixels: distance 0 by design (a float tie at 0 keeps its lower row)
+            j0 = int(rows.min())
+            if not (best[i] == 0.0 and 0 <= where[i] < j0):
+                best[i], where[i] = 0.0, j0
     best[where < 0] = np.nan
     return best, where
 
@@ -173,9 +197,10 @@ def nearest_excluding(
 def embed_all(enc, images: Callable[[int], np.ndarray], n: int, out) -> None:
     """Append phi of images 0..n-1 to ``out`` (a ``RowFile``) or write them into an (n, D) array."""
     for s in range(0, n, EMBED_CHUNK):
-        rows = enc.embed([images(i) for i in range(s, min(n, s + EMBED_CHUNK))])
+        chunk = [images(i) for i in range(s, min(n, s + EMBED_CHUNK))]
+        rows = enc.embed(chunk)
         if isinstance(out, RowFile):
-            out.append(rows)
+            out.append(rows, [pixel_sha256(np.asarray(im)) for im in chunk])
         else:
             out[s : min(n, s + EMBED_CHUNK)] = rows
 
@@ -183,18 +208,35 @@ def embed_all(enc, images: Callable[[int], np.ndarray], n: int, out) -> None:
 def search_images(
     enc, image: Callable[[int], np.ndarray], n: int, base, exclude: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest base row of images 0..n-1, embedded ``QUERY_BLOCK`` at a time (bounded memory)."""
+    """Nearest base row of images 0..n-1, embedded ``QUERY_BLOCK`` at a time (bounded memory).
+
+    When ``base`` knows its images' pixel hashes (a ``RowFile`` filled by ``embed_all``), a query
+    with the same pixels as a base row is at distance exactly 0 from it (``nearest_excluding``).
+    """
     dist = np.full(n, np.nan)
     idx = np.full(n, -1, dtype=np.int64)
+    base_hashes = getattr(base, "hashes", None)
+    rows_of: dict[str, list[int]] = {}
+    for j, h in enumerate(base_hashes if base_hashes and len(base_hashes) == len(base) else ()):
+        rows_of.setdefault(h, []).append(j)
     for s in range(0, n, QUERY_BLOCK):
         e = min(n, s + QUERY_BLOCK)
         block = None
+        identical: list[np.ndarray] = []
         for t in range(s, e, EMBED_CHUNK):
-            rows = enc.embed([image(i) for i in range(t, min(e, t + EMBED_CHUNK))])
+            chunk = [image(i) for i in range(t, min(e, t + EMBED_CHUNK))]
+            if rows_of:
+                identical += [
+                    np.asarray(rows_of.get(pixel_sha256(np.asarray(im)), ()), np.int64)
+                    for im in chunk
+                ]
+            rows = enc.embed(chunk)
             if block is None:
                 block = np.empty((e - s, rows.shape[1]), np.float64)
             block[t - s : t - s + len(rows)] = rows
-        dist[s:e], idx[s:e] = nearest_excluding(block, base, exclude[s:e], str(enc.device))
+        dist[s:e], idx[s:e] = nearest_excluding(
+            block, base, exclude[s:e], str(enc.device), identical if rows_of else None
+        )
         del block
     return dist, idx
 

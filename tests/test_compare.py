@@ -1,0 +1,135 @@
+"""Paired comparison of two runs: simulation where the truth is known, and `varbench compare`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from varbench.compare import paired_interval, unpaired_interval, verdict
+from varbench.metrics.bootstrap import half_samples
+from varbench.metrics.fid import fid_from_features
+
+D, CLASSES, PER_CLASS, REPLICATES, PAIRS = 4, 8, 5, 30, 200
+
+
+def draw(rng: np.random.Generator, means: np.ndarray):
+    """One protocol draw shared by two models: references per class, one conditioning image
+    per class, and PER_CLASS samples of each model from it (A follows it more closely than B)."""
+    real = (means[:, None, :] + rng.normal(0, 1, (CLASSES, PER_CLASS, D))).reshape(-1, D)
+    cond = real[[c * PER_CLASS + rng.integers(PER_CLASS) for c in range(CLASSES)]]
+    shape = (CLASSES, PER_CLASS, D)
+    a = 0.6 * cond[:, None, :] + 0.4 * means[:, None, :] + rng.normal(0, 0.8, shape)
+    b = 0.5 * cond[:, None, :] + 0.5 * means[:, None, :] + rng.normal(0, 0.9, shape)
+    return real, a.reshape(-1, D), b.reshape(-1, D)
+
+
+def fid_replicates(real, fake, cls, seed):
+    """FID on each class half-sample (``bootstrap.half_samples``, as every run's intervals)."""
+    _, draws = half_samples(cls, cls, REPLICATES, seed)
+    return np.array([[fid_from_features(real[i], fake[j])] for i, j in draws])
+
+
+def test_paired_interval_covers_the_true_difference_and_is_narrower():
+    means = np.random.default_rng(123).normal(0, 2.0, (CLASSES, D))
+    cls = np.repeat(np.arange(CLASSES), PER_CLASS)
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(2000):  # the truth: E[FID_A - FID_B] over fresh protocol draws
+        real, a, b = draw(rng, means)
+        diffs.append(fid_from_features(real, a) - fid_from_features(real, b))
+    truth = float(np.mean(diffs))
+    assert abs(truth) > 3 * np.std(diffs) / np.sqrt(len(diffs))  # a real difference to find
+    hits = hits_unpaired = 0
+    width, width_unpaired = [], []
+    for t in range(PAIRS):
+        real, a, b = draw(rng, means)
+        est_a, est_b = [fid_from_features(real, a)], [fid_from_features(real, b)]
+        reps_a, reps_b = fid_replicates(real, a, cls, t), fid_replicates(real, b, cls, t)
+        d, lo, hi = paired_interval(est_a, reps_a, est_b, reps_b)
+        assert lo[0] <= d[0] <= hi[0]
+        hits += lo[0] <= truth <= hi[0]
+        width.append(hi[0] - lo[0])
+        # unpaired: each run's own interval from independent half-samples
+        _, lo_u, hi_u = unpaired_interval(
+            est_a, reps_a, est_b, fid_replicates(real, b, cls, 10_000 + t)
+        )
+        hits_unpaired += lo_u[0] <= truth <= hi_u[0]
+        width_unpaired.append(hi_u[0] - lo_u[0])
+    assert hits / PAIRS >= 0.90, f"paired coverage {hits / PAIRS}"
+    ratio = np.mean(width) / np.mean(width_unpaired)
+    assert ratio < 0.9, f"paired/unpaired width ratio {ratio}"
+
+
+def test_verdict_respects_each_metrics_direction():
+    assert verdict("fid", -2.0, -1.0) == "A better"  # A's FID lower
+    assert verdict("fid", 1.0, 2.0) == "B better"
+    assert verdict("recall", 0.1, 0.2) == "A better"  # A's recall higher
+    assert verdict("precision", -0.2, -0.1) == "B better"
+    assert verdict("fid", -1.0, 0.5) == "undecided"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    from varbench.runner import RunConfig, run
+
+    out = tmp_path_factory.mktemp("runs")
+    rows = {
+        m: run(RunConfig(model=m, protocol="demo_1shot", out=out))[0] for m in ("oracle", "copy")
+    }
+    return out, rows
+
+
+def test_compare_cli_pairs_the_runs_own_half_samples(two_runs):
+    from conftest import run_cli, run_json
+
+    from varbench.compare import point_features
+    from varbench.metrics.bootstrap import recentred_intervals
+    from varbench.runview import load_runs
+
+    out, rows = two_runs
+    got = run_json("compare", "--runs", str(out), "--protocol", "demo_1shot",
+                   "--models", "oracle,copy", "--format", "json")  # fmt: skip
+    assert [r["metric"] for r in got] == ["fid", "precision", "recall"]
+    for r in got:
+        m = r["metric"]
+        assert r["a"] == rows["oracle"][m] and r["b"] == rows["copy"][m]
+        assert r["diff"] == pytest.approx(r["a"] - r["b"], abs=1e-12)
+        assert r["lo"] <= r["diff"] <= r["hi"]
+        assert r["method"] == "paired_class_half_sampling" and r["replicates"] == 50
+    by = {r["metric"]: r for r in got}
+    assert by["fid"]["verdict"] == "A better" and by["recall"]["verdict"] == "A better"
+    # the replicates are the runs' own: they rebuild each run's stored interval exactly
+    from varbench.compare import estimates
+
+    for run in load_runs(out):
+        p = run.points[0]
+        f = point_features(run.folder, p.pid, p.row)
+        est, _, reps = estimates(f.real, f.fake, f.real_class, f.fake_class, 50, f.seed)
+        iv = recentred_intervals(est, reps, len(f.fake), len(f.real))
+        assert iv["fid_lo"] == p.row["fid_lo"] and iv["fid_hi"] == p.row["fid_hi"]
+    table = run_cli("compare", "--runs", str(out), "--protocol", "demo_1shot",
+                    "--models", "oracle,copy", "--metrics", "fid").stdout  # fmt: skip
+    assert "oracle better" in table and "recall" not in table
+    bad = run_cli("compare", "--runs", str(out), "--protocol", "demo_1shot",
+                  "--models", "oracle,copy", "--metrics", "kid", check=False)  # fmt: skip
+    assert bad.returncode == 2 and "supported: fid, precision, recall" in bad.stderr
+
+
+def test_leaderboard_json_and_report_show_best_against_best(two_runs):
+    from varbench.cli import Format  # noqa: F401 - the CLI's json path calls the same function
+    from varbench.compare import attach_to_leaderboard
+    from varbench.leaderboard import collect, render, select
+    from varbench.report import build_report
+
+    out, rows = two_runs
+    df = attach_to_leaderboard(select(collect(out, include_published=False)), out)
+    got = {r["model"]: r["vs_best"] for r in json.loads(render(df, "json"))}
+    assert got["oracle"] is None  # the best model
+    vs = got["copy"]
+    assert vs["against"] == "oracle"
+    assert vs["fid"]["diff"] == pytest.approx(rows["copy"]["fid"] - rows["oracle"]["fid"])
+    assert vs["fid"]["better"] == "oracle" and vs["recall"]["better"] == "oracle"
+    html = build_report(out)
+    assert '<table id="paired">' in html and "oracle</span>" in html
