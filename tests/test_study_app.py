@@ -450,3 +450,29 @@ def test_sets_of_samples_use_the_papers_prompt(runs, tmp_path):
         page = request(srv.port, "GET", f"/r/{token}?start=1")[2].decode()
     assert "choose between two alternative sets, Set 1 and Set 2" in page
     assert page.count('alt="left candidate"') == 2 and "Set 2 (right)" in page
+
+
+def test_per_rater_subsets_cover_trials_evenly(small_study, tmp_path):
+    study = tmp_path / "per.sqlite"
+    shutil.copy(small_study, study)
+    from varbench.study.db import open_study
+    from varbench.study.raters import invite
+
+    con = open_study(study)
+    invite(con, 5, per_rater=4)
+    rows = con.execute(
+        "SELECT a.rater_id, a.trial_id, t.kind, t.repeat_of FROM assignments a "
+        "JOIN trials t ON t.id = a.trial_id ORDER BY a.rater_id, a.pos"
+    ).fetchall()
+    con.close()
+    base = [r for r in rows if r[2] != "repeat"]
+    seen = pd.Series([r[1] for r in base]).value_counts()
+    n_base = int((_trials(study)["kind"] != "repeat").sum())  # 10: 8 main + 2 checks
+    assert len(seen) == n_base and seen.max() - seen.min() <= 1  # 5 x 4 = 20 views, 2 each
+    for rid in range(1, 6):
+        mine = [r for r in rows if r[0] == rid]
+        assert sum(r[2] != "repeat" for r in mine) == 4
+        order = [r[1] for r in mine]
+        for _, tid, kind, orig in mine:
+            if kind == "repeat":
+                assert order.index(orig) < order.index(tid)

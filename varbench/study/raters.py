@@ -16,15 +16,18 @@ def trial_order(trials: list[tuple[int, str, int | None]], rater_index: int, see
                 per_rater: int | None) -> list[int]:  # fmt: skip
     """Trial ids in the order one rater sees them.
 
-    ``trials`` holds (id, kind, repeat_of). Main and check trials are shuffled by
-    (seed, rater_index); the first ``per_rater`` of them are kept, and each kept trial's repeat
-    is inserted at a random later position, so a repeat never comes before its original.
+    ``trials`` holds (id, kind, repeat_of). With ``per_rater``, rater ``r`` (1-based) takes the
+    next ``per_rater`` main/check trials of one seeded cycle through all of them, so every trial
+    is seen by as many raters as the others (within one); the rater's trials are then shuffled
+    by (seed, r), and each kept trial's repeat goes to a random later position.
     """
+    base = [t[0] for t in trials if t[1] != "repeat"]
+    if per_rater is not None and base:
+        cycle = np.random.default_rng(seed).permutation(len(base))
+        start = (rater_index - 1) * per_rater
+        base = [base[cycle[(start + k) % len(base)]] for k in range(min(per_rater, len(base)))]
     rng = np.random.default_rng([seed, rater_index])
-    base = [t for t in trials if t[1] != "repeat"]
-    order = [base[i][0] for i in rng.permutation(len(base))]
-    if per_rater is not None:
-        order = order[:per_rater]
+    order = [base[i] for i in rng.permutation(len(base))]
     kept = set(order)
     for tid, _, orig in (t for t in trials if t[1] == "repeat"):
         if orig in kept:
