@@ -167,3 +167,122 @@ def open_page(
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+class Browser:
+    """One headless Chromium page driven like a person: navigate, click, type keys, reload."""
+
+    def __init__(self, timeout: float = 60):
+        binary = chromium_binary()
+        if binary is None:
+            raise FileNotFoundError("chromium not found (apt-get install -y chromium)")
+        self.timeout = timeout
+        self.profile = Path(tempfile.mkdtemp(prefix="varbench-chromium-"))
+        self.proc = subprocess.Popen(
+            [binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_file = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("chromium did not open its DevTools port")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            targets = json.loads(r.read())
+        page = next(t for t in targets if t.get("type") == "page")
+        self.s = _Session(page["webSocketDebuggerUrl"])
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.s.call(f"{domain}.enable")
+
+    def viewport(self, width: int, height: int, mobile: bool = False) -> None:
+        self.s.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                    deviceScaleFactor=1, mobile=mobile)  # fmt: skip
+
+    def _navigation(self, action) -> None:
+        self.s.events.clear()
+        action()
+        self.s.wait_for("Page.loadEventFired", self.timeout)
+        self.s.drain(0.2)
+
+    def goto(self, url: str) -> None:
+        self._navigation(lambda: self.s.call("Page.navigate", url=url))
+
+    def reload(self) -> None:
+        self._navigation(lambda: self.s.call("Page.reload", ignoreCache=True))
+
+    def eval(self, expression: str) -> Any:
+        res = self.s.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return res.get("result", {}).get("value")
+
+    def box(self, selector: str) -> dict | None:
+        """The element's bounding box in viewport pixels (x, y, width, height), or None."""
+        return self.eval(
+            f"(function(){{var e=document.querySelector({json.dumps(selector)});if(!e)return null;"
+            "var r=e.getBoundingClientRect();return {x:r.x,y:r.y,width:r.width,height:r.height};})()"
+        )
+
+    def click(self, selector: str, navigates: bool = True) -> None:
+        """A real mouse click at the element's centre."""
+        b = self.box(selector)
+        if b is None:
+            raise AssertionError(f"no element {selector}")
+        x, y = b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
+
+        def act():
+            for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+                self.s.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
+                            clickCount=1)  # fmt: skip
+
+        self._navigation(act) if navigates else act()
+
+    def key(self, key: str, navigates: bool = True) -> None:
+        """Press and release one key (e.g. ArrowLeft) as a keyboard would."""
+        codes = {"ArrowLeft": 37, "ArrowUp": 38, "ArrowRight": 39, "ArrowDown": 40}
+
+        def act():
+            for kind in ("rawKeyDown", "keyUp"):
+                self.s.call("Input.dispatchKeyEvent", type=kind, key=key, code=key,
+                            windowsVirtualKeyCode=codes.get(key, 0))  # fmt: skip
+
+        self._navigation(act) if navigates else act()
+
+    def screenshot(self) -> bytes:
+        shot = self.s.call("Page.captureScreenshot", format="png")
+        return base64.b64decode(shot["data"])
+
+    def problems(self) -> list[str]:
+        """Console errors, uncaught exceptions and dialogs seen since the last navigation."""
+        out = []
+        for e in self.s.events:
+            m, p = e["method"], e.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                out.append(json.dumps(p.get("exceptionDetails", {}))[:300])
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append(json.dumps(p.get("args", []))[:300])
+            elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+                out.append(p["entry"].get("text", "")[:300])
+            elif m == "Page.javascriptDialogOpening":
+                out.append("dialog: " + p.get("message", ""))
+        return out
+
+    def close(self) -> None:
+        try:
+            if hasattr(self, "s"):
+                self.s.ws.close()
+        finally:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

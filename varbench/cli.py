@@ -186,6 +186,9 @@ def leaderboard(
         True, "--published/--no-published", help="include the papers' numbers"
     ),
     columns: str = typer.Option(None, "--columns", help="comma-separated columns to show"),
+    study: list[Path] = typer.Option(
+        [], "--study", help="study file(s): add human preference columns (repeatable)"
+    ),
 ) -> None:
     """Show every run under --runs beside the published numbers, best FID first.
 
@@ -194,6 +197,12 @@ def leaderboard(
     from varbench.leaderboard import collect, render, select
 
     df = select(collect(runs, include_published=published), protocol, model)
+    if study:
+        from varbench.leaderboard import DISPLAY_COLUMNS
+        from varbench.study.join import attach
+
+        df = attach(df, study)
+        columns = columns or ",".join([*DISPLAY_COLUMNS[:-1], "human_pref", "source"])
     if fmt == Format.json:  # best point of each model against the best model, paired
         from varbench.compare import attach_to_leaderboard
 
@@ -452,6 +461,9 @@ def report(
     worst_classes: int = typer.Option(10, "--worst-classes", help="rows of the per-class table"),
     thumb_px: int = typer.Option(96, "--thumb-px", help="thumbnail size (pixels, longest side)"),
     seed: int = typer.Option(0, "--seed", help="seed of the grid's class choice"),
+    study: list[Path] = typer.Option(
+        [], "--study", help="study file(s): a human preference section (repeatable)"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Write one self-contained HTML report (leaderboard, plots, samples, provenance).
@@ -468,7 +480,7 @@ def report(
     if thumb_px < 8:
         raise UsageError(f"--thumb-px {thumb_px}: must be >= 8")
     opts = ReportOptions(grid_classes, grid_samples, closest, worst_classes, thumb_px, seed=seed)
-    path = write_report(runs, out, protocol or None, opts)
+    path = write_report(runs, out, protocol or None, opts, studies=study or None)
     _echo_json({"report": str(path), "bytes": path.stat().st_size})
 
 
@@ -704,6 +716,11 @@ def fetch(
 
     names = [e.strip() for e in encoders.split(",") if e.strip()] if encoders else []
     _echo_json(fetch_(names, protocol, model))
+
+
+from varbench.study.cli import study_app  # noqa: E402
+
+app.add_typer(study_app, name="study")
 
 
 def main() -> None:

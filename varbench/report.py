@@ -369,7 +369,10 @@ def contrast_html(measured: pd.DataFrame, protocols: list[str]) -> str:
 
 
 def build_report(
-    runs_dir: Path, protocols: list[str] | None = None, opts: ReportOptions | None = None
+    runs_dir: Path,
+    protocols: list[str] | None = None,
+    opts: ReportOptions | None = None,
+    studies: list[Path] | None = None,
 ) -> str:
     """The report's HTML text."""
     from varbench import plots
@@ -394,6 +397,10 @@ def build_report(
             "Brackets: the row's interval (<code>_lo</code>, <code>_hi</code>). Click a column "
             "to sort.</p>",
             leaderboard_html(measured, published)]  # fmt: skip
+    if studies:  # human preference beside FID and recall (`--study`)
+        from varbench.study.join import study_html
+
+        body.append(study_html(studies, measured))
     body += ['<h2 id="paired-section">Best model against the others (paired)</h2>',
              '<p class="note">Each model\'s best (lowest-FID) point against the best model\'s, '
              "same protocol and manifest: A - B with a 95 % interval from the same class "
@@ -456,10 +463,14 @@ def build_report(
 
 
 def write_report(
-    runs_dir: Path, out: Path, protocols: list[str] | None = None, opts: ReportOptions | None = None
+    runs_dir: Path,
+    out: Path,
+    protocols: list[str] | None = None,
+    opts: ReportOptions | None = None,
+    studies: list[Path] | None = None,
 ) -> Path:
     """Build the report and write it atomically to ``out`` (nothing else is written)."""
-    text = build_report(runs_dir, protocols, opts)
+    text = build_report(runs_dir, protocols, opts, studies)
     atomic_write_text(out, text)
     log.info("wrote %s (%.1f MB)", out, len(text.encode()) / 1e6)
     return Path(out)

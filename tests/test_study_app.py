@@ -1,0 +1,478 @@
+"""`varbench study`: built from real demo runs, served, used in headless Chromium, analysed.
+
+Runs: the demo's copy, oracle and augment baselines (one module-scoped folder). Servers listen
+on 127.0.0.1 only and run as subprocesses, so SIGKILL is a real kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from cdp import Browser, chromium_binary
+from conftest import run_cli
+from scipy import stats as sps
+from study_helpers import Server, next_trial, request, vote
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+MODELS = ("copy", "oracle", "augment")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Finished demo runs of three baselines (4 samples per conditioning image), in-process."""
+    from varbench.runner import RunConfig, run
+
+    out = tmp_path_factory.mktemp("study_runs") / "runs"
+    cache = tmp_path_factory.getbasetemp() / "varbench-cache"
+    for model in MODELS:
+        run(RunConfig(model=model, protocol="demo_1shot", out=out, cache_dir=cache,
+                      sets={"n_per_class": "4"}))  # fmt: skip
+    return out
+
+
+def cli_json(*args: str):
+    """`varbench ARGS` in this process (typer's runner: no interpreter start-up), JSON stdout."""
+    from typer.testing import CliRunner
+
+    from varbench.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return (
+        json.loads(result.stdout)
+        if result.stdout.lstrip().startswith(("{", "["))
+        else result.stdout
+    )
+
+
+def _create(runs: Path, out: Path, models=("copy", "oracle"), trials=8, *extra: str) -> Path:
+    cli_json("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
+             ",".join(models), "--trials", str(trials), "--out", str(out), *extra)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_study(runs, tmp_path_factory) -> Path:
+    """Two models, 8 main trials, 2 checks, 2 repeats, ties allowed."""
+    return _create(runs, tmp_path_factory.mktemp("study") / "s.sqlite", ("copy", "oracle"), 8,
+                   "--check-share", "0.25", "--repeat-share", "0.25", "--allow-tie")  # fmt: skip
+
+
+def _invite(study: Path, n: int, cli: bool = False) -> tuple[list[str], str]:
+    """New raters' tokens and the admin token (through the CLI, or the library: faster)."""
+    if cli:
+        out = cli_json("study", "invite", str(study), "--raters", str(n))
+        return [link.rsplit("/", 1)[1] for link in out["links"]], out["admin"].rsplit("/", 1)[1]
+    from varbench.study.db import meta, open_study
+    from varbench.study.raters import invite
+
+    con = open_study(study)
+    try:
+        return invite(con, n), meta(con)["admin_token"]
+    finally:
+        con.close()
+
+
+def _trials(study: Path) -> pd.DataFrame:
+    with sqlite3.connect(study) as con:
+        return pd.read_sql_query("SELECT * FROM trials ORDER BY id", con)
+
+
+def _votes(study: Path) -> pd.DataFrame:
+    with sqlite3.connect(study) as con:
+        return pd.read_sql_query("SELECT * FROM votes ORDER BY rater_id, trial_id", con)
+
+
+def test_create_balances_pairs_and_is_self_contained(runs, tmp_path):
+    study = _create(runs, tmp_path / "three.sqlite", MODELS, 30, "--seed", "3")
+    t = _trials(study)
+    main = t[t["kind"] == "main"]
+    pairs = main.apply(lambda r: tuple(sorted((r["left_model"], r["right_model"]))), axis=1)
+    assert sorted(pairs.value_counts().tolist()) == [10, 10, 10]  # balanced over model pairs
+    assert main["cond"].value_counts().max() - main["cond"].value_counts().min() <= 1
+    assert 0 < (main["left_model"] == "copy").sum() < (pairs.map(lambda p: "copy" in p)).sum()
+    checks, reps = t[t["kind"] == "check"], t[t["kind"] == "repeat"]
+    assert len(checks) == 3 and len(reps) == 3
+    assert set(checks["expected"]) <= {"left", "right"} and main["expected"].isna().all()
+    for _, r in reps.iterrows():  # a repeat is its original with the sides swapped
+        o = t[t["id"] == r["repeat_of"]].iloc[0]
+        assert (r["left_model"], r["right_model"], r["left_images"], r["cond"]) == (
+            o["right_model"], o["left_model"], o["right_images"], o["cond"])  # fmt: skip
+    # Same seed, same study; a copy far from the runs serves every image from the file alone.
+    again = _create(runs, tmp_path / "again.sqlite", MODELS, 30, "--seed", "3")
+    cols = ["kind", "cond", "sample_index", "left_model", "right_model", "expected"]
+    assert _trials(again)[cols].equals(t[cols])
+    moved = tmp_path / "elsewhere" / "moved.sqlite"
+    moved.parent.mkdir()
+    shutil.copy(study, moved)
+    tokens, _ = _invite(moved, 1)
+    with sqlite3.connect(moved) as con:
+        ids = [r[0] for r in con.execute("SELECT id FROM images")]
+    with Server(moved) as srv:
+        for i in ids:
+            status, headers, body = request(srv.port, "GET", f"/img/{tokens[0]}/{i}")
+            assert status == 200 and body[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0")
+
+
+def test_damaged_or_foreign_study_file_is_one_clear_error(small_study, tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(small_study.read_bytes()[:4096] + os.urandom(20000))
+    other = tmp_path / "other.sqlite"
+    shutil.copy(small_study, other)
+    with sqlite3.connect(other) as con:
+        con.execute("PRAGMA user_version = 99")
+    plain = tmp_path / "plain.sqlite"
+    with sqlite3.connect(plain) as con:
+        con.execute("CREATE TABLE x (a)")
+    from varbench.study.analysis import analyse
+    from varbench.study.db import StudyFileError
+    from varbench.study.server import make_app
+
+    for path, words in ((junk, "damaged"), (other, "format 99"), (plain, "not a varbench")):
+        for fn in (analyse, make_app):
+            with pytest.raises(StudyFileError, match=words) as info:
+                fn(path)
+            assert str(path) in str(info.value)
+    proc = run_cli("study", "results", str(junk), check=False)  # what the user sees
+    assert proc.returncode == 2 and str(junk) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1
+
+
+def _layout_ok(b: Browser, width: int, height: int) -> None:
+    for sel in ("#cond", "#left img", "#right img"):
+        box = b.box(sel)
+        assert box and box["width"] > 100 and box["height"] > 100, (sel, box)
+        assert box["x"] >= 0 and box["y"] >= 0, (sel, box)
+        assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, (sel, box)
+    left, right = b.box("#left"), b.box("#right")
+    assert left["x"] + left["width"] <= right["x"]  # side by side, left on the left
+
+
+@pytest.mark.skipif(
+    chromium_binary() is None and os.environ.get("VARBENCH_REQUIRE_BROWSER") != "1",
+    reason="chromium not installed (apt-get install -y chromium)",
+)
+def test_rater_votes_by_click_and_keys_reloads_resumes_and_finishes(small_study, tmp_path):
+    study = tmp_path / "browser.sqlite"
+    shutil.copy(small_study, study)
+    (token,), _ = _invite(study, 1, cli=True)
+    n_total = len(_trials(study))
+    shots = Path(os.environ.get("VARBENCH_SHOTS", tmp_path))
+    with Server(study) as srv:
+        url = f"{srv.base}/r/{token}"
+        done = []  # (trial, choice) in order
+        with Browser() as b:
+            b.viewport(1280, 800)
+            b.goto(url)
+            text = b.eval("document.body.innerText")
+            assert "better variation" in text and "arrow keys" in text
+            b.click("#start")
+            for i, action in enumerate(["click:left", "key:ArrowRight", "key:ArrowLeft"]):
+                trial = int(b.eval("document.querySelector('[name=trial]').value"))
+                assert b.eval("document.getElementById('count').textContent") == f"{i} / {n_total}"
+                if i == 0:
+                    _layout_ok(b, 1280, 800)
+                    (shots / "study_trial_desktop.png").write_bytes(b.screenshot())
+                kind, what = action.split(":")
+                b.click(f"#{what}") if kind == "click" else b.key(what)
+                done.append((trial, {"ArrowRight": "right", "ArrowLeft": "left"}.get(what, what)))
+            b.reload()  # mid-way: the same next trial, progress kept
+            assert b.eval("document.getElementById('count').textContent") == f"3 / {n_total}"
+            assert int(b.eval("document.querySelector('[name=trial]').value")) not in dict(done)
+            b.viewport(390, 844, mobile=True)
+            b.reload()
+            _layout_ok(b, 390, 844)
+            (shots / "study_trial_phone.png").write_bytes(b.screenshot())
+            assert not b.problems(), b.problems()
+        with Browser() as b:  # the browser was closed; the link resumes where the rater stopped
+            b.viewport(1280, 800)
+            b.goto(url)
+            assert b.eval("document.getElementById('count').textContent") == f"3 / {n_total}"
+            keys = ["ArrowDown", "ArrowLeft", "ArrowRight"]
+            for i in range(3, n_total):
+                trial = int(b.eval("document.querySelector('[name=trial]').value"))
+                key = keys[i % 3]
+                b.key(key)
+                done.append((trial, {"ArrowDown": "tie", "ArrowLeft": "left"}.get(key, "right")))
+            assert b.eval("document.getElementById('thanks') !== null")
+            assert "Thank you" in b.eval("document.body.innerText")
+            assert not b.problems(), b.problems()
+    v = _votes(study)
+    assert list(zip(v["trial_id"], v["choice"], strict=True)) == sorted(done)
+    assert len(v) == n_total and (v["ms"] >= 0).all()
+    order = [tid for tid, _ in done]
+    t = _trials(study).set_index("id")
+    for tid in order:  # every repeat came after its original
+        orig = t.loc[tid, "repeat_of"]
+        if pd.notna(orig):
+            assert order.index(int(orig)) < order.index(tid)
+
+
+def test_tokens_and_paths(small_study, tmp_path):
+    study = tmp_path / "tokens.sqlite"
+    shutil.copy(small_study, study)
+    (a, b), admin = _invite(study, 2)
+    with Server(study) as srv:
+        p = srv.port
+        forged = a[:-4] + ("AAAA" if not a.endswith("AAAA") else "BBBB")
+        for path in (f"/r/{forged}", "/r/", "/", f"/admin/{a}", f"/admin/{forged}",
+                     f"/img/{forged}/1", "/img//1"):  # fmt: skip
+            status, _, body = request(p, "GET", path)
+            assert status == 404, path
+            assert b"<img" not in body and b"Example image" not in body, path
+        status, _, body = request(p, "GET", f"/admin/{admin}")
+        assert status == 200 and b"Study progress" in body
+        for path in (f"/img/{a}/../../../../etc/passwd", f"/img/{a}/..%2f..%2fetc%2fpasswd",
+                     f"/img/{a}/%2e%2e", f"/img/{a}/1.png", f"/img/{a}/-1", f"/img/{a}/999999",
+                     f"/img/{a}/{study}", f"/img/{a}/1/../../tokens.sqlite"):  # fmt: skip
+            status, _, body = request(p, "GET", path)
+            assert status == 404, path
+            assert b"root:" not in body and b"SQLite" not in body, path
+        trial = next_trial(p, a)
+        body = f"token={a}&trial={trial}&choice=left"
+        assert request(p, "GET", f"/r/{a}/vote")[0] == 405  # state changes only by POST
+        evil = {"Origin": "http://evil.example"}
+        assert request(p, "POST", f"/r/{a}/vote", body, evil)[0] == 403  # cross-site form
+        assert request(p, "POST", f"/r/{a}/vote", f"trial={trial}&choice=left")[0] == 403
+        assert request(p, "POST", f"/r/{b}/vote", body)[0] == 403  # a's token in b's path
+        assert request(p, "POST", f"/r/{forged}/vote", body.replace(a, forged))[0] == 404
+        assert vote(p, a, trial, "left") == "stored"
+        assert vote(p, a, trial, "right") == "duplicate"  # resent / double click / second tab
+        assert vote(p, b, trial, "right") == "stored"  # b's own vote; a's is untouched
+        with ThreadPoolExecutor(8) as pool:  # eight tabs voting on one trial at once
+            t2 = next_trial(p, a)
+            outcomes = list(pool.map(lambda c: vote(p, a, t2, c), ["left", "right"] * 4))
+        assert outcomes.count("stored") == 1
+        status, _, page = request(p, "GET", f"/r/{b}?start=1")
+        assert a.encode() not in page  # b's page never carries a's token
+    v = _votes(study)
+    assert v.groupby("rater_id").size().to_dict() == {1: 2, 2: 1}
+    assert v[(v["rater_id"] == 1) & (v["trial_id"] == trial)]["choice"].tolist() == ["left"]
+
+
+@pytest.mark.skipif(
+    chromium_binary() is None and os.environ.get("VARBENCH_REQUIRE_BROWSER") != "1",
+    reason="chromium not installed (apt-get install -y chromium)",
+)
+def test_hostile_names_are_escaped(small_study, tmp_path):
+    study = tmp_path / "hostile.sqlite"
+    shutil.copy(small_study, study)
+    with sqlite3.connect(study) as con:
+        con.execute("UPDATE trials SET class_label = ?, left_model = ? || left_model",
+                    (HOSTILE, HOSTILE))  # fmt: skip
+        con.execute("UPDATE meta SET value = ? WHERE key = 'protocol'", (HOSTILE,))
+    (token,), admin = _invite(study, 1)
+    with Server(study) as srv:
+        vote(srv.port, token, next_trial(srv.port, token), "left")
+        with Browser() as b:
+            for url in (f"{srv.base}/r/{token}", f"{srv.base}/admin/{admin}"):
+                b.goto(url)
+                assert b.eval("document.querySelectorAll('script').length") <= 1
+                assert b.eval("document.querySelectorAll('img[onerror]').length") == 0
+                assert HOSTILE in b.eval("document.body.innerText")
+                assert not b.problems(), b.problems()
+
+
+def _choice(rater: int, trial: int, left: str) -> str:
+    """A simulated rater: deterministic in (rater, trial), prefers oracle 70 % of the time."""
+    rng = random.Random(rater * 100_003 + trial)
+    if rater == 3:  # a random clicker who always clicks left
+        return "left"
+    want_oracle = rng.random() < 0.7
+    return "left" if (left == "oracle") == want_oracle else "right"
+
+
+def _rate_all(port: int, tokens: list[str], study: Path, stop_after: int | None = None) -> int:
+    """Raters vote concurrently through their pages until done (or ``stop_after`` votes)."""
+    lefts = _trials(study).set_index("id")["left_model"].to_dict()
+    count = [0]
+
+    def one(i_token):
+        i, token = i_token
+        n = 0
+        while stop_after is None or n < stop_after:
+            trial = next_trial(port, token)
+            if trial is None:
+                break
+            vote(port, token, trial, _choice(i + 1, trial, lefts[trial]), ms=100 + trial)
+            n += 1
+        count[0] += n
+
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        list(pool.map(one, enumerate(tokens)))
+    return count[0]
+
+
+def _table(study: Path) -> dict:
+    from varbench.study.analysis import analyse
+
+    out = analyse(study)
+    out.pop("study")
+    return out
+
+
+def test_sigkill_loses_no_acknowledged_vote_and_restart_matches_uninterrupted(
+    small_study, tmp_path
+):
+    interrupted, straight = tmp_path / "i.sqlite", tmp_path / "u.sqlite"
+    shutil.copy(small_study, interrupted)
+    shutil.copy(small_study, straight)
+    tokens_i, _ = _invite(interrupted, 4)
+    tokens_u, _ = _invite(straight, 4)
+    srv = Server(interrupted).start()
+    acked: list[tuple[str, int]] = []
+    lefts = _trials(interrupted).set_index("id")["left_model"].to_dict()
+    try:
+        for _ in range(5):  # acknowledged votes, then SIGKILL straight after the last one
+            for i, token in enumerate(tokens_i):
+                trial = next_trial(srv.port, token)
+                vote(srv.port, token, trial, _choice(i + 1, trial, lefts[trial]), ms=100 + trial)
+                acked.append((token, trial))
+        srv.kill()
+        with sqlite3.connect(interrupted) as con:  # read straight after the kill, WAL included
+            stored = set(con.execute(
+                "SELECT r.token, v.trial_id FROM votes v JOIN raters r ON r.id = v.rater_id"))  # fmt: skip
+        assert set(acked) <= stored and len(stored) == len(acked)
+        srv.start()  # restart, the remaining votes
+        _rate_all(srv.port, tokens_i, interrupted)
+    finally:
+        srv.stop()
+    with Server(straight) as s2:
+        _rate_all(s2.port, tokens_u, straight)
+    a, b = _table(interrupted), _table(straight)
+    assert a == b
+    assert a["n_votes"] == 4 * len(_trials(small_study))
+    v = _votes(interrupted)
+    assert not v.duplicated(["rater_id", "trial_id"]).any()
+
+
+def test_results_match_hand_counts(small_study, tmp_path):
+    study = tmp_path / "r.sqlite"
+    shutil.copy(small_study, study)
+    tokens, _ = _invite(study, 4)
+    with Server(study) as srv:
+        _rate_all(srv.port, tokens, study)
+    res = cli_json("study", "results", str(study), "--format", "json")
+    v = _votes(study).merge(_trials(study)[["id", "kind", "expected", "repeat_of", "cond"]],
+                            left_on="trial_id", right_on="id")  # fmt: skip
+    main = v[v["kind"] == "main"]
+    won = ((main["choice"] == "left") & (main["left_model"] == "copy")) | (
+        (main["choice"] == "right") & (main["right_model"] == "copy"))  # fmt: skip
+    pref = res["preference"]
+    assert (pref["system"], pref["over"], pref["votes"]) == ("copy", "oracle", len(main))
+    assert pref["rate"] == pytest.approx(won.mean())
+    ci = sps.binomtest(int(won.sum()), len(main)).proportion_ci(method="wilson")
+    assert pref["wilson"] == pytest.approx([ci.low, ci.high])
+    lo, hi = pref["cluster_bootstrap"]
+    assert lo <= pref["rate"] <= hi and "paper" in pref["paper_kind"]
+    raters = {r["rater"]: r for r in res["raters"]}
+    checks = v[v["kind"] == "check"]
+    for rid, r in raters.items():
+        mine = checks[checks["rater_id"] == rid]
+        assert r["check_failures"] == int((mine["choice"] != mine["expected"]).sum())
+        assert r["votes"] == len(_trials(study))
+    assert raters[3]["check_failures"] >= 1  # the always-left clicker (a check expects right)
+    assert raters[3]["consistency"] == 0.0  # left, then left again with sides swapped
+    assert res["agreement"]["trials_seen_by_several"] == 8
+    ex = cli_json("study", "results", str(study), "--format", "json", "--exclude-failed-checks")
+    assert 3 in ex["excluded_raters"] and ex["n_raters"] == 4 - len(ex["excluded_raters"])
+    pq = tmp_path / "r.parquet"
+    cli_json("study", "results", str(study), "--format", "parquet", "--out", str(pq))
+    rows = pd.read_parquet(pq)
+    assert rows["system"].tolist() == ["copy", "oracle"]
+    assert rows["human_pref"].sum() == pytest.approx(1.0)
+    table = cli_json("study", "results", str(study))
+    assert "Wilson" in table and "Krippendorff" in table
+
+
+def test_three_models_give_bradley_terry_and_win_matrix(runs, tmp_path):
+    study = _create(runs, tmp_path / "bt.sqlite", MODELS, 12, "--check-share", "0",
+                    "--repeat-share", "0")  # fmt: skip
+    tokens, _ = _invite(study, 2)
+    rank = {"oracle": 2, "augment": 1, "copy": 0}
+    t = _trials(study).set_index("id")
+    with Server(study) as srv:
+        for token in tokens:
+            while (trial := next_trial(srv.port, token)) is not None:
+                lm, rm = t.loc[trial, "left_model"], t.loc[trial, "right_model"]
+                vote(srv.port, token, trial, "left" if rank[lm] > rank[rm] else "right")
+    res = cli_json("study", "results", str(study), "--format", "json")
+    assert [r["system"] for r in res["bradley_terry"]] == ["oracle", "augment", "copy"]
+    assert res["win_matrix"]["oracle"]["copy"] == 1.0 and res["win_matrix"]["copy"]["augment"] == 0
+    assert res["agreement"]["krippendorff_alpha_nominal"] == 1.0
+    assert "preference" not in res
+
+
+def test_leaderboard_and_report_show_preference_beside_metrics(runs, small_study, tmp_path):
+    study = tmp_path / "lb.sqlite"
+    shutil.copy(small_study, study)
+    tokens, _ = _invite(study, 3)
+    with Server(study) as srv:
+        _rate_all(srv.port, tokens, study)
+    from varbench.study.analysis import analyse
+
+    shares = {r["system"]: r for r in analyse(study)["per_system"]}
+    rows = cli_json("leaderboard", "--runs", str(runs), "--study", str(study), "--format", "json",
+                    "--no-published")  # fmt: skip
+    by_model = {r["model"]: r for r in rows}
+    for model in ("copy", "oracle"):
+        r = by_model[model]
+        assert r["human_pref"] == pytest.approx(shares[model]["human_pref"])
+        assert r["human_pref_wilson_lo"] <= r["human_pref"] <= r["human_pref_wilson_hi"]
+        assert r["fid"] is not None and r["recall"] is not None
+    assert by_model["copy"]["human_pref"] + by_model["oracle"]["human_pref"] == pytest.approx(1)
+    assert by_model["augment"]["human_pref"] is None  # not in the study
+    html = tmp_path / "report.html"
+    cli_json("report", "--runs", str(runs), "--study", str(study), "--out", str(html),
+             "--grid-classes", "1", "--grid-samples", "1", "--closest", "0")  # fmt: skip
+    text = html.read_text()
+    section = text[text.index('id="human-preference"') :]
+    table = section[: section.index("</table>")]
+    assert table.count("<tr>") == 3  # header + copy + oracle
+    assert f"{100 * shares['oracle']['human_pref']:.1f}" in table
+    assert "<svg" in section[: section.index("</figure>")]
+
+
+def test_sets_of_samples_use_the_papers_prompt(runs, tmp_path):
+    study = _create(runs, tmp_path / "sets.sqlite", ("copy", "oracle"), 4, "--set-size", "2")
+    t = _trials(study)
+    assert all(len(json.loads(x)) == 2 for x in t["left_images"])
+    (token,), _ = _invite(study, 1)
+    with Server(study) as srv:
+        page = request(srv.port, "GET", f"/r/{token}?start=1")[2].decode()
+    assert "choose between two alternative sets, Set 1 and Set 2" in page
+    assert page.count('alt="left candidate"') == 2 and "Set 2 (right)" in page
+
+
+def test_per_rater_subsets_cover_trials_evenly(small_study, tmp_path):
+    study = tmp_path / "per.sqlite"
+    shutil.copy(small_study, study)
+    from varbench.study.db import open_study
+    from varbench.study.raters import invite
+
+    con = open_study(study)
+    invite(con, 5, per_rater=4)
+    rows = con.execute(
+        "SELECT a.rater_id, a.trial_id, t.kind, t.repeat_of FROM assignments a "
+        "JOIN trials t ON t.id = a.trial_id ORDER BY a.rater_id, a.pos"
+    ).fetchall()
+    con.close()
+    base = [r for r in rows if r[2] != "repeat"]
+    seen = pd.Series([r[1] for r in base]).value_counts()
+    n_base = int((_trials(study)["kind"] != "repeat").sum())  # 10: 8 main + 2 checks
+    assert len(seen) == n_base and seen.max() - seen.min() <= 1  # 5 x 4 = 20 views, 2 each
+    for rid in range(1, 6):
+        mine = [r for r in rows if r[0] == rid]
+        assert sum(r[2] != "repeat" for r in mine) == 4
+        order = [r[1] for r in mine]
+        for _, tid, kind, orig in mine:
+            if kind == "repeat":
+                assert order.index(orig) < order.index(tid)
