@@ -8,6 +8,7 @@ realism and google-research's cmmd/distance.py, all on the same features.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,7 +98,9 @@ def test_authpct_equals_dgm_eval():
     rng = _rng(4)
     train = rng.standard_normal((400, 24))
     gen = np.vstack([rng.standard_normal((250, 24)) * 0.9, train[:30] + 1e-3])
-    assert authpct(train, gen) == pytest.approx(_ref_authpct(train, gen), abs=1e-4)  # ref: float32 %
+    assert authpct(train, gen) == pytest.approx(
+        _ref_authpct(train, gen), abs=1e-4
+    )  # ref: float32 %
     assert authpct(train, train[:50] + 0.0) == 0.0  # copies are never authentic
 
 
@@ -367,3 +370,107 @@ def test_palette_equals_pylette():
     expected = palette_match(cols_a / 255.0, cols_b / 255.0)
     assert palette_distance(a, b) == pytest.approx(expected, rel=1e-12)
     assert palette_distance(a, a) == 0.0
+
+
+# -- CMMD's encoder: a tiny random-weight CLIP of the ViT-L/14-336 family ----------------------
+TINY_336 = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 336, "layers": 2, "width": 64, "head_width": 32, "patch_size": 14},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _ref_cmmd_pixels(image, size=336):
+    """Transcription of google-research cmmd io_util._center_crop_and_resize + CLIP scaling."""
+    from PIL import Image
+
+    im = Image.fromarray(image)
+    w, h = im.size
+    side = min(w, h)
+    top, left = (h - side) // 2, (w - side) // 2
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    x = np.asarray(im).astype(np.float32) / 255.0
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+    return torch.from_numpy((x - mean) / std).permute(2, 0, 1)[None]
+
+
+def test_clip_l336_encoder_on_a_tiny_random_clip(tmp_path, monkeypatch):
+    import time
+
+    import open_clip
+    from open_clip.factory import _MODEL_CONFIGS
+    from PIL import Image
+
+    from varbench.demo_data import demo_image
+    from varbench.encoders import encoder_registry
+    from varbench.encoders.clip336 import ClipL336Encoder
+    from varbench.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-empty"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty" / "hub"))
+    monkeypatch.delenv("VARBENCH_WEIGHTS_DIR", raising=False)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as err:
+        encoder_registry.get("clip_l336")().check_available()
+    assert time.perf_counter() - t0 < 5.0
+    msg = str(err.value)
+    assert "ViT-L-14-336-openai.safetensors" in msg and "varbench fetch --encoders clip_l336" in msg
+
+    monkeypatch.setitem(_MODEL_CONFIGS, "Tiny-14-336-quickgelu", TINY_336)
+
+    class Tiny(ClipL336Encoder):
+        model_name = "Tiny-14-336"
+
+    torch.manual_seed(0)
+    src = open_clip.create_model("Tiny-14-336-quickgelu").eval()
+    assert src.visual.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU"
+    path = tmp_path / "tiny336.pt"
+    torch.save(src.state_dict(), path)
+    ims = [demo_image(i, 7 + i) for i in range(3)]
+    ims.append(np.asarray(Image.fromarray(ims[0]).resize((97, 64))))  # odd rectangle: crop offsets
+    enc = Tiny(weights=str(path))
+    enc.check_available()
+    got = enc.encode(ims)
+    with torch.no_grad():
+        ref = torch.cat([src.encode_image(_ref_cmmd_pixels(im)) for im in ims]).double().numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-12)
+    assert enc.config()["resize_mode"] == "pil_centre_square_bicubic_336"
+
+
+# -- registered metrics inside a real run, and in `varbench list metrics` ----------------------
+def test_new_metrics_in_a_demo_run(tmp_path):
+    import json
+    import re
+
+    from conftest import run_json
+
+    from varbench.metrics.palette import palette_distance
+
+    src = (Path(__file__).parents[1] / "protocols" / "demo_1shot.toml").read_text()
+    src = src.replace('name = "demo_1shot"', 'name = "demo_novelty"')
+    src = re.sub(
+        r"(?m)^metrics = .*$",
+        'metrics = ["vendi", "authpct", "ct", "fls", "fd_infinity", "mifid", "realism", "palette"]',
+        src,
+    )
+    proto = tmp_path / "demo_novelty.toml"
+    proto.write_text(src)
+    out = tmp_path / "runs"
+    row = run_json("run", "--model", "copy", "--protocol", str(proto), "--out", str(out))[0]
+    for key in ("authpct", "fd_infinity", "mifid", "realism_median", "fls", "vendi_cond_mean"):
+        assert np.isfinite(row[key]), key
+    assert row["palette_distance_mean"] == 0.0  # copies have their conditioning image's palette
+    assert row["authpct"] == 0.0  # and are never authentic
+    arts = {p.stem: json.loads(p.read_text()) for p in out.rglob("artifacts/*.json")}
+    per_cond = arts["vendi"]["per_cond"]
+    assert len(per_cond) == 10 and all(v == pytest.approx(1.0) for v in per_cond.values())
+    assert len(arts["palette"]["per_sample"]) == row["n_samples"]
+    names = {m["name"] for m in run_json("list", "metrics")}
+    assert {"vendi", "vendi_dinov2", "vendi_inception", "cmmd", "authpct", "ct", "fls"} <= names
+    assert {"mifid", "palette", "realism", "fd_infinity"} <= names
+    assert palette_distance(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)) == 0.0
