@@ -470,6 +470,9 @@ def test_new_metrics_in_a_demo_run(tmp_path):
     per_cond = arts["vendi"]["per_cond"]
     assert len(per_cond) == 10 and all(v == pytest.approx(1.0) for v in per_cond.values())
     assert len(arts["palette"]["per_sample"]) == row["n_samples"]
+    run_json("report", "--runs", str(out), "--out", str(tmp_path / "r.html"))
+    html = (tmp_path / "r.html").read_text()
+    assert "<h3>Diversity</h3>" in html and "Vendi score of one image" in html
     names = {m["name"] for m in run_json("list", "metrics")}
     assert {"vendi", "vendi_dinov2", "vendi_inception", "cmmd", "authpct", "ct", "fls"} <= names
     assert {"mifid", "palette", "realism", "fd_infinity"} <= names
