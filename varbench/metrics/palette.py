@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
+from varbench.errors import UsageError
 from varbench.metrics.base import Metric
 from varbench.metrics.kmeans import kmeans
 
@@ -69,7 +70,7 @@ class PaletteMetric(Metric):
         for i, c in enumerate(ctx.fake_cond_index):
             groups[int(c)].append(i)
         if any(c < 0 for c in groups):
-            raise ValueError(
+            raise UsageError(
                 "the palette metric needs each sample's conditioning image; score it inside "
                 "`varbench run` (two folders have none)"
             )
