@@ -322,6 +322,63 @@ def section_memory(
     return {"peak_rss_gib": round(peak, 3)}
 
 
+def section_novelty(
+    args: argparse.Namespace, real: np.ndarray, fake: np.ndarray
+) -> dict[str, object]:
+    """Cost of every new diversity/novelty metric on one point vs one FID + precision/recall.
+
+    One timing each (they are long); held-out set: ``--n // 10`` rows (C_T's test set, FLS's);
+    Vendi over groups of ``--vendi-group`` samples (one conditioning image's variations) and
+    over ``--classes`` classes, counted twice (DINOv2 and Inception spaces). CMMD's distance is
+    timed on the same features (its encoder pass aside); the palette works on images, not
+    features, and is not included. Run it alone: ``peak_rss_gib`` is the process's high-water mark.
+    """
+    import resource
+
+    from varbench.metrics.cmmd import cmmd
+    from varbench.metrics.fid import fd_infinity, fid_from_features
+    from varbench.metrics.fls import fls_scores, fls_subsets
+    from varbench.metrics.mifid import mifid_parts
+    from varbench.metrics.novelty import authpct, ct_score
+    from varbench.metrics.prdc import precision_recall
+    from varbench.metrics.realism import realism_scores
+    from varbench.metrics.vendi import grouped_vendi
+
+    heldout = synthetic_features(max(2, args.n // 10), args.dim, seed=2)
+    cond = np.arange(len(fake)) // args.vendi_group
+    cls = np.arange(len(fake)) * min(args.classes, len(fake)) // len(fake)
+
+    def vendi_both() -> None:
+        for _ in range(2):  # DINOv2 and Inception spaces
+            grouped_vendi(fake, cond)
+            grouped_vendi(fake, cls)
+
+    _, t_fid = timed(lambda: fid_from_features(real, fake))
+    _, t_prc = timed(lambda: precision_recall(real, fake, 3))
+    parts = {
+        "vendi": vendi_both,
+        "authpct": lambda: authpct(real, fake),
+        "ct": lambda: ct_score(real, heldout, fake, seed=0),
+        "fls": lambda: fls_scores(*fls_subsets(real, heldout, fake, seed=0)),
+        "fd_infinity": lambda: fd_infinity(real, fake, seed=0),
+        "mifid": lambda: mifid_parts(real, fake),
+        "realism": lambda: realism_scores(real, fake, 3),
+        "cmmd": lambda: cmmd(real, fake),
+    }
+    out: dict[str, object] = {"novelty_baseline_seconds": round(t_fid + t_prc, 3)}
+    total = 0.0
+    for name, fn in parts.items():
+        _, t = timed(fn)
+        out[f"novelty_{name}_seconds"] = round(t, 3)
+        total += t
+    out["novelty_seconds"] = round(total, 3)
+    out["novelty_cost_ratio"] = round(total / (t_fid + t_prc), 3)
+    out["peak_rss_gib"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, 3
+    )
+    return out
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, np.ndarray, np.ndarray], dict[str, object]]] = {
     "fid": section_fid,
     "prc": section_prc,
@@ -329,6 +386,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, np.ndarray, np.ndarray], dict[
     "extract": section_extract,
     "intervals": section_intervals,
     "memory": section_memory,
+    "novelty": section_novelty,
 }
 
 
@@ -344,6 +402,7 @@ def main() -> None:
     parser.add_argument("--extract-n", type=int, default=300, help="extract: images per folder")
     parser.add_argument("--classes", type=int, default=1000, help="intervals: classes (units)")
     parser.add_argument("--replicates", type=int, default=50, help="intervals: B half-samples")
+    parser.add_argument("--vendi-group", type=int, default=10, help="novelty: samples per cond")
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}"
     )

@@ -225,9 +225,9 @@ def test_knn_radii_equal_brute_force(dups, k):
 @pytest.mark.parametrize("block", [7, 64, 1024])
 def test_symmetric_blocked_knn_equals_brute_force(monkeypatch, block):
     """The upper-triangle block products (ragged last block, transposed updates) lose nothing."""
-    import varbench.metrics.prdc as prdc
+    import varbench.metrics.knn as knn
 
-    monkeypatch.setattr(prdc, "_SYM_BLOCK", block)
+    monkeypatch.setattr(knn, "_SYM_BLOCK", block)
     real, _ = _pair(n=250, d=24, seed=11)
     data = np.vstack([real, real[:40], np.repeat(real[40:41], 6, axis=0)])  # copies and a clump
     dist, idx = knn_exact(data, 3)

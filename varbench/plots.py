@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from varbench.runview import PointView, RunView, finite, grid_rows, parse_params  # noqa: E402
 
@@ -361,6 +362,52 @@ def memorisation_figure(run: RunView) -> Figure | None:
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
         fig.suptitle(plain(f"{run.model} on {run.protocol}: memorisation"))
+    return fig
+
+
+VENDI_ARTIFACTS = ("vendi", "vendi_inception", "vendi_dinov2")
+
+
+def vendi_figure(run: RunView) -> Figure | None:
+    """Per sweep point, the distribution over conditioning images of the Vendi score of each
+    image's variations (1 = all variations alike), one histogram per feature space."""
+    panels = []
+    for p in run.points:
+        arts = [(n, p.artifact(n)) for n in VENDI_ARTIFACTS]
+        arts = [(n, a) for n, a in arts if a and a.get("per_cond")]
+        if arts:
+            panels.append((p, arts))
+    if not panels:
+        return None
+    ncol = min(4, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    with plt.rc_context(RC):
+        fig = Figure(figsize=(max(4.5, 3.0 * ncol), 2.4 * nrow + 0.5), layout="constrained")
+        axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+        for ax, (point, arts) in zip(axes, panels, strict=False):
+            values = {
+                n: [v for v in a["per_cond"].values() if finite(v) is not None] for n, a in arts
+            }
+            top = max((max(v) for v in values.values() if v), default=1.0)
+            edges = np.linspace(1.0, max(top, 1.0) + 1e-9, 21)
+            for i, (n, a) in enumerate(arts):
+                if values[n]:
+                    ax.hist(
+                        values[n],
+                        bins=edges,
+                        histtype="step",
+                        color=f"C{i}",
+                        label=plain(str(a.get("encoder", n))),
+                    )
+            ax.set_title(plain(json.dumps(point.params) if point.params else point.pid))
+            ax.set_xlabel("Vendi score of one image's variations")
+            ax.set_ylabel("conditioning images")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend(frameon=False)
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        fig.suptitle(plain(f"{run.model} on {run.protocol}: diversity"))
     return fig
 
 

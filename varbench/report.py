@@ -432,6 +432,10 @@ def build_report(
     for run in runs:
         body.append(f"<h2>Run {esc(run.run_id)}</h2><p>{esc(run.model)} on {esc(run.protocol)}</p>")
         body.append("<h3>Provenance</h3>" + provenance_html(run))
+        vendi = plots.vendi_figure(run)
+        if vendi is not None:
+            caption = "Vendi score of each conditioning image's variations (distribution)."
+            body.append("<h3>Diversity</h3>" + _figure_html(vendi, caption))
         fig = plots.memorisation_figure(run)
         body.append(
             "<h3>Memorisation</h3>"

@@ -12,6 +12,7 @@ encoder_registry.register("dinov2", "varbench.encoders.dinov2:DinoV2Encoder")
 encoder_registry.register("dinov2_l", "varbench.encoders.dinov2:DinoV2LargeEncoder")
 encoder_registry.register("clip", "varbench.encoders.clip:ClipEncoder")
 encoder_registry.register("clip_l", "varbench.encoders.clip:ClipLargeEncoder")
+encoder_registry.register("clip_l336", "varbench.encoders.clip336:ClipL336Encoder")
 encoder_registry.register("lpips", "varbench.encoders.lpips:LpipsEncoder")
 encoder_registry.register("lpips_vgg", "varbench.encoders.lpips:LpipsVggEncoder")
 

@@ -20,6 +20,17 @@ metric_registry.register("alignment_clip", "varbench.metrics.alignment:Alignment
 metric_registry.register("clip_score", "varbench.metrics.clip_score:ClipScoreMetric")
 metric_registry.register("lpips", "varbench.metrics.lpips:LpipsMetric")
 metric_registry.register("memorisation", "varbench.metrics.memorisation:MemorisationMetric")
+metric_registry.register("vendi", "varbench.metrics.vendi:VendiMetric")
+metric_registry.register("vendi_inception", "varbench.metrics.vendi:VendiInceptionMetric")
+metric_registry.register("vendi_dinov2", "varbench.metrics.vendi:VendiDinoV2Metric")
+metric_registry.register("authpct", "varbench.metrics.novelty:AuthPctMetric")
+metric_registry.register("ct", "varbench.metrics.novelty:CTScoreMetric")
+metric_registry.register("fls", "varbench.metrics.fls:FLSMetric")
+metric_registry.register("fd_infinity", "varbench.metrics.fid:FDInfinityMetric")
+metric_registry.register("mifid", "varbench.metrics.mifid:MiFIDMetric")
+metric_registry.register("realism", "varbench.metrics.realism:RealismMetric")
+metric_registry.register("cmmd", "varbench.metrics.cmmd:CMMDMetric")
+metric_registry.register("palette", "varbench.metrics.palette:PaletteMetric")
 
 # Options a user may pass with --set on `varbench run` / `varbench metrics`.
 METRIC_OPTIONS = {
@@ -30,6 +41,11 @@ METRIC_OPTIONS = {
     "bootstrap": int,
     "memorisation_check": int,
     "memorisation_heldout_per_class": int,
+    "vendi_q": float,
+    "ct_heldout_per_class": int,
+    "fls_heldout_per_class": int,
+    "mifid_eps": float,
+    "realism_k": int,
 }
 
 __all__ = ["metric_registry", "METRIC_OPTIONS"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -18,7 +18,16 @@ class MetricContext(Protocol):
     fake_cond_index: np.ndarray  # (M,) row of ``cond()`` each sample was conditioned on
     fake_class: np.ndarray  # (M,) class index of each sample
     real_class: np.ndarray  # (N,) class index of each reference image
+    cond_hashes: list[str]  # pixel hash of each conditioning image (rows of ``cond()``)
+    fake_hashes: list[str]  # pixel hash of each sample (rows of ``fake()``)
+    class_labels: list[str]  # label of each class index
 
+    def encoder(self, name: str | None = None) -> Any: ...
+    def image(self, digest: str) -> np.ndarray: ...  # prepared HxWx3 uint8 image by pixel hash
+    def features_of(
+        self, hashes: Sequence[str], encoder: str | None = None, output: str = "features"
+    ) -> np.ndarray: ...
+    def heldout(self, per_class: int) -> tuple[list[str], np.ndarray]: ...  # hashes, classes
     def real(self, encoder: str | None = None, output: str = "features") -> np.ndarray: ...
     def fake(self, encoder: str | None = None, output: str = "features") -> np.ndarray: ...
     def cond(self, encoder: str | None = None, output: str = "features") -> np.ndarray: ...

@@ -149,3 +149,61 @@ class FDDinoV2Metric(Metric):
 
     def compute(self, ctx) -> dict[str, float]:
         return {KEY_FD_DINOV2: fid_from_features(ctx.real("dinov2_l"), ctx.fake("dinov2_l"))}
+
+
+FD_INF_POINTS = 15
+
+
+def fd_infinity_sizes(n_fake: int, num_points: int = FD_INF_POINTS) -> np.ndarray:
+    """dgm-eval's sample sizes: ``num_points`` evenly from min(5000, max(n // 10, 2)) to n."""
+    return np.linspace(min(5000, max(n_fake // 10, 2)), n_fake, num_points).astype(np.int32)
+
+
+def fd_infinity(
+    real: np.ndarray, fake: np.ndarray, num_points: int = FD_INF_POINTS, seed: int = 0
+) -> float:
+    """FD extrapolated to infinitely many samples (Chong & Forsyth 2020, as dgm-eval).
+
+    FD_N of N generated rows against all real rows at dgm-eval's 15 sizes, least-squares line
+    in 1/N, value at 1/N = 0. The N rows are the first N of one seeded permutation (each a
+    uniform draw without replacement, as dgm-eval's), so the covariances are running sums.
+    """
+    x = np.asarray(fake, np.float64)
+    if x.ndim != 2 or len(x) < 4:
+        raise ValueError(f"need a (N>=4, D) feature array, got shape {x.shape}")
+    mu1, a1 = centred_factor(real)
+    factor = psd_factor(a1.T @ a1)
+    tr1 = float(np.einsum("ij,ij->", a1, a1))
+    sizes = fd_infinity_sizes(len(x), num_points)
+    x = x[np.random.default_rng(seed).permutation(len(x))]
+    s1 = np.zeros(x.shape[1])
+    s2 = np.zeros((x.shape[1], x.shape[1]))
+    done = 0
+    fds = []
+    for n in sizes:
+        chunk = x[done:n]
+        s1 += chunk.sum(axis=0)
+        s2 += chunk.T @ chunk
+        done = n
+        mu2 = s1 / n
+        sigma2 = (s2 - n * np.outer(mu2, mu2)) / (n - 1)
+        diff = mu1 - mu2
+        value = diff @ diff + tr1 + np.trace(sigma2)
+        value -= 2.0 * _sqrt_eig_sum(factor.T @ sigma2 @ factor)
+        fds.append(value)
+    slope, intercept = np.polyfit(1.0 / sizes.astype(np.float64), np.asarray(fds), 1)
+    return float(intercept)
+
+
+KEY_FD_INFINITY = "fd_infinity"
+
+
+class FDInfinityMetric(Metric):
+    """FD-infinity in the protocol's default feature space, seeded by the protocol seed."""
+
+    name = "fd_infinity"
+    keys = (KEY_FD_INFINITY,)
+    encoders: tuple[str, ...] = ()
+
+    def compute(self, ctx) -> dict[str, float]:
+        return {KEY_FD_INFINITY: fd_infinity(ctx.real(), ctx.fake(), seed=int(ctx.seed))}

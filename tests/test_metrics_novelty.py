@@ -1,0 +1,479 @@
+"""Diversity, novelty, CMMD and palette metrics against their reference code or packages.
+
+References: the ``vendi-score`` package, torchmetrics' MiFID, the Pylette package, and
+transcriptions (below, marked) of dgm-eval's authpct.py / ct.py / fls.py / fd.py / prdc.py
+realism and google-research's cmmd/distance.py, all on the same features.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from varbench.metrics.knn import knn_cross, max_weighted_inverse
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _clusters(n, d, seed, centres=3, spread=0.3):
+    """n points around 3 fixed well-separated centres (the same for every seed)."""
+    mu = _rng(99).standard_normal((centres, d)) * 6
+    rng = _rng(seed)
+    lab = rng.integers(centres, size=n)
+    return mu[lab] + spread * rng.standard_normal((n, d))
+
+
+# -- the k-NN room's cross-set queries -----------------------------------------------------------
+def test_knn_cross_equals_brute_force_with_ties():
+    rng = _rng(1)
+    base = rng.standard_normal((300, 20)).astype(np.float32)
+    q = np.vstack([rng.standard_normal((120, 20)).astype(np.float32), base[:15], base[:3]])
+    base = np.vstack([base, base[:5]])  # duplicate base rows: ties broken by lowest index
+    d, i = knn_cross(q, base, 4)
+    full = cdist(q.astype(np.float64), base.astype(np.float64), "sqeuclidean")
+    order = np.lexsort((np.broadcast_to(np.arange(len(base)), full.shape), full), axis=1)[:, :4]
+    np.testing.assert_array_equal(i, order)
+    np.testing.assert_allclose(d, np.take_along_axis(full, order, 1), rtol=1e-12, atol=1e-12)
+    assert (d[120:135, 0] == 0).all()
+
+
+def test_max_weighted_inverse_equals_brute_force():
+    rng = _rng(2)
+    base = rng.standard_normal((200, 12))
+    q = np.vstack([rng.standard_normal((90, 12)), base[7:8]])
+    w = rng.random(200)
+    w[::3] = 0.0
+    best, arg = max_weighted_inverse(q, base, w)
+    full = cdist(q, base, "sqeuclidean")
+    with np.errstate(divide="ignore"):
+        ratio = np.where(w > 0, w / full, -np.inf)
+    np.testing.assert_allclose(best[:-1], ratio[:-1].max(1), rtol=1e-12)
+    np.testing.assert_array_equal(arg[:-1], ratio[:-1].argmax(1))
+    assert best[-1] == np.inf and arg[-1] == 7
+
+
+# -- Vendi -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("q", [1.0, 2.0, 0.5, math.inf])
+@pytest.mark.parametrize("shape", [(40, 64), (300, 16)])
+def test_vendi_equals_vendi_score_package(q, shape):
+    from vendi_score import vendi
+
+    from varbench.metrics.vendi import vendi_score
+
+    x = _rng(3).standard_normal(shape)
+    ref = vendi.score_dual(x, q="inf" if math.isinf(q) else q)
+    assert vendi_score(x, q) == pytest.approx(ref, rel=1e-6)
+
+
+def test_vendi_closed_forms():
+    from varbench.metrics.vendi import vendi_score
+
+    assert vendi_score(np.eye(7)) == pytest.approx(7.0)  # 7 orthogonal rows: 7 distinct
+    assert vendi_score(np.ones((5, 3))) == pytest.approx(1.0)  # identical rows: one
+
+
+# -- authenticity (transcription of dgm-eval metrics/authpct.py) -------------------------------
+def _ref_authpct(train_feat, gen_feat):
+    train_feat = torch.tensor(train_feat, dtype=torch.float64)
+    gen_feat = torch.tensor(gen_feat, dtype=torch.float64)
+    real_dists = torch.cdist(train_feat, train_feat)
+    real_dists.fill_diagonal_(float("inf"))
+    gen_dists = torch.cdist(train_feat, gen_feat)
+    real_min_dists = real_dists.min(axis=0)
+    gen_min_dists = gen_dists.min(dim=0)
+    authen = real_min_dists.values[gen_min_dists.indices] < gen_min_dists.values
+    return (100 * torch.sum(authen) / len(authen)).item()
+
+
+def test_authpct_equals_dgm_eval():
+    from varbench.metrics.novelty import authpct
+
+    rng = _rng(4)
+    train = rng.standard_normal((400, 24))
+    gen = np.vstack([rng.standard_normal((250, 24)) * 0.9, train[:30] + 1e-3])
+    assert authpct(train, gen) == pytest.approx(
+        _ref_authpct(train, gen), abs=1e-4
+    )  # ref: float32 %
+    assert authpct(train, train[:50] + 0.0) == 0.0  # copies are never authentic
+
+
+# -- C_T (transcription of dgm-eval metrics/ct.py, sklearn's NN / KMeans / PCA) ----------------
+def _ref_zu(pn, qm, t):
+    from scipy.stats import mannwhitneyu
+    from sklearn.neighbors import NearestNeighbors as NN
+
+    m, n = qm.shape[0], pn.shape[0]
+    t_nn = NN(n_neighbors=1).fit(t)
+    lqm, _ = t_nn.kneighbors(X=qm, n_neighbors=1)
+    lpn, _ = t_nn.kneighbors(X=pn, n_neighbors=1)
+    u, _ = mannwhitneyu(lqm, lpn, alternative="less")
+    u = np.asarray(u).item()  # (1,) array from the (n, 1) inputs; NumPy 2 no longer unpacks it
+    mean = (n * m / 2) - 0.5
+    std = np.sqrt(n * m * (n + m + 1) / 12)
+    return (u - mean) / std
+
+
+def _ref_c_t(pn, pn_cells, qm, qm_cells, t, t_cells, tau):
+    m, n = qm.shape[0], pn.shape[0]
+    k = np.max(np.unique(t_cells)) + 1
+    labels, cts = np.unique(qm_cells, return_counts=True)
+    qm_cts = np.zeros(k)
+    qm_cts[labels.astype(int)] = cts
+    pi_tau = qm_cts / m > tau
+    labels, cts = np.unique(pn_cells, return_counts=True)
+    pn_cts = np.zeros(k)
+    pn_cts[labels.astype(int)] = cts
+    pn_of_pi = pn_cts / n
+    zus = np.zeros(len(np.unique(pn_cells)))
+    for i in range(len(zus)):
+        q = qm[qm_cells == i]
+        zus[i] = _ref_zu(pn[pn_cells == i], q, t[t_cells == i]) if len(q) else 0
+    return pn_of_pi[pi_tau].dot(zus[pi_tau]) / np.sum(pn_of_pi[pi_tau])
+
+
+def _ref_ct(train, test, gen, seed):
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    if train.shape[1] > 64:
+        pca = PCA(n_components=64, svd_solver="full").fit(train)
+        train, test, gen = pca.transform(train), pca.transform(test), pca.transform(gen)
+    km = KMeans(n_clusters=3, n_init=10, random_state=seed).fit(train)
+    cells = [km.predict(a) for a in (train, test, gen)]
+    return (
+        _ref_c_t(test, cells[1], gen, cells[2], train, cells[0], 20 / len(gen)),
+        (train, test, gen),
+        cells,
+    )
+
+
+def test_ct_score_equals_dgm_eval():
+    from varbench.metrics.novelty import ct_from_cells, ct_preprocess, ct_score
+
+    train = _clusters(600, 80, seed=5)
+    test = _clusters(300, 80, seed=6)
+    gen = np.vstack([_clusters(200, 80, seed=7, spread=0.45), train[:60] + 0.01])
+    ref, (tr, te, ge), cells = _ref_ct(train, test, gen, seed=0)
+    # same projected features and cells: the statistic itself
+    got_cells = ct_from_cells(tr, te, ge, cells[0], cells[1], cells[2], 20 / len(ge))
+    assert got_cells == pytest.approx(ref, rel=1e-9)
+    # exact PCA equals sklearn's full-SVD PCA up to each axis' sign
+    mine = ct_preprocess(train, test, gen)[0]
+    np.testing.assert_allclose(np.abs(mine), np.abs(tr), rtol=1e-6, atol=1e-8)
+    # end to end (our seeded k-means finds sklearn's cells on separated clusters)
+    value = ct_score(train, test, gen, seed=0)
+    assert value == pytest.approx(ref, rel=1e-6)
+    assert ct_score(train, test, gen, seed=0) == value  # seeded: same features, same number
+    assert value > 3  # wider than the data: underfitting
+    assert ct_score(train, test, train[:200] + 1e-3) < -3  # near copies: data copying
+
+
+# -- FLS (transcription of dgm-eval metrics/fls.py, on the CPU) --------------------------------
+def _ref_fls_both(train, baseline, test, gen):
+    feats = [torch.tensor(a, dtype=torch.float32) for a in (train, baseline, test, gen)]
+    allf = torch.cat(feats, 0)
+    mean, std = allf.mean(0), allf.std(0)
+    train, baseline, test, gen = [(f - mean) / std for f in feats]
+
+    def dists(a, b):
+        return (torch.cdist(a, b) ** 2).detach()
+
+    def nll(dd, ls, dim, detailed=False):
+        e = (-0.5 * dd) / torch.exp(ls)
+        e -= (dim / 2) * ls
+        e += torch.log(torch.tensor(1 / dd.shape[1]))
+        inner = torch.logsumexp(e, dim=1)
+        total = torch.mean(-inner)
+        return (total, -inner) if detailed else total
+
+    def optimise(x_data, x_kernel):
+        ls = torch.ones(x_kernel.shape[0], requires_grad=True)
+        ls.data = 0 * ls
+        opt = torch.optim.Adam([ls], lr=0.5)
+        sch = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[50], gamma=0.1)
+        dd = dists(x_data, x_kernel)
+        for _ in range(100):
+            loss = nll(dd, ls, x_data.shape[1])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sch.step()
+            with torch.no_grad():
+                ls.data = ls.clamp(-100, 20).data
+        return ls
+
+    def pairwise_ll(x_data, x_kernel, ls):
+        e = (-0.5 * dists(x_data, x_kernel)) / torch.exp(ls)
+        e -= (x_kernel.shape[1] / 2) * ls
+        e += torch.log(torch.tensor(1 / x_kernel.shape[0]))
+        return e
+
+    gls = optimise(train, gen)
+    gen_nll = nll(dists(test, gen), gls, gen.shape[1], True)[0].item()
+    bls = optimise(train, baseline)
+    base_nll = nll(dists(test, baseline), bls, baseline.shape[1], True)[0].item()
+    fls = math.e ** (-(2 * (gen_nll - base_nll) / train.shape[1])) * 100
+    size = min(test.shape[0], train.shape[0])
+    diff = pairwise_ll(train[:size], gen, gls).logsumexp(0) - pairwise_ll(
+        test[:size], gen, gls
+    ).logsumexp(0)
+    return fls, ((diff > 0).sum().item() / diff.shape[0]) * 100 - 50
+
+
+def test_fls_equals_dgm_eval():
+    from varbench.metrics.fls import fls, fls_overfit, fls_scores, fls_subsets
+
+    rng = _rng(8)
+    train = rng.standard_normal((160, 12))
+    test = rng.standard_normal((70, 12))
+    gen = np.vstack([rng.standard_normal((40, 12)) * 1.2, train[:40] + 0.01])
+    sets = fls_subsets(train, test, gen, seed=3)
+    assert [len(s) for s in sets] == [70, 70, 70, 70]
+    ref_fls, ref_over = _ref_fls_both(*sets)
+    got = fls_scores(*sets)
+    assert got["fls"] == pytest.approx(ref_fls, rel=1e-4)
+    assert got["fls_overfit"] == pytest.approx(ref_over, abs=1e-9)
+    assert fls(*sets) == got["fls"] and fls_overfit(*sets) == got["fls_overfit"]
+
+
+# -- FD-infinity (transcription of dgm-eval metrics/fd.py with our nested draws) ---------------
+def test_fd_infinity_equals_dgm_eval_fit():
+    from scipy import linalg
+    from sklearn.linear_model import LinearRegression
+
+    from varbench.metrics.fid import fd_infinity, fd_infinity_sizes
+
+    rng = _rng(9)
+    real = rng.standard_normal((500, 10))
+    fake = rng.standard_normal((400, 10)) * 1.1 + 0.2
+
+    def fd(mu1, mu2, s1, s2):
+        covmean = linalg.sqrtm(s1.dot(s2)).real
+        diff = mu1 - mu2
+        return diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+
+    batches = fd_infinity_sizes(len(fake))
+    assert batches[0] == 40 and batches[-1] == 400 and len(batches) == 15
+    perm = np.random.default_rng(4).permutation(len(fake))  # the draw fd_infinity documents
+    mu1, s1 = real.mean(0), np.cov(real, rowvar=False)
+    fds = []
+    for n in batches:
+        act = fake[perm[:n]]
+        fds.append(fd(mu1, act.mean(0), s1, np.cov(act, rowvar=False)))
+    reg = LinearRegression().fit(1 / batches.reshape(-1, 1), np.array(fds).reshape(-1, 1))
+    ref = reg.predict(np.array([[0]]))[0, 0]
+    assert fd_infinity(real, fake, seed=4) == pytest.approx(ref, rel=1e-8)
+
+
+# -- MiFID (torchmetrics) ----------------------------------------------------------------------
+@pytest.mark.parametrize("copy", [False, True])
+def test_mifid_equals_torchmetrics(copy):
+    from torchmetrics.image.mifid import _mifid_compute
+
+    from varbench.metrics.mifid import mifid
+
+    rng = _rng(10)
+    real = np.abs(rng.standard_normal((300, 16))) + 0.1
+    fake = np.abs(rng.standard_normal((250, 16))) * 1.1 + 0.1
+    if copy:  # memorised: every real image has a near copy, so the distance is < 0.1
+        fake = np.vstack([real + 1e-3 * rng.standard_normal(real.shape), fake[:10]])
+    r, f = torch.tensor(real), torch.tensor(fake)
+    ref = _mifid_compute(r.mean(0), torch.cov(r.T), r, f.mean(0), torch.cov(f.T), f).item()
+    assert mifid(real, fake) == pytest.approx(ref, rel=1e-6)
+
+
+# -- realism (transcription of dgm-eval metrics/prdc.py, realism=True) --------------------------
+def test_realism_equals_dgm_eval():
+    from varbench.metrics.realism import realism_scores
+
+    rng = _rng(11)
+    real = rng.standard_normal((300, 20))
+    fake = np.vstack([rng.standard_normal((120, 20)) * 1.3, real[5:6]])
+    dr = cdist(real, real)
+    radii = np.take_along_axis(dr, np.argpartition(dr, 4, axis=-1)[..., :4], -1).max(-1)
+    mask = radii < np.median(radii)
+    with np.errstate(divide="ignore"):
+        ref = (radii[mask][:, None] / cdist(real, fake)[mask]).max(axis=0)
+    got = realism_scores(real, fake, k=3)
+    np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-9)
+    assert np.array_equal(np.isinf(got), np.isinf(ref))
+
+
+# -- CMMD (transcription of google-research cmmd/distance.py, float64 NumPy) --------------------
+def _ref_mmd(x, y, sigma=10, scale=1000):
+    xx, yy, xy = x @ x.T, y @ y.T, x @ y.T
+    xs, ys = np.diag(xx), np.diag(yy)
+    gamma = 1 / (2 * sigma**2)
+    k_xx = np.mean(np.exp(-gamma * (-2 * xx + xs[:, None] + xs[None, :])))
+    k_xy = np.mean(np.exp(-gamma * (-2 * xy + xs[:, None] + ys[None, :])))
+    k_yy = np.mean(np.exp(-gamma * (-2 * yy + ys[:, None] + ys[None, :])))
+    return scale * (k_xx + k_yy - 2 * k_xy)
+
+
+def test_cmmd_equals_reference(monkeypatch):
+    import varbench.metrics.cmmd as cm
+
+    monkeypatch.setattr(cm, "_BLOCK", 128)  # several blocks, a ragged last one
+    rng = _rng(12)
+    x = rng.standard_normal((300, 64))
+    y = rng.standard_normal((210, 64)) + 0.15
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    ref = _ref_mmd(x, y)
+    assert cm.cmmd(x, y) == pytest.approx(ref, rel=1e-6)
+    assert cm.cmmd(x, x) == pytest.approx(0.0, abs=1e-7)
+    assert cm.cmmd(x[:50], y, sigma=2.0, scale=1.0) == pytest.approx(
+        _ref_mmd(x[:50], y, 2.0, 1.0), rel=1e-6
+    )
+
+
+# -- palette (Pylette) -------------------------------------------------------------------------
+def _blocks(colours, size=256, seed=0):
+    """A size x size image of vertical bands of the given colours, band widths varied."""
+    rng = _rng(seed)
+    w = rng.integers(10, 40, len(colours)).astype(float)
+    edges = np.round(np.cumsum(w) / w.sum() * size).astype(int)
+    img = np.zeros((size, size, 3), np.uint8)
+    start = 0
+    for c, e in zip(colours, edges, strict=True):
+        img[:, start:e] = c
+        start = e
+    return img
+
+
+def test_palette_equals_pylette():
+    from pylette import extract_colors
+
+    from varbench.metrics.palette import palette, palette_distance, palette_match
+
+    rng = _rng(13)
+    cols_a = rng.integers(0, 256, (10, 3))
+    cols_b = rng.integers(0, 256, (10, 3))
+    a, b = _blocks(cols_a, seed=1), _blocks(cols_b, seed=2)
+    for img in (a, b):
+        ref = np.array([c.rgb for c in extract_colors(img, palette_size=10).colors]) / 255.0
+        got = palette(img)
+        assert sorted(map(tuple, got)) == sorted(map(tuple, ref))
+    # the Hungarian matching is the brute-force minimum over assignments (small case)
+    from itertools import permutations
+
+    pa, pb = palette(a)[:6], palette(b)[:6]
+    brute = min(np.abs(pa - pb[list(p)]).sum() for p in permutations(range(6)))
+    assert palette_match(pa, pb) == pytest.approx(brute, rel=1e-12)
+    expected = palette_match(cols_a / 255.0, cols_b / 255.0)
+    assert palette_distance(a, b) == pytest.approx(expected, rel=1e-12)
+    assert palette_distance(a, a) == 0.0
+
+
+# -- CMMD's encoder: a tiny random-weight CLIP of the ViT-L/14-336 family ----------------------
+TINY_336 = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 336, "layers": 2, "width": 64, "head_width": 32, "patch_size": 14},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _ref_cmmd_pixels(image, size=336):
+    """Transcription of google-research cmmd io_util._center_crop_and_resize + CLIP scaling."""
+    from PIL import Image
+
+    im = Image.fromarray(image)
+    w, h = im.size
+    side = min(w, h)
+    top, left = (h - side) // 2, (w - side) // 2
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    x = np.asarray(im).astype(np.float32) / 255.0
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+    return torch.from_numpy((x - mean) / std).permute(2, 0, 1)[None]
+
+
+def test_clip_l336_encoder_on_a_tiny_random_clip(tmp_path, monkeypatch):
+    import time
+
+    import open_clip
+    from open_clip.factory import _MODEL_CONFIGS
+    from PIL import Image
+
+    from varbench.demo_data import demo_image
+    from varbench.encoders import encoder_registry
+    from varbench.encoders.clip336 import ClipL336Encoder
+    from varbench.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-empty"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty" / "hub"))
+    monkeypatch.delenv("VARBENCH_WEIGHTS_DIR", raising=False)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as err:
+        encoder_registry.get("clip_l336")().check_available()
+    assert time.perf_counter() - t0 < 5.0
+    msg = str(err.value)
+    assert "ViT-L-14-336-openai.safetensors" in msg and "varbench fetch --encoders clip_l336" in msg
+
+    monkeypatch.setitem(_MODEL_CONFIGS, "Tiny-14-336-quickgelu", TINY_336)
+
+    class Tiny(ClipL336Encoder):
+        model_name = "Tiny-14-336"
+
+    torch.manual_seed(0)
+    src = open_clip.create_model("Tiny-14-336-quickgelu").eval()
+    assert src.visual.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU"
+    path = tmp_path / "tiny336.pt"
+    torch.save(src.state_dict(), path)
+    ims = [demo_image(i, 7 + i) for i in range(3)]
+    ims.append(np.asarray(Image.fromarray(ims[0]).resize((97, 64))))  # odd rectangle: crop offsets
+    enc = Tiny(weights=str(path))
+    enc.check_available()
+    got = enc.encode(ims)
+    with torch.no_grad():
+        ref = torch.cat([src.encode_image(_ref_cmmd_pixels(im)) for im in ims]).double().numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-12)
+    assert enc.config()["resize_mode"] == "pil_centre_square_bicubic_336"
+
+
+# -- registered metrics inside a real run, and in `varbench list metrics` ----------------------
+def test_new_metrics_in_a_demo_run(tmp_path):
+    import json
+    import re
+
+    from conftest import run_json
+
+    from varbench.metrics.palette import palette_distance
+
+    src = (Path(__file__).parents[1] / "protocols" / "demo_1shot.toml").read_text()
+    src = src.replace('name = "demo_1shot"', 'name = "demo_novelty"')
+    src = re.sub(
+        r"(?m)^metrics = .*$",
+        'metrics = ["vendi", "authpct", "ct", "fls", "fd_infinity", "mifid", "realism", "palette"]',
+        src,
+    )
+    proto = tmp_path / "demo_novelty.toml"
+    proto.write_text(src)
+    out = tmp_path / "runs"
+    row = run_json("run", "--model", "copy", "--protocol", str(proto), "--out", str(out))[0]
+    for key in ("authpct", "fd_infinity", "mifid", "realism_median", "fls", "vendi_cond_mean"):
+        assert np.isfinite(row[key]), key
+    assert row["palette_distance_mean"] == 0.0  # copies have their conditioning image's palette
+    assert row["authpct"] == 0.0  # and are never authentic
+    arts = {p.stem: json.loads(p.read_text()) for p in out.rglob("artifacts/*.json")}
+    per_cond = arts["vendi"]["per_cond"]
+    assert len(per_cond) == 10 and all(v == pytest.approx(1.0) for v in per_cond.values())
+    assert len(arts["palette"]["per_sample"]) == row["n_samples"]
+    run_json("report", "--runs", str(out), "--out", str(tmp_path / "r.html"))
+    html = (tmp_path / "r.html").read_text()
+    assert "<h3>Diversity</h3>" in html and "Vendi score of one image" in html
+    names = {m["name"] for m in run_json("list", "metrics")}
+    assert {"vendi", "vendi_dinov2", "vendi_inception", "cmmd", "authpct", "ct", "fls"} <= names
+    assert {"mifid", "palette", "realism", "fd_infinity"} <= names
+    assert palette_distance(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)) == 0.0

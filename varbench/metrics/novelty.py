@@ -1,0 +1,147 @@
+"""Novelty against the training (reference) set: authenticity (AuthPct) and the C_T test.
+
+* ``authpct`` (Alaa et al. 2022 as dgm-eval computes it): a generated point is authentic when
+  the training point nearest to it is closer to its own nearest other training point than to
+  the generated point (strict ``<``); the percentage of authentic points.
+* ``ct_score`` (Meehan et al. 2020, dgm-eval's ``compute_CTscore``): features projected to
+  their first 64 principal components (fitted on train) when wider, k-means cells fitted on
+  train, in each cell the Mann-Whitney U of generated vs test distances to the nearest
+  training point, Z-scored with the continuity correction; cells holding more than
+  ``min_gen`` generated points (tau = 20 / m in dgm-eval) averaged with weights = test mass.
+  C_T << 0 means copying, >> 0 underfitting.
+
+Nearest neighbours come from the exact engine ``varbench.metrics.knn``; PCA is exact (an
+eigendecomposition, where scikit-learn may use a randomised solver) and k-means is seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+from varbench.metrics.base import Metric
+from varbench.metrics.kmeans import assign, kmeans
+from varbench.metrics.knn import knn_cross, knn_exact
+
+log = logging.getLogger(__name__)
+
+KEY_AUTHPCT = "authpct"
+KEY_CT = "ct_score"
+CT_PCA_DIM = 64
+CT_CELLS = 3
+CT_MIN_GEN = 20
+
+
+class CTCellError(ValueError):
+    """A C_T cell holds no test (held-out) or no training point."""
+
+
+def authpct(train: np.ndarray, gen: np.ndarray) -> float:
+    """Percentage of generated points farther from their nearest training point than it is
+    from its own nearest other training point."""
+    train_nn = np.sqrt(knn_exact(train, 1)[0][:, 0])
+    d, idx = knn_cross(gen, train, 1)
+    return float(100.0 * np.mean(train_nn[idx[:, 0]] < np.sqrt(d[:, 0])))
+
+
+def pca_fit(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and the ``dim`` leading principal axes (d, dim) of the rows of x (exact)."""
+    x = np.asarray(x, np.float64)
+    mu = x.mean(axis=0)
+    c = x - mu
+    w, v = np.linalg.eigh(c.T @ c)
+    return mu, v[:, np.argsort(w)[::-1][:dim]]
+
+
+def ct_preprocess(train, test, gen, dim: int = CT_PCA_DIM):
+    """The three sets projected on train's first ``dim`` principal components when wider."""
+    train, test, gen = (np.asarray(a, np.float64) for a in (train, test, gen))
+    if train.shape[1] <= dim:
+        return train, test, gen
+    mu, axes = pca_fit(train, dim)
+    return tuple((a - mu) @ axes for a in (train, test, gen))
+
+
+def zu(test: np.ndarray, gen: np.ndarray, train: np.ndarray) -> float:
+    """Continuity-corrected Z of the Mann-Whitney U of gen vs test distances to train's 1-NN."""
+    m, n = len(gen), len(test)
+    lq = np.sqrt(knn_cross(gen, train, 1)[0][:, 0])
+    lp = np.sqrt(knn_cross(test, train, 1)[0][:, 0])
+    u = float(mannwhitneyu(lq, lp, alternative="less").statistic)
+    return (u - (n * m / 2.0 - 0.5)) / math.sqrt(n * m * (n + m + 1) / 12.0)
+
+
+def ct_from_cells(train, test, gen, train_cells, test_cells, gen_cells, tau: float) -> float:
+    """C_T from cell labels: test-mass-weighted mean of per-cell Z over cells with gen share > tau."""
+    k = int(np.max(train_cells)) + 1
+    m, n = len(gen), len(test)
+    gen_share = np.bincount(gen_cells, minlength=k)[:k] / m
+    test_share = np.bincount(test_cells, minlength=k)[:k] / n
+    z = np.zeros(k)
+    for c in range(k):
+        t, p, q = train[train_cells == c], test[test_cells == c], gen[gen_cells == c]
+        if len(t) == 0 or len(p) == 0:
+            raise CTCellError(
+                f"C_T cell {c} lacks test and/or training points; use more held-out images "
+                "or fewer cells"
+            )
+        if len(q):
+            z[c] = zu(p, q, t)
+    use = gen_share > tau
+    if not use.any():
+        return math.nan
+    return float(test_share[use] @ z[use] / test_share[use].sum())
+
+
+def ct_score(
+    train: np.ndarray,
+    test: np.ndarray,
+    gen: np.ndarray,
+    n_cells: int = CT_CELLS,
+    min_gen: int = CT_MIN_GEN,
+    seed: int = 0,
+    pca_dim: int = CT_PCA_DIM,
+) -> float:
+    """Meehan et al.'s C_T data-copying statistic with held-out ``test`` points (seeded)."""
+    tr, te, ge = ct_preprocess(train, test, gen, pca_dim)
+    centres, train_cells, _ = kmeans(tr, n_cells, seed=seed, n_init=10)
+    return ct_from_cells(
+        tr, te, ge, train_cells, assign(te, centres), assign(ge, centres), min_gen / len(ge)
+    )
+
+
+class AuthPctMetric(Metric):
+    """AuthPct of the samples against the references, in the protocol's default feature space."""
+
+    name = "authpct"
+    keys = (KEY_AUTHPCT,)
+    encoders: tuple[str, ...] = ()
+
+    def compute(self, ctx) -> dict[str, float]:
+        return {KEY_AUTHPCT: authpct(ctx.real(), ctx.fake())}
+
+
+class CTScoreMetric(Metric):
+    """C_T with the references as training set and the run's held-out real images as test set
+    (``ct_heldout_per_class`` per class, default all), seeded by the protocol seed."""
+
+    name = "ct"
+    keys = (KEY_CT,)
+    encoders: tuple[str, ...] = ()
+
+    def compute(self, ctx) -> dict[str, float]:
+        per_class = int(ctx.options.get("ct_heldout_per_class", 10**9))
+        hashes, _ = ctx.heldout(per_class)
+        if not hashes:
+            log.warning("C_T needs held-out real images and this run has none: ct_score is NaN")
+            return {KEY_CT: math.nan}
+        test = ctx.features_of(hashes)
+        try:
+            value = ct_score(ctx.real(), test, ctx.fake(), seed=int(ctx.seed))
+        except CTCellError as exc:
+            log.warning("ct_score is NaN: %s", exc)
+            value = math.nan
+        return {KEY_CT: value}

@@ -1,0 +1,58 @@
+"""Realism score of each sample (Kynkäänniemi et al. 2019, eq. 3), as dgm-eval reports it.
+
+R(g) = max over references r with k-NN radius below the median of radius(r) / |g - r|
+(Euclidean, k-th nearest other reference; half of the spheres, the largest, are dropped as
+the paper does). Radii and the maximum are exact (``varbench.metrics.knn``); a sample equal
+to an eligible reference gets inf. The result columns are the median and mean of the finite
+scores and the share of samples with R >= 1 (inside some kept sphere).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from varbench.metrics.base import Metric
+from varbench.metrics.knn import knn_exact, max_weighted_inverse
+
+KEY_REALISM_MEDIAN = "realism_median"
+KEY_REALISM_MEAN = "realism_mean"
+KEY_REALISM_FRAC = "realism_frac_ge1"
+
+
+def realism_scores(real: np.ndarray, fake: np.ndarray, k: int = 3) -> np.ndarray:
+    """Realism score (m,) of each fake row against the real set."""
+    radii_sq = knn_exact(real, k)[0][:, k - 1]
+    radii = np.sqrt(radii_sq)
+    eligible = radii < np.median(radii)
+    best, _ = max_weighted_inverse(fake, real, np.where(eligible, radii_sq, 0.0))
+    return np.sqrt(best)
+
+
+def realism_summary(scores: np.ndarray) -> dict[str, float]:
+    """Median and mean of finite scores; share of scores >= 1."""
+    s = np.asarray(scores, np.float64)
+    fin = s[np.isfinite(s)]
+    return {
+        KEY_REALISM_MEDIAN: float(np.median(fin)) if len(fin) else float("nan"),
+        KEY_REALISM_MEAN: float(fin.mean()) if len(fin) else float("nan"),
+        KEY_REALISM_FRAC: float(np.mean(s >= 1.0)) if len(s) else float("nan"),
+    }
+
+
+class RealismMetric(Metric):
+    """Per-sample realism (k = ``realism_k``, default 3) in the protocol's default feature space."""
+
+    name = "realism"
+    keys = (KEY_REALISM_MEDIAN, KEY_REALISM_MEAN, KEY_REALISM_FRAC)
+    encoders: tuple[str, ...] = ()
+
+    def compute(self, ctx) -> dict[str, float]:
+        self._k = int(ctx.options.get("realism_k", 3))
+        self._scores = realism_scores(ctx.real(), ctx.fake(), self._k)
+        return realism_summary(self._scores)
+
+    def artifacts(self, ctx) -> dict[str, object]:
+        return {
+            "k": self._k,
+            "per_sample": [float(v) if np.isfinite(v) else None for v in self._scores],
+        }
