@@ -85,8 +85,8 @@ def run(model: str, tiny, out: Path, tmp_path: Path, *extra: str) -> list[dict]:
 @pytest.mark.parametrize("model", MODELS)
 def test_full_demo_run_is_bit_identical_across_processes_and_batch_sizes(model, tiny, tmp_path):
     """demo_1shot: 10 classes x 10 samples at 64 px, generated in groups of >= 8 per pipeline
-    call; --batch-size 7 split into shards 2/3, 0/3, 1/3, a resume after losing samples, and a
-    run killed with SIGKILL mid-generation then resumed reproduce every PNG byte for byte."""
+    call; --batch-size 7 split into shards 2/3, 0/3 (killed with SIGKILL mid-generation, then
+    resumed), 1/3, and a resume after losing samples reproduce every PNG byte for byte."""
     rows = run(model, tiny, tmp_path / "a", tmp_path, "--batch-size", "1")
     assert len(rows) == 1
     row = rows[0]
@@ -105,36 +105,40 @@ def test_full_demo_run_is_bit_identical_across_processes_and_batch_sizes(model, 
     assert len({im.tobytes() for im in images}) == 100  # every seed gives its own image
     assert all(im.std() > 1.0 for im in images)  # not blank
 
-    for shard in ("2/3", "0/3", "1/3"):
-        last = run(model, tiny, tmp_path / "b", tmp_path, "--batch-size", "7", "--shard", shard)
-    first, again = read_pngs(tmp_path / "a"), read_pngs(tmp_path / "b")
+    out = tmp_path / "b"
+    run(model, tiny, out, tmp_path, "--batch-size", "7", "--shard", "2/3")
+    done = len(list(out.rglob("samples/**/*.png")))
+    # kill -9 in the middle of shard 0/3's generation, then the same command: the same bytes
+    killed = kill_when_samples_exist(
+        model, tiny, out, tmp_path, at_least=done + 10, extra=("--shard", "0/3")
+    )
+    assert done + 10 <= killed < 100
+    run(model, tiny, out, tmp_path, "--batch-size", "7", "--shard", "0/3")
+    last = run(model, tiny, out, tmp_path, "--batch-size", "7", "--shard", "1/3")
+    first, again = read_pngs(tmp_path / "a"), read_pngs(out)
     assert len(first) == 100 and first == again
     assert last[0]["fid"] == row["fid"] and last[0]["recall"] == row["recall"]
     # resume: an interrupted run lost samples inside groups; they come back bit-identical
-    run_dir = next((tmp_path / "b").iterdir())
+    run_dir = next(out.iterdir())
     for victim in sorted(run_dir.rglob("samples/**/*.png"))[5:17:4]:
         victim.unlink()
     (run_dir / "results.parquet").unlink()
     for stored in run_dir.glob("points/*/result.json"):
         stored.unlink()
-    resumed = run(model, tiny, tmp_path / "b", tmp_path)
-    assert read_pngs(tmp_path / "b") == first and resumed[0]["fid"] == row["fid"]
-
-    # kill -9 in the middle of generation, then the same command: the same bytes
-    killed = kill_when_samples_exist(model, tiny, tmp_path / "c", tmp_path, at_least=20)
-    assert 20 <= killed < 100
-    again = run(model, tiny, tmp_path / "c", tmp_path)
-    assert read_pngs(tmp_path / "c") == first and again[0]["fid"] == row["fid"]
+    resumed = run(model, tiny, out, tmp_path)
+    assert read_pngs(out) == first and resumed[0]["fid"] == row["fid"]
 
 
-def kill_when_samples_exist(model: str, tiny, out: Path, tmp_path: Path, at_least: int) -> int:
+def kill_when_samples_exist(
+    model: str, tiny, out: Path, tmp_path: Path, at_least: int, extra: tuple[str, ...] = ()
+) -> int:
     """Start `varbench run`, SIGKILL it once ``at_least`` sample PNGs exist; the count then."""
     import signal
     import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "varbench.cli", "run", *model_args(model, tiny)]
-    cmd += ["--protocol", "demo_1shot", *FAST, "--out", str(out)]
+    cmd += ["--protocol", "demo_1shot", *FAST, *extra, "--out", str(out)]
     proc = subprocess.Popen(
         cmd,
         env={**os.environ, **offline_env(tmp_path), "VARBENCH_NO_PROGRESS": "1"},
