@@ -394,6 +394,13 @@ def point_bookkeeping(store: RunStore, pid: str) -> tuple[dict, int, list]:
     return timing, n_nan, read_json_or(point_dir / "warnings.json", [])
 
 
+def check_weights(ctx: FeatureContext, names: Sequence[str]) -> None:
+    """Create the default encoder and every encoder the metrics declare: missing weights fail
+    within seconds, before any image is encoded."""
+    for name in [ctx.default_encoder, *(e for n in names for e in metric_registry.get(n).encoders)]:
+        ctx.encoder(name)
+
+
 def score_folders(
     real_dir: Path,
     fake_dir: Path,
@@ -433,8 +440,7 @@ def score_folders(
         options,
         prep=prep,
     )
-    for name in [encoder, *(e for n in names for e in metric_registry.get(n).encoders)]:
-        ctx.encoder(name)  # fail within seconds if any weights are missing
+    check_weights(ctx, names)
     values: dict[str, Any] = {}
     for name in names:
         values.update(metric_registry.get(name)().compute(ctx))

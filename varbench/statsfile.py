@@ -48,6 +48,7 @@ from varbench.prepare import ImagePrep
 from varbench.scoring import (
     FeatureContext,
     FolderContext,
+    check_weights,
     folder_prep,
     parse_metric_options,
     resolve_metric_names,
@@ -355,8 +356,7 @@ def score_against_file(
                 f"{', '.join(FROM_STATISTICS)} can be computed. Fix: pass the reference image "
                 "folder or an ADM batch with images (arr_0) to --real, or drop these metrics"
             )
-    for name in [encoder, *(e for n in names for e in metric_registry.get(n).encoders)]:
-        ctx.encoder(name)  # fail within seconds if any weights are missing
+    check_weights(ctx, names)
     fake = ctx.fake()
     check_compatible(ref, enc, prep, int(fake.shape[1]))
     values: dict[str, Any] = {}
