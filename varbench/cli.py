@@ -490,6 +490,7 @@ class PlotKind(str, Enum):
     memorisation = "memorisation"
     grid = "grid"
     contrast = "contrast"
+    vendi = "vendi"
 
 
 class PlotFormat(str, Enum):
@@ -504,7 +505,7 @@ def plot(
         Path("runs"), "--runs", help="folder searched recursively for run folders"
     ),
     kind: PlotKind = typer.Option(
-        ..., "--kind", help="sweep | pr | memorisation | grid | contrast"
+        ..., "--kind", help="sweep | pr | memorisation | grid | contrast | vendi"
     ),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the figure files"),
     fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", "-f", help="png | svg | pdf"),
