@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from varbench.compare import paired_interval, unpaired_interval, verdict
+from varbench.errors import UsageError
 from varbench.metrics.bootstrap import half_samples
 from varbench.metrics.fid import fid_from_features
 
@@ -113,8 +114,67 @@ def test_compare_cli_pairs_the_runs_own_half_samples(two_runs):
                     "--models", "oracle,copy", "--metrics", "fid").stdout  # fmt: skip
     assert "oracle better" in table and "recall" not in table
     bad = run_cli("compare", "--runs", str(out), "--protocol", "demo_1shot",
-                  "--models", "oracle,copy", "--metrics", "kid", check=False)  # fmt: skip
-    assert bad.returncode == 2 and "supported: fid, precision, recall" in bad.stderr
+                  "--models", "oracle,copy", "--metrics", "isc,fid", check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--metrics isc" in bad.stderr
+    assert "supported: fid, precision, recall, density, coverage, kid, fd_dinov2" in bad.stderr
+
+
+def test_compare_density_coverage_kid_on_the_same_half_samples(two_runs):
+    """The other statistics with a half-sample path: full values equal the runs' rows, the
+    replicates are the class half-samples of the runs' own intervals (bootstrap.half_samples)."""
+    from varbench.compare import compare_runs, extra_values, point_features
+    from varbench.metrics.bootstrap import Z95, half_samples
+    from varbench.runview import load_runs
+
+    out, rows = two_runs
+    got = compare_runs(out, "demo_1shot", "oracle", "copy", ["coverage", "kid", "density"])
+    assert [r["metric"] for r in got] == ["coverage", "kid", "density"]
+    for r in got:
+        m = r["metric"]
+        assert r["a"] == rows["oracle"][m] and r["b"] == rows["copy"][m]
+        assert r["lo"] <= r["diff"] <= r["hi"]
+        assert r["method"] == "paired_class_half_sampling"
+    by = {r["metric"]: r for r in got}
+    assert by["coverage"]["verdict"] == "A better"  # copies cover 1 reference in 10
+    # the interval by hand: coverage on the same 50 class half-samples of both runs
+    runs = {r.model: r for r in load_runs(out)}
+    fa, fb = (point_features(runs[m].folder, "default", runs[m].points[0].row) for m in
+              ("oracle", "copy"))  # fmt: skip
+    _, draws = half_samples(fa.real_class, fa.fake_class, 50, fa.seed)
+    d = [
+        extra_values(["coverage"], {None: (fa.real, fa.fake)}, {}, i, j)[0]
+        - extra_values(["coverage"], {None: (fb.real, fb.fake)}, {}, i, j)[0]
+        for i, j in draws
+    ]
+    sd = float(np.std(d, ddof=1))
+    diff = by["coverage"]["diff"]
+    assert by["coverage"]["lo"] == pytest.approx(diff - Z95 * sd, rel=1e-12)
+    assert by["coverage"]["hi"] == pytest.approx(diff + Z95 * sd, rel=1e-12)
+
+
+def test_compare_uses_the_runs_recorded_metric_options(two_runs, tmp_path):
+    """k of precision/recall is the one the runs were scored with (--set prc_k=5), recorded in
+    each point's result.json; runs scored with different k are refused, naming the option."""
+    from varbench.compare import compare_points, compare_runs, point_features
+    from varbench.runner import RunConfig, run
+    from varbench.runview import load_runs
+
+    out, _ = two_runs
+    rows = {m: run(RunConfig(model=m, protocol="demo_1shot", out=tmp_path,
+                             sets={"prc_k": "5"}))[0] for m in ("oracle", "copy")}  # fmt: skip
+    got = {r["metric"]: r for r in compare_runs(tmp_path, "demo_1shot", "oracle", "copy")}
+    for m in ("precision", "recall"):
+        assert got[m]["a"] == rows["oracle"][m] and got[m]["b"] == rows["copy"][m]
+    three = {r.model: r for r in load_runs(out)}
+    five = {r.model: r for r in load_runs(tmp_path)}
+    pr3 = [three["oracle"].points[0].row[m] for m in ("precision", "recall")]
+    assert [rows["oracle"][m] for m in ("precision", "recall")] != pr3  # k matters here
+    f5 = point_features(five["oracle"].folder, "default", five["oracle"].points[0].row)
+    f3 = point_features(three["copy"].folder, "default", three["copy"].points[0].row)
+    assert f5.prc_k == 5 and f3.prc_k == 3
+    with pytest.raises(UsageError, match=r"prc_k: 5 vs default"):
+        compare_points(f5, f3, ["recall"])
+    assert compare_points(f5, f3, ["fid"])["fid"]["a"] == rows["oracle"]["fid"]  # k unused
 
 
 def test_leaderboard_json_and_report_show_best_against_best(two_runs):
@@ -133,3 +193,13 @@ def test_leaderboard_json_and_report_show_best_against_best(two_runs):
     assert vs["fid"]["better"] == "oracle" and vs["recall"]["better"] == "oracle"
     html = build_report(out)
     assert '<table id="paired">' in html and "oracle</span>" in html
+
+
+def test_leaderboard_json_no_compare_skips_the_paired_comparison(two_runs):
+    from conftest import run_json
+
+    out, rows = two_runs  # (the json with the comparison: the test above, same code path)
+    got = run_json("leaderboard", "--runs", str(out), "--no-published", "--format", "json",
+                   "--no-compare")  # fmt: skip
+    assert all("vs_best" not in r for r in got)
+    assert {r["model"]: r["fid"] for r in got} == {m: rows[m]["fid"] for m in rows}
