@@ -116,40 +116,46 @@ def test_compare_cli_pairs_the_runs_own_half_samples(two_runs):
     bad = run_cli("compare", "--runs", str(out), "--protocol", "demo_1shot",
                   "--models", "oracle,copy", "--metrics", "isc,fid", check=False)  # fmt: skip
     assert bad.returncode == 2 and "--metrics isc" in bad.stderr
-    assert "supported: fid, precision, recall, density, coverage, kid, fd_dinov2" in bad.stderr
+    assert "supported: fid, precision, recall, density, kid, fd_dinov2" in bad.stderr
 
 
-def test_compare_density_coverage_kid_on_the_same_half_samples(two_runs):
+def test_compare_density_and_kid_on_the_same_half_samples(two_runs):
     """The other statistics with a half-sample path: full values equal the runs' rows, the
-    replicates are the class half-samples of the runs' own intervals (bootstrap.half_samples)."""
-    from varbench.compare import compare_runs, extra_values, point_features
+    replicates are the class half-samples of the runs' own intervals (bootstrap.half_samples);
+    coverage is refused (its paired interval under-covers)."""
+    from dataclasses import replace
+
+    from varbench.compare import compare_points, compare_runs, extra_values, point_features
     from varbench.metrics.bootstrap import Z95, half_samples
+    from varbench.metrics.kid import kid_features_to_metric
     from varbench.runview import load_runs
 
     out, rows = two_runs
-    got = compare_runs(out, "demo_1shot", "oracle", "copy", ["coverage", "kid", "density"])
-    assert [r["metric"] for r in got] == ["coverage", "kid", "density"]
-    for r in got:
-        m = r["metric"]
-        assert r["a"] == rows["oracle"][m] and r["b"] == rows["copy"][m]
-        assert r["lo"] <= r["diff"] <= r["hi"]
-        assert r["method"] == "paired_class_half_sampling"
-    by = {r["metric"]: r for r in got}
-    assert by["coverage"]["verdict"] == "A better"  # copies cover 1 reference in 10
-    # the interval by hand: coverage on the same 50 class half-samples of both runs
+    with pytest.raises(UsageError, match=r"--metrics coverage: .*under-covers"):
+        compare_runs(out, "demo_1shot", "oracle", "copy", ["coverage", "kid"])
+    (got,) = compare_runs(out, "demo_1shot", "oracle", "copy", ["density"])
+    assert got["a"] == rows["oracle"]["density"] and got["b"] == rows["copy"]["density"]
+    assert got["method"] == "paired_class_half_sampling" and got["replicates"] == 50
+    # the interval by hand: density on the same 50 class half-samples of both runs
     runs = {r.model: r for r in load_runs(out)}
     fa, fb = (point_features(runs[m].folder, "default", runs[m].points[0].row) for m in
               ("oracle", "copy"))  # fmt: skip
     _, draws = half_samples(fa.real_class, fa.fake_class, 50, fa.seed)
     d = [
-        extra_values(["coverage"], {None: (fa.real, fa.fake)}, {}, i, j)[0]
-        - extra_values(["coverage"], {None: (fb.real, fb.fake)}, {}, i, j)[0]
+        extra_values(["density"], {None: (fa.real, fa.fake)}, {}, i, j)[0]
+        - extra_values(["density"], {None: (fb.real, fb.fake)}, {}, i, j)[0]
         for i, j in draws
     ]
     sd = float(np.std(d, ddof=1))
-    diff = by["coverage"]["diff"]
-    assert by["coverage"]["lo"] == pytest.approx(diff - Z95 * sd, rel=1e-12)
-    assert by["coverage"]["hi"] == pytest.approx(diff + Z95 * sd, rel=1e-12)
+    assert got["diff"] == pytest.approx(got["a"] - got["b"], abs=1e-12)
+    assert got["lo"] == pytest.approx(got["diff"] - Z95 * sd, rel=1e-12)
+    assert got["hi"] == pytest.approx(got["diff"] + Z95 * sd, rel=1e-12)
+    # KID with the options a run records (10 subsets and 10 replicates here, for speed)
+    fa, fb = (replace(f, options={"kid_subsets": 10}, replicates=10) for f in (fa, fb))
+    kid = compare_points(fa, fb, ["kid"])["kid"]
+    assert kid["a"] == kid_features_to_metric(fa.fake, fa.real, subsets=10)["kid"]
+    assert kid["b"] == kid_features_to_metric(fb.fake, fb.real, subsets=10)["kid"]
+    assert kid["lo"] <= kid["diff"] <= kid["hi"] and kid["replicates"] == 10
 
 
 def test_compare_uses_the_runs_recorded_metric_options(two_runs, tmp_path):

@@ -644,7 +644,7 @@ def compare(
     metrics_: str = typer.Option(
         "fid,precision,recall",
         "--metrics",
-        help="comma-separated: fid, precision, recall, density, coverage, kid, fd_dinov2",
+        help="comma-separated: fid, precision, recall, density, kid, fd_dinov2",
     ),
     weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
     cache_dir: Path = typer.Option(
