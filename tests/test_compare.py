@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from varbench.compare import paired_interval, unpaired_interval, verdict
+from varbench.errors import UsageError
 from varbench.metrics.bootstrap import half_samples
 from varbench.metrics.fid import fid_from_features
 
@@ -113,8 +114,73 @@ def test_compare_cli_pairs_the_runs_own_half_samples(two_runs):
                     "--models", "oracle,copy", "--metrics", "fid").stdout  # fmt: skip
     assert "oracle better" in table and "recall" not in table
     bad = run_cli("compare", "--runs", str(out), "--protocol", "demo_1shot",
-                  "--models", "oracle,copy", "--metrics", "kid", check=False)  # fmt: skip
-    assert bad.returncode == 2 and "supported: fid, precision, recall" in bad.stderr
+                  "--models", "oracle,copy", "--metrics", "isc,fid", check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--metrics isc" in bad.stderr
+    assert "supported: fid, precision, recall, density, kid, fd_dinov2" in bad.stderr
+
+
+def test_compare_density_and_kid_on_the_same_half_samples(two_runs):
+    """The other statistics with a half-sample path: full values equal the runs' rows, the
+    replicates are the class half-samples of the runs' own intervals (bootstrap.half_samples);
+    coverage is refused (its paired interval under-covers)."""
+    from dataclasses import replace
+
+    from varbench.compare import compare_points, compare_runs, extra_values, point_features
+    from varbench.metrics.bootstrap import Z95, half_samples
+    from varbench.metrics.kid import kid_features_to_metric
+    from varbench.runview import load_runs
+
+    out, rows = two_runs
+    with pytest.raises(UsageError, match=r"--metrics coverage: .*under-covers"):
+        compare_runs(out, "demo_1shot", "oracle", "copy", ["coverage", "kid"])
+    (got,) = compare_runs(out, "demo_1shot", "oracle", "copy", ["density"])
+    assert got["a"] == rows["oracle"]["density"] and got["b"] == rows["copy"]["density"]
+    assert got["method"] == "paired_class_half_sampling" and got["replicates"] == 50
+    # the interval by hand: density on the same 50 class half-samples of both runs
+    runs = {r.model: r for r in load_runs(out)}
+    fa, fb = (point_features(runs[m].folder, "default", runs[m].points[0].row) for m in
+              ("oracle", "copy"))  # fmt: skip
+    _, draws = half_samples(fa.real_class, fa.fake_class, 50, fa.seed)
+    d = [
+        extra_values(["density"], {None: (fa.real, fa.fake)}, {}, i, j)[0]
+        - extra_values(["density"], {None: (fb.real, fb.fake)}, {}, i, j)[0]
+        for i, j in draws
+    ]
+    sd = float(np.std(d, ddof=1))
+    assert got["diff"] == pytest.approx(got["a"] - got["b"], abs=1e-12)
+    assert got["lo"] == pytest.approx(got["diff"] - Z95 * sd, rel=1e-12)
+    assert got["hi"] == pytest.approx(got["diff"] + Z95 * sd, rel=1e-12)
+    # KID with the options a run records (10 subsets and 10 replicates here, for speed)
+    fa, fb = (replace(f, options={"kid_subsets": 10}, replicates=10) for f in (fa, fb))
+    kid = compare_points(fa, fb, ["kid"])["kid"]
+    assert kid["a"] == kid_features_to_metric(fa.fake, fa.real, subsets=10)["kid"]
+    assert kid["b"] == kid_features_to_metric(fb.fake, fb.real, subsets=10)["kid"]
+    assert kid["lo"] <= kid["diff"] <= kid["hi"] and kid["replicates"] == 10
+
+
+def test_compare_uses_the_runs_recorded_metric_options(two_runs, tmp_path):
+    """k of precision/recall is the one the runs were scored with (--set prc_k=5), recorded in
+    each point's result.json; runs scored with different k are refused, naming the option."""
+    from varbench.compare import compare_points, compare_runs, point_features
+    from varbench.runner import RunConfig, run
+    from varbench.runview import load_runs
+
+    out, _ = two_runs
+    rows = {m: run(RunConfig(model=m, protocol="demo_1shot", out=tmp_path,
+                             sets={"prc_k": "5"}))[0] for m in ("oracle", "copy")}  # fmt: skip
+    got = {r["metric"]: r for r in compare_runs(tmp_path, "demo_1shot", "oracle", "copy")}
+    for m in ("precision", "recall"):
+        assert got[m]["a"] == rows["oracle"][m] and got[m]["b"] == rows["copy"][m]
+    three = {r.model: r for r in load_runs(out)}
+    five = {r.model: r for r in load_runs(tmp_path)}
+    pr3 = [three["oracle"].points[0].row[m] for m in ("precision", "recall")]
+    assert [rows["oracle"][m] for m in ("precision", "recall")] != pr3  # k matters here
+    f5 = point_features(five["oracle"].folder, "default", five["oracle"].points[0].row)
+    f3 = point_features(three["copy"].folder, "default", three["copy"].points[0].row)
+    assert f5.prc_k == 5 and f3.prc_k == 3
+    with pytest.raises(UsageError, match=r"prc_k: 5 vs default"):
+        compare_points(f5, f3, ["recall"])
+    assert compare_points(f5, f3, ["fid"])["fid"]["a"] == rows["oracle"]["fid"]  # k unused
 
 
 def test_leaderboard_json_and_report_show_best_against_best(two_runs):
@@ -133,3 +199,13 @@ def test_leaderboard_json_and_report_show_best_against_best(two_runs):
     assert vs["fid"]["better"] == "oracle" and vs["recall"]["better"] == "oracle"
     html = build_report(out)
     assert '<table id="paired">' in html and "oracle</span>" in html
+
+
+def test_leaderboard_json_no_compare_skips_the_paired_comparison(two_runs):
+    from conftest import run_json
+
+    out, rows = two_runs  # (the json with the comparison: the test above, same code path)
+    got = run_json("leaderboard", "--runs", str(out), "--no-published", "--format", "json",
+                   "--no-compare")  # fmt: skip
+    assert all("vs_best" not in r for r in got)
+    assert {r["model"]: r["fid"] for r in got} == {m: rows[m]["fid"] for m in rows}

@@ -334,44 +334,6 @@ def test_cmmd_equals_reference(monkeypatch):
     )
 
 
-# -- palette (Pylette) -------------------------------------------------------------------------
-def _blocks(colours, size=256, seed=0):
-    """A size x size image of vertical bands of the given colours, band widths varied."""
-    rng = _rng(seed)
-    w = rng.integers(10, 40, len(colours)).astype(float)
-    edges = np.round(np.cumsum(w) / w.sum() * size).astype(int)
-    img = np.zeros((size, size, 3), np.uint8)
-    start = 0
-    for c, e in zip(colours, edges, strict=True):
-        img[:, start:e] = c
-        start = e
-    return img
-
-
-def test_palette_equals_pylette():
-    from pylette import extract_colors
-
-    from varbench.metrics.palette import palette, palette_distance, palette_match
-
-    rng = _rng(13)
-    cols_a = rng.integers(0, 256, (10, 3))
-    cols_b = rng.integers(0, 256, (10, 3))
-    a, b = _blocks(cols_a, seed=1), _blocks(cols_b, seed=2)
-    for img in (a, b):
-        ref = np.array([c.rgb for c in extract_colors(img, palette_size=10).colors]) / 255.0
-        got = palette(img)
-        assert sorted(map(tuple, got)) == sorted(map(tuple, ref))
-    # the Hungarian matching is the brute-force minimum over assignments (small case)
-    from itertools import permutations
-
-    pa, pb = palette(a)[:6], palette(b)[:6]
-    brute = min(np.abs(pa - pb[list(p)]).sum() for p in permutations(range(6)))
-    assert palette_match(pa, pb) == pytest.approx(brute, rel=1e-12)
-    expected = palette_match(cols_a / 255.0, cols_b / 255.0)
-    assert palette_distance(a, b) == pytest.approx(expected, rel=1e-12)
-    assert palette_distance(a, a) == 0.0
-
-
 # -- CMMD's encoder: a tiny random-weight CLIP of the ViT-L/14-336 family ----------------------
 TINY_336 = {
     "embed_dim": 32,

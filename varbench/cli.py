@@ -189,6 +189,12 @@ def leaderboard(
     study: list[Path] = typer.Option(
         [], "--study", help="study file(s): add human preference columns (repeatable)"
     ),
+    paired: bool = typer.Option(
+        True,
+        "--compare/--no-compare",
+        help="json: add vs_best, each model's best point against the best model's, paired "
+        "(reads every run's features from the cache); --no-compare skips it",
+    ),
 ) -> None:
     """Show every run under --runs beside the published numbers, best FID first.
 
@@ -203,7 +209,7 @@ def leaderboard(
 
         df = attach(df, study)
         columns = columns or ",".join([*DISPLAY_COLUMNS[:-1], "human_pref", "source"])
-    if fmt == Format.json:  # best point of each model against the best model, paired
+    if fmt == Format.json and paired:  # best point of each model against the best, paired
         from varbench.compare import attach_to_leaderboard
 
         df = attach_to_leaderboard(df, runs)
@@ -490,6 +496,7 @@ class PlotKind(str, Enum):
     memorisation = "memorisation"
     grid = "grid"
     contrast = "contrast"
+    vendi = "vendi"
 
 
 class PlotFormat(str, Enum):
@@ -504,7 +511,7 @@ def plot(
         Path("runs"), "--runs", help="folder searched recursively for run folders"
     ),
     kind: PlotKind = typer.Option(
-        ..., "--kind", help="sweep | pr | memorisation | grid | contrast"
+        ..., "--kind", help="sweep | pr | memorisation | grid | contrast | vendi"
     ),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the figure files"),
     fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", "-f", help="png | svg | pdf"),
@@ -635,7 +642,9 @@ def compare(
     protocol: str = typer.Option(..., "--protocol", "-p", help="protocol both runs used"),
     models: str = typer.Option(..., "--models", help="A,B: the two models to compare"),
     metrics_: str = typer.Option(
-        "fid,precision,recall", "--metrics", help="comma-separated: fid, precision, recall"
+        "fid,precision,recall",
+        "--metrics",
+        help="comma-separated: fid, precision, recall, density, kid, fd_dinov2",
     ),
     weights: list[str] = typer.Option([], "--weights", help="encoder weights file, NAME=PATH"),
     cache_dir: Path = typer.Option(

@@ -8,13 +8,15 @@ protocol seed, so each run's own interval used them too): each replicate b gives
 d_b = T_A(half b) - T_B(half b), and the 95 % interval is d +- 1.96 sd(d_b), as for one run.
 The verdict says which run is better when the interval excludes 0, respecting each metric's
 direction (lower FID is better; higher precision/recall is better); otherwise "undecided".
+FID, precision and recall use the replicates of the runs' own intervals; density, coverage,
+KID and FD-DINOv2 are recomputed on the same class half-samples. k-NN sizes and KID subsets are
+the ones the runs were scored with (``PointContext.from_run`` reads them from the run folder).
 Coverage of the true difference and the width gain over unpaired intervals were checked by
 simulation (tests/test_compare.py, benchmarks/paired_comparison.py, docs/metrics.md).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,8 +36,21 @@ from varbench.metrics.prdc import PrecisionRecallPlan
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "precision", "recall")  # the half-sampled statistics, in their column order
-DIRECTION = {"fid": -1, "precision": 1, "recall": 1}  # +1: higher is better
+METRICS = ("fid", "precision", "recall")  # the runs' own interval statistics (bootstrap metric)
+# every statistic with a class half-sample path here: the default three, plus the same
+# half-samples applied to density (dc_k), KID (kid_subsets, kid_subset_size) and FD-DINOv2 (the
+# dinov2_l features). Coverage has the path (``extra_values``) but is refused: its paired
+# interval covered the true difference in 94 % of 200 simulated pairs of one design (12 classes
+# x 8, d = 8) but 56 % of another (8 x 5, d = 4), where most half-samples leave the proportion
+# of covered reference balls unchanged and the interval collapses (benchmarks/
+# paired_comparison.py --extra coverage).
+SUPPORTED = (*METRICS, "density", "kid", "fd_dinov2")
+REFUSED = {"coverage": "its paired interval under-covers in small designs (56 % in simulation)"}
+DIRECTION = {  # +1: higher is better
+    "fid": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1, "kid": -1,
+    "fd_dinov2": -1,
+}  # fmt: skip
+FEATURE_SPACE = {"fd_dinov2": "dinov2_l"}  # metrics outside the run's default encoder
 A_BETTER, B_BETTER, UNDECIDED = "A better", "B better", "undecided"
 
 
@@ -92,10 +107,65 @@ def verdict(metric: str, lo: float, hi: float) -> str:
     return UNDECIDED
 
 
+def extra_values(
+    metrics: Sequence[str],
+    feats: Mapping[str | None, tuple[np.ndarray, np.ndarray]],
+    options: Mapping[str, Any],
+    real_rows: np.ndarray | None = None,
+    fake_rows: np.ndarray | None = None,
+) -> list[float]:
+    """Density, coverage, KID or FD-DINOv2 on real[real_rows] and fake[fake_rows] (None: all),
+    each computed by the function its registered metric calls, with the run's options."""
+    from varbench.metrics.kid import kid_features_to_metric
+    from varbench.metrics.prdc import density_coverage
+
+    out, dc = [], None
+    for m in metrics:
+        real, fake = feats[FEATURE_SPACE.get(m)]
+        r = real if real_rows is None else real[real_rows]
+        f = fake if fake_rows is None else fake[fake_rows]
+        if m in ("density", "coverage"):
+            dc = dc or density_coverage(r, f, k=int(options.get("dc_k", 5)))
+            out.append(float(dc[m]))
+        elif m == "kid":
+            kid = kid_features_to_metric(
+                f,
+                r,
+                subsets=int(options.get("kid_subsets", 100)),
+                subset_size=int(options.get("kid_subset_size", 1000)),
+            )
+            out.append(float(kid["kid"]))
+        elif m == "fd_dinov2":
+            out.append(fid_from_features(r, f))
+        else:
+            raise ValueError(f"no replicate path for {m!r}")
+    return out
+
+
+def extra_estimates(
+    metrics: Sequence[str],
+    feats: Mapping[str | None, tuple[np.ndarray, np.ndarray]],
+    real_class: np.ndarray,
+    fake_class: np.ndarray,
+    replicates: int,
+    seed: int,
+    options: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(full-sample values, (B, len(metrics)) half-sample values) of ``extra_values`` metrics,
+    on the class half-samples of ``bootstrap.half_samples`` (the same draws as ``estimates``)."""
+    from varbench.metrics.bootstrap import half_samples
+
+    est = np.array(extra_values(metrics, feats, options), dtype=np.float64)
+    _, draws = half_samples(real_class, fake_class, replicates, seed)
+    reps = [extra_values(metrics, feats, options, ir, jf) for ir, jf in draws]
+    return est, np.array(reps, dtype=np.float64).reshape(replicates, len(metrics))
+
+
 # -- one finished run's features ----------------------------------------------------------
 @dataclass(frozen=True)
 class PointFeatures:
-    """What a paired comparison needs of one finished sweep point (all from the run folder)."""
+    """What a paired comparison needs of one finished sweep point, from the scoring room's
+    ``PointContext.from_run`` (features through the content-keyed cache)."""
 
     run_id: str
     pid: str
@@ -105,9 +175,21 @@ class PointFeatures:
     fake: np.ndarray
     real_class: np.ndarray
     fake_class: np.ndarray
-    fake_cond: tuple[str, ...]  # conditioning file of each sample, in canonical order
+    fake_cond: tuple[str, ...]  # conditioning image (pixel hash) of each sample, canonical order
     seed: int  # the protocol seed: the half-sample draws of the run's own intervals
     replicates: int
+    options: Mapping[str, Any]  # the metric options the run was scored with (prc_k, dc_k, ...)
+    ctx: Any = None  # the PointContext, for features in other spaces (fd_dinov2)
+
+    @property
+    def prc_k(self) -> int:
+        return int(self.options.get("prc_k", 3))
+
+    def features(self, space: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(reference, sample) features in the default space (None) or another encoder's."""
+        if space is None:
+            return self.real, self.fake
+        return self.ctx.real(space), self.ctx.fake(space)
 
 
 def point_features(
@@ -118,99 +200,39 @@ def point_features(
     weights: Mapping[str, str] | None = None,
     device: str = "cpu",
 ) -> PointFeatures:
-    """Reference and sample features of one finished point, through the content-keyed cache.
+    """Reference and sample features of one finished point (``PointContext.from_run``)."""
+    from varbench.scoring import PointContext
 
-    The one place that reads a run's internals (for the lead to rewire onto the score room):
-    ``run.json`` (``protocol.prepare``, ``protocol.seed``), ``manifest.json`` (references, classes,
-    pixel hashes, data root), ``points/<pid>/index.json`` (sample files, classes, conditioning
-    files, in canonical order), ``points/<pid>/hashes.json`` (sample pixel hashes, trusted only
-    while size and mtime match, as ``runner.sample_hashes`` does), the row's ``encoder`` and
-    ``interval_replicates``, and ``FeatureCache(cache, encoder, "features", prep)``: the same
-    cache key as the run's metric context, so finished runs cost no encoding.
-    """
-    from varbench.encoders import encoder_registry
-    from varbench.features import FeatureCache
-    from varbench.hashing import pixel_sha256
-    from varbench.io import read_rgb
-    from varbench.manifest import read_manifest
-    from varbench.prepare import ImagePrep
-    from varbench.results import default_cache_dir
-
-    run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
-    manifest = read_manifest(run_dir / "manifest.json")
-    point_dir = run_dir / "points" / pid
-    try:
-        index = json.loads((point_dir / "index.json").read_text())
-    except (OSError, ValueError):
-        raise UsageError(
-            f"{point_dir}: no readable index.json (the point is not finished); re-run "
-            f"`varbench run` for {info.get('model')} to finish it"
-        ) from None
-    try:
-        known = json.loads((point_dir / "hashes.json").read_text())
-    except (OSError, ValueError):
-        known = {}
-    protocol = info.get("protocol") or {}
-    prep_id = protocol.get("prepare") or {}
-    prep = ImagePrep(prep_id.get("name", "none"), prep_id.get("resolution"))
-    root = Path(info.get("data_root") or manifest.root)
-    paths: dict[str, Path] = {}
-    refs = manifest.references
-    real_hashes = [manifest.pixel_sha256[r] for _, r in refs]
-    for (_, r), digest in zip(refs, real_hashes, strict=True):
-        paths.setdefault(digest, root / r)
-    class_index = {c.name: c.index for c in manifest.classes}
-    fake_hashes = []
-    for entry in index:
-        path = point_dir / entry["file"]
-        rel = entry["file"].removeprefix("samples/")
-        hit = known.get(rel)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise UsageError(
-                f"{path}: sample listed in {point_dir / 'index.json'} is missing; re-run "
-                f"`varbench run` for {info.get('model')} to regenerate it"
-            ) from None
-        if isinstance(hit, list) and len(hit) == 4 and hit[:2] == [st.st_size, st.st_mtime_ns]:
-            digest = str(hit[2])
-        else:
-            digest = pixel_sha256(read_rgb(path))
-        paths.setdefault(digest, path)
-        fake_hashes.append(digest)
-    name = str(row.get("encoder") or "")
-    if name not in encoder_registry:
-        raise UsageError(f"run {run_dir.name}: unknown encoder {name!r} in its results")
-    encoder = encoder_registry.get(name)(weights=(weights or {}).get(name), device=device)
-    cache = FeatureCache(Path(cache_dir or default_cache_dir()), encoder, "features", prep)
-
-    def load(digest: str) -> np.ndarray:
-        return read_rgb(paths[digest])
-
-    if set(real_hashes + fake_hashes) - cache._load().keys():
-        encoder.check_available()
+    ctx = PointContext.from_run(run_dir, pid, cache_dir, weights, device)
+    cached = ctx._cache(ctx.default_encoder, "features")._load().keys()
+    if set(ctx.real_hashes + ctx.fake_hashes) - cached:  # encoding needed: weights must be here
+        ctx.encoder().check_available()
     reps = row.get("interval_replicates")
     return PointFeatures(
-        run_id=run_dir.name,
+        run_id=Path(run_dir).name,
         pid=pid,
-        manifest_sha256=manifest.sha256,
-        real_hashes=tuple(real_hashes),
-        real=cache.features(real_hashes, load, "reference features"),
-        fake=cache.features(fake_hashes, load, "sample features"),
-        real_class=np.array([c.index for c, _ in refs]),
-        fake_class=np.array([class_index[e["class"]] for e in index]),
-        fake_cond=tuple(str(e["cond"]) for e in index),
-        seed=int(protocol.get("seed", 0)),
+        manifest_sha256=ctx._manifest.sha256,
+        real_hashes=tuple(ctx.real_hashes),
+        real=ctx.real(),
+        fake=ctx.fake(),
+        real_class=ctx.real_class,
+        fake_class=ctx.fake_class,
+        fake_cond=tuple(ctx.cond_hashes[i] for i in ctx.fake_cond_index),
+        seed=int(ctx.seed),
         replicates=int(reps) if reps and reps == reps and reps > 0 else DEFAULT_REPLICATES,
+        options=dict(ctx.options),
+        ctx=ctx,
     )
 
 
 # -- comparing two finished points ---------------------------------------------------------
 def compare_points(
-    a: PointFeatures, b: PointFeatures, metrics: Sequence[str] = METRICS, k: int = 3
+    a: PointFeatures, b: PointFeatures, metrics: Sequence[str] = METRICS
 ) -> dict[str, dict[str, Any]]:
-    """Per metric: values of A and B, A - B with its paired 95 % interval, and the verdict."""
+    """Per metric: values of A and B, A - B with its paired 95 % interval, and the verdict.
+
+    k-NN sizes and KID subsets are the ones each run was scored with, which must agree.
+    """
     if a.manifest_sha256 != b.manifest_sha256 or a.real_hashes != b.real_hashes:
         raise UsageError(
             f"runs {a.run_id} and {b.run_id} have different manifests "
@@ -222,35 +244,77 @@ def compare_points(
             f"runs {a.run_id} and {b.run_id} lay out their samples differently (another "
             "samples_per_cond?): their samples cannot be paired"
         )
+    wanted, used = set(metrics), set()
+    if wanted & {"precision", "recall"}:
+        used.add("prc_k")
+    if wanted & {"density", "coverage"}:
+        used.add("dc_k")
+    if "kid" in wanted:
+        used |= {"kid_subsets", "kid_subset_size"}
+    differ = sorted(o for o in used if a.options.get(o) != b.options.get(o))
+    if differ:
+        raise UsageError(
+            f"runs {a.run_id} and {b.run_id} were scored with different metric options ("
+            + ", ".join(f"{o}: {a.options.get(o, 'default')} vs {b.options.get(o, 'default')}"
+                        for o in differ)
+            + "): re-score one with the other's --set values to compare them"
+        )  # fmt: skip
     replicates = max(a.replicates, b.replicates)
-    est_a, method, reps_a = estimates(
-        a.real, a.fake, a.real_class, a.fake_class, replicates, a.seed, k
-    )
-    est_b, _, reps_b = estimates(b.real, b.fake, b.real_class, b.fake_class, replicates, a.seed, k)
-    diff, lo, hi = paired_interval(est_a, reps_a, est_b, reps_b)
     out = {}
-    for m in metrics:
-        c = METRICS.index(m)
-        out[m] = {
-            "a": float(est_a[c]),
-            "b": float(est_b[c]),
-            "diff": float(diff[c]),
-            "lo": float(lo[c]),
-            "hi": float(hi[c]),
-            "verdict": verdict(m, float(lo[c]), float(hi[c])),
-            "method": f"paired_{method}",
-            "replicates": replicates,
-        }
-    return out
+    base = [m for m in metrics if m in METRICS]
+    if base:
+        k = a.prc_k
+        est_a, method, reps_a = estimates(
+            a.real, a.fake, a.real_class, a.fake_class, replicates, a.seed, k
+        )
+        est_b, _, reps_b = estimates(
+            b.real, b.fake, b.real_class, b.fake_class, replicates, a.seed, k
+        )
+        diff, lo, hi = paired_interval(est_a, reps_a, est_b, reps_b)
+        for m in base:
+            c = METRICS.index(m)
+            out[m] = _entry(m, est_a[c], est_b[c], diff[c], lo[c], hi[c], method, replicates)
+    extra = [m for m in metrics if m not in METRICS]
+    if extra:
+        from varbench.metrics.bootstrap import half_samples
+
+        method = half_samples(a.real_class, a.fake_class, 0, a.seed)[0]
+        spaces = {FEATURE_SPACE.get(m) for m in extra}
+        fa = {sp: a.features(sp) for sp in spaces}
+        fb = {sp: b.features(sp) for sp in spaces}
+        est_a, reps_a = extra_estimates(
+            extra, fa, a.real_class, a.fake_class, replicates, a.seed, a.options
+        )
+        est_b, reps_b = extra_estimates(
+            extra, fb, b.real_class, b.fake_class, replicates, a.seed, b.options
+        )
+        diff, lo, hi = paired_interval(est_a, reps_a, est_b, reps_b)
+        for c, m in enumerate(extra):
+            out[m] = _entry(m, est_a[c], est_b[c], diff[c], lo[c], hi[c], method, replicates)
+    return {m: out[m] for m in metrics}
+
+
+def _entry(m: str, a, b, diff, lo, hi, method: str, replicates: int) -> dict[str, Any]:
+    return {
+        "a": float(a),
+        "b": float(b),
+        "diff": float(diff),
+        "lo": float(lo),
+        "hi": float(hi),
+        "verdict": verdict(m, float(lo), float(hi)),
+        "method": f"paired_{method}",
+        "replicates": replicates,
+    }
 
 
 def check_metrics(metrics: Sequence[str]) -> list[str]:
     """The requested metrics, each one a paired comparison supports (else one clear error)."""
-    bad = [m for m in metrics if m not in METRICS]
+    bad = [m for m in metrics if m not in SUPPORTED]
     if bad:
+        why = "".join(f" ({m}: {REFUSED[m]})" for m in bad if m in REFUSED)
         raise UsageError(
-            f"--metrics {','.join(bad)}: no paired interval for these; supported: "
-            f"{', '.join(METRICS)} (the statistics the class half-samples recompute)"
+            f"--metrics {','.join(bad)}: no paired interval for these{why}; supported: "
+            f"{', '.join(SUPPORTED)} (the statistics the class half-samples recompute)"
         )
     return list(dict.fromkeys(metrics)) or list(METRICS)
 
@@ -279,7 +343,6 @@ def compare_runs(
     metrics: Sequence[str] = METRICS,
     cache_dir: Path | None = None,
     weights: Mapping[str, str] | None = None,
-    k: int = 3,
 ) -> list[dict[str, Any]]:
     """One row per matched sweep point and metric: A - B, its paired interval, the verdict."""
     from varbench.runview import load_runs
@@ -298,7 +361,7 @@ def compare_runs(
     for pa, pb in matched:
         fa = point_features(ra.folder, pa.pid, pa.row, cache_dir, weights)
         fb = point_features(rb.folder, pb.pid, pb.row, cache_dir, weights)
-        for m, r in compare_points(fa, fb, metrics, k).items():
+        for m, r in compare_points(fa, fb, metrics).items():
             rows.append({"protocol": protocol, "point": pa.pid, "metric": m,
                          "model_a": model_a, "model_b": model_b, **r})  # fmt: skip
     return rows

@@ -1,9 +1,10 @@
 """Figures of finished runs (matplotlib, Agg): metric-vs-guidance sweeps, the precision-recall
-plane, memorisation histograms and sample grids. Used by the HTML report (as SVG) and by
+plane, memorisation histograms, Vendi distributions and sample grids. Used by the HTML report (as SVG) and by
 `varbench plot` (PNG/SVG/PDF files for papers)."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -34,7 +35,7 @@ SWEEP_METRICS: dict[str, str] = {
     "align_clip_mean": "alignment CLIP",
 }
 RC = {"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7}
-KINDS = ("sweep", "pr", "memorisation", "grid", "contrast")
+KINDS = ("sweep", "pr", "memorisation", "grid", "contrast", "vendi")
 
 
 def plain(text: Any) -> str:
@@ -411,6 +412,70 @@ def vendi_figure(run: RunView) -> Figure | None:
     return fig
 
 
+# matplotlib >= 3.10 names the box orientation; older versions (>= 3.7 supported) take vert
+_HORIZONTAL: dict[str, Any] = (
+    {"orientation": "horizontal"}
+    if "orientation" in inspect.signature(matplotlib.axes.Axes.boxplot).parameters
+    else {"vert": False}
+)
+
+
+def vendi_values(runs: list[RunView]) -> dict[str, list[tuple[str, list[float]]]]:
+    """ "metric (encoder features)" -> [(series label, per-conditioning-image scores)], one series per
+    model and sweep point (runs of the same model told apart by their run id's end)."""
+    runs_per_model: dict[str, int] = {}
+    for run in runs:
+        runs_per_model[run.model] = runs_per_model.get(run.model, 0) + 1
+    out: dict[str, list[tuple[str, list[float]]]] = {}
+    for run in runs:
+        for point in run.points:
+            label = run.model
+            if point.params:
+                label += " " + ",".join(f"{k}={v}" for k, v in point.params.items())
+            if runs_per_model[run.model] > 1:
+                label += f" ({run.run_id[-6:]})"
+            for name in VENDI_ARTIFACTS:
+                art = point.artifact(name) or {}
+                values = [float(v) for v in (art.get("per_cond") or {}).values() if finite(v)]
+                if values:
+                    space = f"{name} ({art.get('encoder', '?')} features)"
+                    out.setdefault(space, []).append((label, values))
+    return out
+
+
+def vendi_distribution_figure(runs: list[RunView], protocol: str) -> Figure | None:
+    """One panel per feature space: for every model and sweep point, the distribution over
+    conditioning images of the Vendi score of that image's variations (box and points)."""
+    spaces = vendi_values(runs)
+    if not spaces:
+        return None
+    n_series = max(len(v) for v in spaces.values())
+    with plt.rc_context(RC):
+        fig = Figure(figsize=(3.6 * len(spaces) + 1.6, 0.45 * n_series + 1.2), layout="constrained")
+        axes = fig.subplots(1, len(spaces), squeeze=False).ravel()
+        rng = np.random.default_rng(0)  # jitter of the points only
+        for ax, (name, series) in zip(axes, spaces.items(), strict=True):
+            series = sorted(series, key=lambda s: s[0])
+            ys = np.arange(len(series))
+            ax.boxplot(
+                [v for _, v in series],
+                positions=ys,
+                **_HORIZONTAL,
+                widths=0.6,
+                showfliers=False,
+                medianprops={"color": "C3"},
+            )
+            for y, (_, values) in zip(ys, series, strict=True):
+                jitter = rng.uniform(-0.18, 0.18, len(values))
+                ax.plot(values, y + jitter, ls="none", marker="o", ms=2, color="C0", alpha=0.6)
+            ax.set_yticks(ys, [plain(label) for label, _ in series])
+            ax.set_title(plain(name))
+            ax.set_xlabel("Vendi score of one image's variations (1 = all alike)")
+            ax.grid(alpha=0.3, axis="x")
+        fig.suptitle(plain(f"{protocol}: diversity per conditioning image"))
+    return fig
+
+
 def _load(path: Path | None, size: int) -> np.ndarray:
     from PIL import Image
 
@@ -488,6 +553,10 @@ def figures(
             fig = pr_figure(m, p, protocol)
             if fig is not None:
                 out.append((f"pr_{protocol}", fig))
+        elif kind == "vendi":
+            fig = vendi_distribution_figure([r for r in runs if r.protocol == protocol], protocol)
+            if fig is not None:
+                out.append((f"vendi_{protocol}", fig))
     if kind == "contrast":
         from varbench.contrast import contrast_panels
 

@@ -288,6 +288,67 @@ class PointContext(FeatureContext):
             self.paths[manifest.pixel_sha256[r]] = listing.path(r)
         self.fake_hashes, self.n_black = self._hash_samples(store, pid, slots)
 
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: Path,
+        pid: str,
+        cache_dir: Path | None = None,
+        weights: Mapping[str, str] | None = None,
+        device: str = "cpu",
+    ) -> PointContext:
+        """The context a finished point of a run folder was scored with, rebuilt from the folder
+        (``run.json``, ``manifest.json``, the point's ``result.json``) for later readers such as
+        ``varbench compare``: same images, preparation, default encoder, seed and metric options,
+        hence the same feature cache keys (a finished run costs no encoding)."""
+        from varbench.datasets import DatasetListing
+        from varbench.manifest import read_manifest
+        from varbench.results import default_cache_dir
+        from varbench.store import sample_slots
+
+        run_dir = Path(run_dir)
+        store = RunStore(run_dir)
+        info = read_json_or(run_dir / "run.json", {})
+        stored = store.read_point_result(pid) if info else None
+        if not stored:
+            raise UsageError(
+                f"{store.point_dir(pid)}: not a finished, scored point (no run.json or "
+                "result.json); re-run `varbench run` for this model to finish it"
+            )
+        proto = info.get("protocol") or {}
+        spec = ProtocolSpec(
+            name=str(proto.get("name", "")),
+            version=int(proto.get("version", 1)),
+            description="",
+            layout=str(proto.get("layout", "")),
+            n_per_class=int(proto["n_per_class"]),
+            k=int(proto["k"]),
+            seed=int(proto.get("seed", 0)),
+            resolution=int(proto.get("resolution") or 0),
+            encoder=str(stored.get("encoder") or ""),
+            metrics=(),
+            n_classes=proto.get("n_classes"),
+            prepare=str((proto.get("prepare") or {}).get("name", "none")),
+        )
+        if spec.encoder not in encoder_registry:
+            raise UsageError(f"run {run_dir.name}: unknown encoder {spec.encoder!r} in its results")
+        recorded = stored.get("_metric_options") or {}  # absent: scored before it was recorded
+        options = parse_metric_options({k: str(v) for k, v in recorded.items()})
+        setup = ScoreSetup(
+            spec, options, Path(cache_dir or default_cache_dir()), device, dict(weights or {})
+        )
+        manifest = read_manifest(run_dir / "manifest.json")
+        root = Path(info.get("data_root") or manifest.root)
+        listing = DatasetListing(root=root, layout=spec.layout, classes={}, labels={})
+        slots = sample_slots(manifest, spec.samples_per_cond, spec.seed)
+        gone = store.missing(pid, slots)
+        if gone:
+            raise UsageError(
+                f"{store.sample_path(pid, gone[0])}: sample missing ({len(gone)} in all); re-run "
+                f"`varbench run` for {info.get('model')} to regenerate it"
+            )
+        return cls(setup, listing, manifest, store, pid, slots, {})
+
     def _hash_samples(self, store: RunStore, pid: str, slots) -> tuple[list[str], int]:
         known = sample_hashes(store, pid, slots)
         out, n_black = [], 0
@@ -381,7 +442,13 @@ def score_point(
     extra = provenance((stored or {}).get("_extra"))
     out = row(values, extra)
     atomic_write_json(
-        store.point_result_path(pid), {**out, "_config_key": config_key, "_extra": extra}
+        store.point_result_path(pid),
+        {
+            **out,
+            "_config_key": config_key,
+            "_extra": extra,
+            "_metric_options": dict(setup.metric_options),  # read by PointContext.from_run
+        },
     )
     return out
 

@@ -93,3 +93,108 @@ def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the nearest centre of each row (ties: lowest index)."""
     x = np.asarray(x, np.float64)
     return np.argmin(_sq_to_centres(x, centres, np.einsum("ij,ij->i", x, x)), axis=1)
+
+
+def _sk_sq_dist(a: np.ndarray, x: np.ndarray, x_sq: np.ndarray) -> np.ndarray:
+    """scikit-learn's ``_euclidean_distances(a, x, squared=True)`` for float64, same expression."""
+    d = -2 * (a @ x.T)
+    d += np.einsum("ij,ij->i", a, a)[:, None]
+    d += x_sq[None, :]
+    return np.maximum(d, 0, out=d)
+
+
+def _sk_plus_plus(x: np.ndarray, k: int, x_sq: np.ndarray, rs: np.random.RandomState) -> np.ndarray:
+    """scikit-learn's greedy k-means++ seeding (2 + log k local trials), unit sample weights."""
+    n = len(x)
+    w = np.ones(n)
+    trials = 2 + int(np.log(k))
+    centres = np.empty((k, x.shape[1]))
+    centres[0] = x[rs.choice(n, p=w / w.sum())]
+    closest = _sk_sq_dist(centres[0, None], x, x_sq)
+    pot = closest @ w
+    for c in range(1, k):
+        rand = rs.uniform(size=trials) * pot
+        cand = np.searchsorted(np.cumsum(w * closest), rand)
+        np.clip(cand, None, closest.size - 1, out=cand)
+        dist = _sk_sq_dist(x[cand], x, x_sq)
+        np.minimum(closest, dist, out=dist)
+        cand_pot = dist @ w.reshape(-1, 1)
+        best = np.argmin(cand_pot)
+        pot = cand_pot[best]
+        closest = dist[best]
+        centres[c] = x[cand[best]]
+    return centres
+
+
+def _sk_lloyd_step(
+    x: np.ndarray, centres: np.ndarray, update: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One Lloyd E(+M) step as scikit-learn's ``lloyd_iter_chunked_dense`` (unit weights).
+
+    Labels from ``||c||^2 - 2 x.c`` (the ``||x||^2`` term dropped; first minimum wins); new
+    centres are the label means, an empty cluster takes the point farthest from its centre
+    (scikit-learn's relocation) or, when every point sits on its centre, the largest cluster's
+    centre; returns labels, new centres and each centre's shift.
+    """
+    k, d = centres.shape
+    dist = np.einsum("ij,ij->i", centres, centres)[None, :] + (-2.0) * (x @ centres.T)
+    labels = np.argmin(dist, axis=1)
+    if not update:
+        return labels, None, None
+    weight = np.bincount(labels, minlength=k).astype(np.float64)
+    sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(d)], 1)
+    empty = np.where(weight == 0)[0]
+    if len(empty):
+        far_d = ((x - centres[labels]) ** 2).sum(axis=1)
+        far = np.argpartition(far_d, -len(empty))[: -len(empty) - 1 : -1]
+        if np.max(far_d) != 0:
+            for new, i in zip(empty, far, strict=True):
+                old = labels[i]
+                sums[old] -= x[i]
+                sums[new] = x[i]
+                weight[new] = 1.0
+                weight[old] -= 1.0
+    top = int(np.argmax(weight))
+    for j in range(k):  # in place and in order, as scikit-learn's ``_average_centers``
+        if weight[j] > 0:
+            sums[j] *= 1.0 / weight[j]
+        else:
+            sums[j] = sums[top]
+    shift = np.sqrt(((sums - centres) ** 2).sum(axis=1))
+    return labels, sums, shift
+
+
+def kmeans_sklearn(
+    x: np.ndarray, k: int, seed: int, max_iter: int = 300, tol: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and labels of scikit-learn's ``KMeans(k, init="k-means++", n_init="auto" (=1),
+    random_state=seed).fit`` (Lloyd, float64), transcribed step by step.
+
+    Same expressions and order as scikit-learn 1.x: data centred on its mean, tolerance
+    ``tol * mean(var(x, axis=0))``, greedy k-means++ from ``RandomState(seed)``, Lloyd until the
+    labels stop changing or the squared centre shift falls to the tolerance (then one more
+    labelling). For rows whose mean is exact (e.g. 2^16 integer pixels) every centre sum is exact,
+    so the centres do not depend on summation order or thread count.
+    """
+    x = np.array(x, np.float64, order="C")
+    n = len(x)
+    if n < k:
+        raise ValueError(f"k-means with k={k} needs at least {k} rows, got {n}")
+    tol_abs = np.mean(np.var(x, axis=0)) * tol if tol else 0
+    x_mean = x.mean(axis=0)
+    x -= x_mean
+    x_sq = np.einsum("ij,ij->i", x, x)
+    centres = _sk_plus_plus(x, k, x_sq, np.random.RandomState(seed))
+    labels_old = np.full(n, -1)
+    strict = False
+    for _ in range(max_iter):
+        labels, centres, shift = _sk_lloyd_step(x, centres)
+        if np.array_equal(labels, labels_old):
+            strict = True
+            break
+        if (shift**2).sum() <= tol_abs:
+            break
+        labels_old = labels
+    if not strict:
+        labels, _, _ = _sk_lloyd_step(x, centres, update=False)
+    return centres + x_mean, labels

@@ -1,12 +1,12 @@
 """RIVAL's colour-palette distance (Zhang et al. 2023, appendix): low-level colour matching.
 
-Each image's palette: 10 colours by k-means in RGB after a PIL bicubic resize to 256 x 256
-(the Pylette package's defaults: ``extract_colors(palette_size=10, resize=256, mode="KM")``),
-centres truncated to integers as Pylette does, then scaled to [0, 1]. Two palettes are matched
-one to one by the Hungarian algorithm on L1 costs (scipy ``linear_sum_assignment``); the
-distance is the sum of the matched L1 distances (0 to 30). k-means is seeded (Pylette fixes
-``random_state=2024`` in scikit-learn; varbench uses its own seeded k-means++), so the same
-image always gives the same palette. Reported per sample against its conditioning image.
+Each image's palette is Pylette's default ``extract_colors(image, palette_size=10)`` (Pylette 6):
+the image as RGBA, PIL bicubic resize to 256 x 256, every pixel clustered by scikit-learn's
+``KMeans(10, init="k-means++", n_init="auto", random_state=2024)`` (transcribed in
+``kmeans.kmeans_sklearn``, so scikit-learn is not a dependency), centres truncated to integers,
+colours scaled to [0, 1]. Two palettes are matched one to one by the Hungarian algorithm on L1
+costs (scipy ``linear_sum_assignment``); the distance is the sum of the matched L1 distances
+(0 to 30). Reported per sample against its conditioning image.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 
 from varbench.errors import UsageError
 from varbench.metrics.base import Metric
-from varbench.metrics.kmeans import kmeans
+from varbench.metrics.kmeans import kmeans_sklearn
 
 KEY_PALETTE_MEAN = "palette_distance_mean"
 KEY_PALETTE_MEDIAN = "palette_distance_median"
@@ -31,19 +31,28 @@ BIN_EDGES = np.linspace(
 )  # artifact histogram: width 0.1; larger values in the last bin
 
 
-def palette(image: np.ndarray, n_colours: int = N_COLOURS, size: int = SIZE) -> np.ndarray:
-    """(n_colours, 3) palette in [0, 1] of an HxWx3 uint8 image (fewer colours than pixels: fewer rows)."""
-    im = Image.fromarray(np.ascontiguousarray(np.asarray(image, np.uint8)[..., :3]))
+def pixels(image: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """(n, 4) RGBA pixels Pylette clusters: RGBA, PIL bicubic to size x size, transparent dropped."""
+    im = Image.fromarray(np.ascontiguousarray(np.asarray(image, np.uint8)[..., :3])).convert("RGBA")
     if size:
         im = im.resize((size, size), Image.Resampling.BICUBIC)
-    rgb = np.asarray(im).reshape(-1, 3).astype(np.int64)
-    codes, counts = np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
-    colours = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], 1)
-    k = min(n_colours, int(counts.sum()))
-    centres, _, _ = kmeans(
-        colours.astype(np.float64), min(k, len(colours)), SEED, 1, weights=counts
-    )
-    return np.trunc(centres) / 255.0
+    arr = np.asarray(im)
+    return arr[~(arr[:, :, 3] <= 0)]
+
+
+def palette(image: np.ndarray, n_colours: int = N_COLOURS, size: int = SIZE) -> np.ndarray:
+    """(n_colours, 3) palette in [0, 1] of an HxWx3 uint8 image, most frequent colour first.
+
+    Pylette's ``extract_colors(image, palette_size=n_colours)``: scikit-learn's seeded k-means
+    (transcribed in ``kmeans_sklearn``) on every RGBA pixel, centres truncated to integers,
+    ordered by cluster size (stable), alpha dropped. Like Pylette, clusters numbered after the
+    last non-empty one are left out (a flat image has a one-colour palette).
+    """
+    px = pixels(image, size)
+    centres, labels = kmeans_sklearn(px, min(n_colours, len(px)), SEED)
+    counts = np.bincount(labels)  # as Pylette: clusters after the last used label are dropped
+    order = np.argsort(-counts, kind="stable")
+    return np.array(centres[: len(counts)], dtype=int)[order, :3] / 255.0
 
 
 def palette_match(pa: np.ndarray, pb: np.ndarray) -> float:
@@ -75,10 +84,17 @@ class PaletteMetric(Metric):
                 "`varbench run` (two folders have none)"
             )
         dist = np.empty(len(ctx.fake_hashes))
+        cache: dict[str, np.ndarray] = {}  # by content hash: a copy's palette is its source's
+
+        def of(h: str) -> np.ndarray:
+            if h not in cache:
+                cache[h] = palette(ctx.image(h))
+            return cache[h]
+
         for c, idx in sorted(groups.items()):
-            ref = palette(ctx.image(ctx.cond_hashes[c]))
+            ref = of(ctx.cond_hashes[c])
             for i in idx:
-                dist[i] = palette_match(palette(ctx.image(ctx.fake_hashes[i])), ref)
+                dist[i] = palette_match(of(ctx.fake_hashes[i]), ref)
         self._dist = dist
         return {
             KEY_PALETTE_MEAN: float(dist.mean()) if len(dist) else float("nan"),

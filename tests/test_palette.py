@@ -1,0 +1,108 @@
+"""RIVAL's palette distance against the Pylette package (its reference) and scikit-learn's KMeans."""
+
+from __future__ import annotations
+
+import warnings
+from itertools import permutations
+
+import numpy as np
+import pytest
+
+from varbench.metrics.palette import palette, palette_distance, palette_match, pixels
+
+
+def _pylette(img: np.ndarray) -> np.ndarray:
+    """Pylette's default 10-colour palette of an image, in [0, 1], most frequent first."""
+    from pylette import extract_colors
+
+    with warnings.catch_warnings():  # scikit-learn warns when an image has < 10 colours
+        warnings.simplefilter("ignore")
+        colours = extract_colors(img, palette_size=10).colors
+    return np.array([c.rgb for c in colours]) / 255.0
+
+
+def _blocks(colours, size=256, seed=0):
+    """A size x size image of vertical bands of the given colours, band widths varied."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(10, 40, len(colours)).astype(float)
+    edges = np.round(np.cumsum(w) / w.sum() * size).astype(int)
+    img = np.zeros((size, size, 3), np.uint8)
+    start = 0
+    for c, e in zip(colours, edges, strict=True):
+        img[:, start:e] = c
+        start = e
+    return img
+
+
+def _natural(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
+    """A photo-like image: smooth colour gradients, a few soft-edged blobs, grain, not square."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.empty((h, w, 3))
+    for c in range(3):
+        a, b = rng.uniform(-1, 1, 2)
+        img[..., c] = 128 + rng.uniform(30, 100) * np.sin(2 * np.pi * (a * xx + b * yy) * 1.5)
+    for _ in range(3):
+        cy, cx = rng.uniform(0, 1, 2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / rng.uniform(0.002, 0.03))[..., None]
+        img = img * (1 - 0.7 * blob) + 0.7 * blob * rng.uniform(0, 255, 3)
+    img += rng.normal(0, rng.uniform(3, 15), img.shape)  # sensor-like grain
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def test_palette_equals_pylette_on_natural_images():
+    """Bit for bit, in Pylette's order (most frequent first), on gradients + blobs + grain."""
+    refs = []
+    for seed in (0, 1):
+        img = _natural(seed)
+        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 5000  # not a few flat clusters
+        refs.append(_pylette(img))
+        np.testing.assert_array_equal(palette(img), refs[-1])
+    # the distance is the Hungarian L1 of Pylette's own palettes, in [0, 30]
+    d = palette_distance(_natural(0), _natural(1))
+    assert d == pytest.approx(palette_match(*refs), rel=1e-12)
+    assert 0.0 < d <= 30.0
+
+
+def test_kmeans_transcription_equals_scikit_learn_bit_for_bit():
+    """Centres (floats, before Pylette's truncation) and labels equal scikit-learn's KMeans."""
+    from sklearn.cluster import KMeans
+
+    from varbench.metrics.kmeans import kmeans_sklearn
+
+    px = pixels(_natural(7, 64, 64))
+    ref = KMeans(n_clusters=10, init="k-means++", n_init="auto", random_state=2024).fit(px)
+    centres, labels = kmeans_sklearn(px, 10, 2024)
+    np.testing.assert_array_equal(centres, ref.cluster_centers_)
+    np.testing.assert_array_equal(labels, ref.labels_)
+
+
+@pytest.mark.parametrize("case", ["flat", "two_colours", "three_unequal", "one_pixel"])
+def test_palette_equals_pylette_on_degenerate_images(case):
+    """Fewer colours than 10 (Pylette drops clusters after the last used one), one pixel."""
+    rng = np.random.default_rng(5)
+    img = {
+        "flat": np.full((16, 16, 3), 37, np.uint8),
+        "two_colours": np.concatenate([np.zeros((8, 16, 3)), np.full((8, 16, 3), 200)]),
+        "three_unequal": np.repeat(
+            np.array([[10, 20, 30], [200, 100, 50], [0, 255, 0]]), [10, 3, 13], axis=0
+        )[:, None].repeat(26, 1),
+        "one_pixel": rng.integers(0, 256, (1, 1, 3)),
+    }[case].astype(np.uint8)
+    np.testing.assert_array_equal(palette(img), _pylette(img))
+
+
+def test_palette_distance_is_the_hungarian_l1_of_pylette_palettes():
+    rng = np.random.default_rng(13)
+    cols_a = rng.integers(0, 256, (10, 3))
+    cols_b = rng.integers(0, 256, (10, 3))
+    a, b = _blocks(cols_a, seed=1), _blocks(cols_b, seed=2)
+    for img, cols in ((a, cols_a), (b, cols_b)):  # clear clusters: the palette is the colours
+        assert sorted(map(tuple, palette(img))) == sorted(map(tuple, cols / 255.0))
+    # the Hungarian matching is the brute-force minimum over assignments (small case)
+    pa, pb = palette(a)[:6], palette(b)[:6]
+    brute = min(np.abs(pa - pb[list(p)]).sum() for p in permutations(range(6)))
+    assert palette_match(pa, pb) == pytest.approx(brute, rel=1e-12)
+    expected = palette_match(cols_a / 255.0, cols_b / 255.0)
+    assert palette_distance(a, b) == pytest.approx(expected, rel=1e-12)
+    assert palette_distance(a, a) == 0.0
