@@ -14,11 +14,17 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist workers share the machine's cores: one intra-op thread each, set before numpy
+    # and torch load (their commands inherit it, so every zygote of a worker has it too).
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
-from varbench.demo_data import demo_image
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from varbench.demo_data import demo_image  # noqa: E402
 
 TESTS = Path(__file__).parent
 
