@@ -25,7 +25,7 @@ miss when the radius is 0).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,6 +38,7 @@ _BLOCK = 2048  # rows per float32 GEMM block
 _SYM_BLOCK = 1024  # rows per block of the symmetric self-distance products
 _DIAG_SPLIT = 2  # a diagonal block is split into 2 x 2 sub-blocks (upper triangle computed)
 _CACHE_CHUNK = 256  # pairs per exact-distance chunk (temporaries stay in cache: 3x faster)
+_SCREEN_CAP = 64  # mean candidates per query beyond which a given screen is not worth it
 
 
 # -- exact distances ---------------------------------------------------------------------------
@@ -620,13 +621,20 @@ def max_weighted_inverse(
     return best, arg
 
 
-def nearest_up_to_sign(queries: np.ndarray, base: np.ndarray) -> np.ndarray:
+def nearest_up_to_sign(
+    queries: np.ndarray,
+    base: np.ndarray,
+    screen: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> np.ndarray:
     """Exact min over base rows b and signs s of |q - s b|^2, for each query (squared, float64).
 
     Equal to ``knn_cross(queries, vstack([base, -base]), 1)[0][:, 0]`` at half the product:
     |q - s b|^2 = |q|^2 + |b|^2 - 2 s q.b, so one float32 product screens both signs (rows
     unshifted: a shift would break the symmetry) and every candidate whose certified band
     reaches the best upper bound is recomputed by float64 direct differences for both signs.
+    ``screen(s, e)``: for unit rows, (approximate q.b, absolute error bound) of queries s:e
+    against every base row, in float64, from distances a shared plan already holds (no
+    product); a block whose band holds too many candidates falls back to the product.
     """
     import torch
 
@@ -647,14 +655,25 @@ def nearest_up_to_sign(queries: np.ndarray, base: np.ndarray) -> np.ndarray:
     tb, nbt = torch.from_numpy(bf), torch.from_numpy(nb32)
     neg = -b
     out = np.empty(m)
+    nq64, nb64 = np.einsum("ij,ij->i", q, q), np.einsum("ij,ij->i", b, b)
     for s in range(0, m, _BLOCK):
         e = min(m, s + _BLOCK)
-        dot = torch.from_numpy(qf[s:e]) @ tb.T
-        g = (torch.from_numpy(nq32[s:e])[:, None] + nbt[None, :]) - 2.0 * dot.abs_()
-        g = g.numpy().astype(np.float64)
-        tol = eps * (nqf[s:e, None] + nbf[None, :]) + slack_q[s:e, None] + slack_b[None, :]
-        upper = (g + tol).min(axis=1)
-        ci, cj = np.nonzero(g - tol <= upper[:, None])
+        ci = None
+        if screen is not None:
+            dot, err = screen(s, e)
+            g = nq64[s:e, None] + nb64[None, :] - 2.0 * np.abs(dot)
+            tol = 2.0 * err + 8.0 * (d + 8) * _U64 * (nq64[s:e, None] + nb64[None, :])
+            upper = (g + tol).min(axis=1)
+            ci, cj = np.nonzero(g - tol <= upper[:, None])
+            if len(ci) > _SCREEN_CAP * (e - s):
+                ci = None  # too wide a band here: the float32 product decides instead
+        if ci is None:
+            dot = torch.from_numpy(qf[s:e]) @ tb.T
+            g = (torch.from_numpy(nq32[s:e])[:, None] + nbt[None, :]) - 2.0 * dot.abs_()
+            g = g.numpy().astype(np.float64)
+            tol = eps * (nqf[s:e, None] + nbf[None, :]) + slack_q[s:e, None] + slack_b[None, :]
+            upper = (g + tol).min(axis=1)
+            ci, cj = np.nonzero(g - tol <= upper[:, None])
         rows = ci + s
         exact = np.minimum(exact_pairs(q, rows, b, cj), exact_pairs(q, rows, neg, cj))
         best = np.full(e - s, np.inf)

@@ -10,12 +10,13 @@ What is shared (each computed on first use, then kept for the point's other metr
   fit ``max_bytes``; they are what precision/recall computes anyway) and each set's exact
   k nearest neighbours: precision/recall and realism share the real k-NN radii, AuthPct reads
   the nearest-other-real distance from the same search; AuthPct's nearest real of each fake
-  and realism's maximum are screened from the cached real x fake matrix (no second product).
+  and realism's maximum are screened from the cached real x fake matrix (no second product);
+  so are MiFID's cosines (q.b from |q|^2 + |b|^2 - |q - b|^2 with the certified bound).
 
 Every value equals the metric's standalone function bit for bit: exact k-NN decisions do not
 depend on which screening produced the candidates, and the Gaussian pieces are the same
-expressions. Not shared: MiFID's cosine search (its own product on unit rows), FLS (a KDE on
-subsets), CMMD (its own CLIP space) and Vendi (per-group Grams).
+expressions. Not shared: FLS (a KDE on subsets), CMMD (its own CLIP space) and Vendi
+(per-group Grams).
 """
 
 from __future__ import annotations
@@ -169,9 +170,16 @@ class PointPlan:
 
     def mifid(self, cosine_distance_eps: float = 0.1) -> dict[str, float]:
         """MiFID and its memorisation distance, the FID shared with the fid metric."""
-        from varbench.metrics.mifid import memorisation_distance, mifid_from
+        from varbench.metrics.mifid import cosine_screen, memorisation_distance, mifid_from
 
-        dist = self._get("mifid_dist", lambda: memorisation_distance(self.real, self.fake))
+        def make() -> float:
+            rf = self.screen("rf")
+            screen = (
+                None if rf is None else cosine_screen(self.real, self.fake, self.prepared(), rf)
+            )
+            return memorisation_distance(self.real, self.fake, screen)
+
+        dist = self._get("mifid_dist", make)
         return mifid_from(self.fid(), dist, cosine_distance_eps)
 
     def pca(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
