@@ -85,6 +85,7 @@ def test_point_plan_equals_each_standalone_metric_bit_for_bit():
     for cached in (True, False):
         plan = PointPlan(real, fake, max_bytes=1e9 if cached else 0)
         assert plan.cached is cached
+        assert plan.density_coverage(5) == prdc.density_coverage(real, fake, 5)
         assert plan.precision_recall(3) == prdc.precision_recall(real, fake, 3)
         assert plan.authpct() == novelty.authpct(real, fake)
         assert np.array_equal(plan.realism_scores(3), realism.realism_scores(real, fake, 3))

@@ -153,4 +153,6 @@ class DensityCoverageMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        return density_coverage(ctx.real(), ctx.fake(), k=int(ctx.options.get("dc_k", 5)))
+        from varbench.metrics.shared import point_plan
+
+        return point_plan(ctx).density_coverage(k=int(ctx.options.get("dc_k", 5)))

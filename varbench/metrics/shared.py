@@ -8,7 +8,8 @@ What is shared (each computed on first use, then kept for the point's other metr
   statistics and the FID (its largest size); C_T's PCA is the top eigenvectors of A^T A.
 * The k-NN room's float32 screening matrices real x real, fake x fake, real x fake (when they
   fit ``max_bytes``; they are what precision/recall computes anyway) and each set's exact
-  k nearest neighbours: precision/recall and realism share the real k-NN radii, AuthPct reads
+  k nearest neighbours: precision/recall, density/coverage and realism share the real
+  k-NN search, AuthPct reads
   the nearest-other-real distance from the same search; AuthPct's nearest real of each fake
   and realism's maximum are screened from the cached real x fake matrix (no second product);
   so are MiFID's cosines (q.b from |q|^2 + |b|^2 - |q - b|^2 with the certified bound).
@@ -132,6 +133,20 @@ class PointPlan:
             }
 
         return self._get(("prc", k), make)
+
+    def density_coverage(self, k: int = 5) -> dict[str, float]:
+        """Density/coverage, equal to ``prdc.density_coverage(real, fake, k)``."""
+
+        def make() -> dict[str, float]:
+            pr, pf = self.prepared()
+            rr = self.knn("real", k)[:, k - 1]
+            c = knn.ball_counts(pr, pf, ra=rr, approx=self.screen("rf"))
+            return {
+                "density": float(c.b_in_a.sum() / (k * len(pf.x))),
+                "coverage": float((c.a_hit > 0).mean()),
+            }
+
+        return self._get(("dc", k), make)
 
     def _fake_rows_screen(self) -> np.ndarray | None:
         rf = self.screen("rf")
