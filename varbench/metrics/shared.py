@@ -6,8 +6,8 @@ What is shared (each computed on first use, then kept for the point's other metr
 * Gaussian statistics: means, centred factors, the real covariance A^T A and its pivoted-
   Cholesky factor F. FID uses them; MiFID reuses the FID value; FD-infinity reuses F, the real
   statistics and the FID (its largest size); C_T's PCA is the top eigenvectors of A^T A.
-* The k-NN room's float32 screening matrices real x real, fake x fake, real x fake (when they
-  fit ``max_bytes``; they are what precision/recall computes anyway) and each set's exact
+* The k-NN room's float32 screening matrix real x fake (when it fits ``max_bytes``; the
+  product precision/recall's ball decisions compute anyway) and each set's exact
   k nearest neighbours: precision/recall, density/coverage and realism share the real
   k-NN search, AuthPct reads
   the nearest-other-real distance from the same search; AuthPct's nearest real of each fake
@@ -34,11 +34,11 @@ from varbench.metrics import knn
 class PointPlan:
     """Shared statistics and exact k-NN pieces of one (real, fake) feature pair."""
 
-    def __init__(self, real: np.ndarray, fake: np.ndarray, max_bytes: float = 3 * 2**30):
+    def __init__(self, real: np.ndarray, fake: np.ndarray, max_bytes: float = 2**30):
         self.real = np.asarray(real)
         self.fake = np.asarray(fake)
         n, m = len(self.real), len(self.fake)
-        self.cached = 4.0 * (n * n + m * m + n * m) <= max_bytes
+        self.cached = 4.0 * n * m <= max_bytes
         self._memo: dict[Any, Any] = {}
 
     def _get(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -91,17 +91,17 @@ class PointPlan:
         """Both sets prepared together (one shift): the screening matrices' coordinates."""
         return self._get("prepared", lambda: tuple(knn.prepare(self.real, self.fake)))
 
-    def screen(self, which: str) -> np.ndarray | None:
-        """Float32 screening distances "rr", "ff" or "rf" (None when they do not fit)."""
+    def screen(self) -> np.ndarray | None:
+        """Float32 screening distances real x fake (None when they do not fit ``max_bytes``).
+
+        The one product precision/recall's ball decisions need anyway, kept for AuthPct,
+        realism and MiFID. Within a set the k-NN search screens with its own symmetric blocked
+        products (faster than reading a stored matrix, and no n x n matrix per set).
+        """
         if not self.cached:
             return None
         pr, pf = self.prepared()
-        make = {
-            "rr": lambda: knn.approx_sq_dists(pr),
-            "ff": lambda: knn.approx_sq_dists(pf),
-            "rf": lambda: knn.approx_sq_dists(pr, pf),
-        }[which]
-        return self._get(("screen", which), make)
+        return self._get("screen_rf", lambda: knn.approx_sq_dists(pr, pf))
 
     def knn(self, side: str, k: int) -> np.ndarray:
         """Exact sorted squared distances (n, k) of each row to its k nearest others ("real"/"fake").
@@ -114,9 +114,9 @@ class PointPlan:
             if isinstance(key, tuple) and key[:2] == ("knn", side) and key[2] >= k:
                 return value[:, :k]
         pr, pf = self.prepared()
-        p, which = (pr, "rr") if side == "real" else (pf, "ff")
+        p = pr if side == "real" else pf
         kk = max(k, 3) if len(p.x) > 3 else k
-        found = knn.knn_exact(p.x, kk, p, self.screen(which))[0]
+        found = knn.knn_exact(p.x, kk, p)[0]
         self._memo[("knn", side, kk)] = found
         return found[:, :k]
 
@@ -126,7 +126,7 @@ class PointPlan:
         def make() -> dict[str, float]:
             pr, pf = self.prepared()
             rr, rf = self.knn("real", k)[:, k - 1], self.knn("fake", k)[:, k - 1]
-            c = knn.ball_counts(pr, pf, ra=rr, rb=rf, approx=self.screen("rf"))
+            c = knn.ball_counts(pr, pf, ra=rr, rb=rf, approx=self.screen())
             return {
                 "precision": float((c.b_in_a > 0).mean()),
                 "recall": float((c.a_in_b > 0).mean()),
@@ -140,7 +140,7 @@ class PointPlan:
         def make() -> dict[str, float]:
             pr, pf = self.prepared()
             rr = self.knn("real", k)[:, k - 1]
-            c = knn.ball_counts(pr, pf, ra=rr, approx=self.screen("rf"))
+            c = knn.ball_counts(pr, pf, ra=rr, approx=self.screen())
             return {
                 "density": float(c.b_in_a.sum() / (k * len(pf.x))),
                 "coverage": float((c.a_hit > 0).mean()),
@@ -149,7 +149,7 @@ class PointPlan:
         return self._get(("dc", k), make)
 
     def _fake_rows_screen(self) -> np.ndarray | None:
-        rf = self.screen("rf")
+        rf = self.screen()
         return None if rf is None else rf.T  # (fake, real) view
 
     def nearest_real(self) -> tuple[np.ndarray, np.ndarray]:
@@ -188,7 +188,7 @@ class PointPlan:
         from varbench.metrics.mifid import cosine_screen, memorisation_distance, mifid_from
 
         def make() -> float:
-            rf = self.screen("rf")
+            rf = self.screen()
             screen = (
                 None if rf is None else cosine_screen(self.real, self.fake, self.prepared(), rf)
             )
