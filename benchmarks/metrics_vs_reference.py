@@ -325,54 +325,105 @@ def section_memory(
 def section_novelty(
     args: argparse.Namespace, real: np.ndarray, fake: np.ndarray
 ) -> dict[str, object]:
-    """Cost of every new diversity/novelty metric on one point vs one FID + precision/recall.
+    """Extra cost of every new diversity/novelty metric on one point, over FID + precision/recall.
 
-    One timing each (they are long); held-out set: ``--n // 10`` rows (C_T's test set, FLS's);
-    Vendi over groups of ``--vendi-group`` samples (one conditioning image's variations) and
-    over ``--classes`` classes, counted twice (DINOv2 and Inception spaces). CMMD's distance is
-    timed on the same features (its encoder pass aside); the palette works on images, not
-    features, and is not included. Run it alone: ``peak_rss_gib`` is the process's high-water mark.
+    Both sides run the code scoring runs: one ``PointPlan`` (``varbench.metrics.shared``) per
+    point. Baseline: a fresh plan computing FID and precision/recall only. Full: a fresh plan
+    computing FID, precision/recall, then every new metric, each step timed.
+
+    Shared inside the plan: the means and covariance factors and the real covariance's
+    pivoted-Cholesky factor (FID, FD-infinity, MiFID's FID), the real covariance (C_T's PCA),
+    the float32 screening matrices and exact k-NN radii of precision/recall (realism's radii,
+    AuthPct's nearest-other-real distances; AuthPct's, realism's and MiFID's fake-to-real
+    searches screen from the cached real x fake matrix). Not shared: FLS (a KDE on 1,000-row
+    subsets), Vendi (per-group Grams) and CMMD, timed on separate ``--cmmd-dim``-wide features
+    (CLIP ViT-L/14's 768: in a run CMMD has its own feature space; its encoder pass aside).
+
+    ``novelty_cost_ratio``: the new metrics' steps over the FID + precision/recall steps, both
+    timed inside the full run (same load). ``novelty_cost_ratio_vs_separate_baseline``:
+    (full - baseline) / baseline, the baseline timed separately (sensitive to load drift).
+    ``novelty_direct_baseline_seconds``: FID + precision/recall by the standalone functions,
+    for comparison. Held-out set: ``--n // 10`` rows (C_T's and FLS's test set); Vendi over
+    groups of ``--vendi-group`` samples and ``--classes`` classes, twice (DINOv2 and Inception
+    spaces). Each side timed once (they are long), after an untimed warm-up of the full side
+    on 400 rows. Run it alone: ``peak_rss_gib`` is the process's high-water mark.
     """
     import resource
 
     from varbench.metrics.cmmd import cmmd
-    from varbench.metrics.fid import fd_infinity, fid_from_features
+    from varbench.metrics.fid import fid_from_features
     from varbench.metrics.fls import fls_scores, fls_subsets
-    from varbench.metrics.mifid import mifid_parts
-    from varbench.metrics.novelty import authpct, ct_score
+    from varbench.metrics.novelty import CT_PCA_DIM, ct_score
     from varbench.metrics.prdc import precision_recall
-    from varbench.metrics.realism import realism_scores
+    from varbench.metrics.shared import PointPlan
     from varbench.metrics.vendi import grouped_vendi
 
     heldout = synthetic_features(max(2, args.n // 10), args.dim, seed=2)
+    clip_real = synthetic_features(args.n, args.cmmd_dim, seed=3)
+    clip_fake = synthetic_features(args.n, args.cmmd_dim, seed=4, shift=0.15)
     cond = np.arange(len(fake)) // args.vendi_group
     cls = np.arange(len(fake)) * min(args.classes, len(fake)) // len(fake)
+    times: dict[str, float] = {}
 
-    def vendi_both() -> None:
-        for _ in range(2):  # DINOv2 and Inception spaces
-            grouped_vendi(fake, cond)
-            grouped_vendi(fake, cls)
+    def step(name: str, fn: Callable[[], object]) -> object:
+        out, times[name] = timed(fn)
+        return out
 
-    _, t_fid = timed(lambda: fid_from_features(real, fake))
-    _, t_prc = timed(lambda: precision_recall(real, fake, 3))
-    parts = {
-        "vendi": vendi_both,
-        "authpct": lambda: authpct(real, fake),
-        "ct": lambda: ct_score(real, heldout, fake, seed=0),
-        "fls": lambda: fls_scores(*fls_subsets(real, heldout, fake, seed=0)),
-        "fd_infinity": lambda: fd_infinity(real, fake, seed=0),
-        "mifid": lambda: mifid_parts(real, fake),
-        "realism": lambda: realism_scores(real, fake, 3),
-        "cmmd": lambda: cmmd(real, fake),
+    def baseline() -> tuple[float, dict]:
+        plan = PointPlan(real, fake)
+        return plan.fid(), plan.precision_recall(3)
+
+    def full(real=real, fake=fake, heldout=heldout) -> dict[str, object]:
+        plan = PointPlan(real, fake)
+        out: dict[str, object] = {}
+        out["fid"] = step("base_fid", plan.fid)
+        out["prc"] = step("base_prc", lambda: plan.precision_recall(3))
+        out["fd_infinity"] = step("fd_infinity", lambda: plan.fd_infinity(seed=0))
+        out["authpct"] = step("authpct", plan.authpct)
+        out["realism"] = step("realism", lambda: plan.realism_scores(3))
+        out["mifid"] = step("mifid", plan.mifid)
+        out["ct"] = step(
+            "ct", lambda: ct_score(real, heldout, fake, seed=0, pca=plan.pca(CT_PCA_DIM))
+        )
+        out["fls"] = step("fls", lambda: fls_scores(*fls_subsets(real, heldout, fake, seed=0)))
+
+        def vendi_both() -> None:
+            for _ in range(2):  # DINOv2 and Inception spaces
+                grouped_vendi(fake, cond[: len(fake)])
+                grouped_vendi(fake, cls[: len(fake)])
+
+        step("vendi", vendi_both)
+        out["cmmd"] = step("cmmd", lambda: cmmd(clip_real, clip_fake))
+        return out
+
+    def direct() -> None:
+        fid_from_features(real, fake)
+        precision_recall(real, fake, 3)
+
+    # warm-up on a small slice (first calls: thread pools, autograd, allocations); untimed
+    full(real[:400], fake[:400], heldout[:100])
+    times.clear()
+    (b_fid, b_prc), t_base = timed(baseline)
+    values, t_full = timed(full)
+    _, t_direct = timed(direct)
+    out: dict[str, object] = {
+        "novelty_baseline_seconds": round(t_base, 3),
+        "novelty_direct_baseline_seconds": round(t_direct, 3),
+        "novelty_full_seconds": round(t_full, 3),
+        "novelty_same_fid_prc": values["fid"] == b_fid and values["prc"] == b_prc,
     }
-    out: dict[str, object] = {"novelty_baseline_seconds": round(t_fid + t_prc, 3)}
-    total = 0.0
-    for name, fn in parts.items():
-        _, t = timed(fn)
+    for name, t in times.items():
         out[f"novelty_{name}_seconds"] = round(t, 3)
-        total += t
-    out["novelty_seconds"] = round(total, 3)
-    out["novelty_cost_ratio"] = round(total / (t_fid + t_prc), 3)
+        if not name.startswith("base_"):
+            out[f"novelty_{name}_ratio"] = round(t / t_base, 3)
+    # Same conditions: the new metrics' steps over FID + P/R's steps inside the one full run
+    # (a shared machine's load drifts between separately timed runs by up to 2x here).
+    base_in_run = times["base_fid"] + times["base_prc"]
+    extra = sum(t for name, t in times.items() if not name.startswith("base_"))
+    out["novelty_base_in_run_seconds"] = round(base_in_run, 3)
+    out["novelty_extra_seconds"] = round(extra, 3)
+    out["novelty_cost_ratio"] = round(extra / base_in_run, 3)
+    out["novelty_cost_ratio_vs_separate_baseline"] = round((t_full - t_base) / t_base, 3)
     out["peak_rss_gib"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, 3
     )
@@ -403,6 +454,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000, help="intervals: classes (units)")
     parser.add_argument("--replicates", type=int, default=50, help="intervals: B half-samples")
     parser.add_argument("--vendi-group", type=int, default=10, help="novelty: samples per cond")
+    parser.add_argument("--cmmd-dim", type=int, default=768, help="novelty: CMMD feature width")
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}"
     )

@@ -59,6 +59,43 @@ def test_max_weighted_inverse_equals_brute_force():
     assert best[-1] == np.inf and arg[-1] == 7
 
 
+def test_nearest_up_to_sign_equals_brute_force():
+    from varbench.metrics.knn import nearest_up_to_sign
+
+    rng = _rng(3)
+    base = rng.standard_normal((150, 16))
+    q = np.vstack([rng.standard_normal((60, 16)), base[:4], -base[4:6], 2.0 * base[6:7]])
+    full = cdist(q, np.vstack([base, -base]), "sqeuclidean").min(axis=1)
+    got = nearest_up_to_sign(q, base)
+    np.testing.assert_allclose(got, full, rtol=1e-12, atol=1e-12)
+    assert (got[60:66] == 0).all()  # copies and negated copies are at exactly 0
+
+
+def test_point_plan_equals_each_standalone_metric_bit_for_bit():
+    """The shared plan (what scoring runs) gives the standalone functions' exact numbers."""
+    from varbench.metrics import fid, mifid, novelty, prdc, realism
+    from varbench.metrics.shared import PointPlan
+
+    rng = _rng(12)
+    real = np.abs(rng.standard_normal((260, 72))).astype(np.float32)
+    fake = np.abs(rng.standard_normal((230, 72)) * 1.1 + 0.05).astype(np.float32)
+    fake[:6] = real[10:16]  # copies
+    real[20] = real[21]  # a duplicate reference
+    held = np.abs(rng.standard_normal((120, 72))).astype(np.float32)
+    for cached in (True, False):
+        plan = PointPlan(real, fake, max_bytes=1e9 if cached else 0)
+        assert plan.cached is cached
+        assert plan.density_coverage(5) == prdc.density_coverage(real, fake, 5)
+        assert plan.precision_recall(3) == prdc.precision_recall(real, fake, 3)
+        assert plan.authpct() == novelty.authpct(real, fake)
+        assert np.array_equal(plan.realism_scores(3), realism.realism_scores(real, fake, 3))
+        assert plan.fid() == fid.fid_from_features(real, fake)
+        assert plan.mifid() == mifid.mifid_parts(real, fake)
+        assert plan.fd_infinity(seed=5) == fid.fd_infinity(real, fake, seed=5)
+        ct = novelty.ct_score(real, held, fake, seed=1, pca=plan.pca(novelty.CT_PCA_DIM))
+        assert ct == novelty.ct_score(real, held, fake, seed=1)
+
+
 # -- Vendi -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("q", [1.0, 2.0, 0.5, math.inf])
 @pytest.mark.parametrize("shape", [(40, 64), (300, 16)])
@@ -244,32 +281,43 @@ def test_fls_equals_dgm_eval():
 
 
 # -- FD-infinity (transcription of dgm-eval metrics/fd.py with our nested draws) ---------------
-def test_fd_infinity_equals_dgm_eval_fit():
+@pytest.mark.parametrize("n_real, n_fake, d", [(500, 400, 10), (300, 300, 40)])
+def test_fd_infinity_equals_dgm_eval_fit(n_real, n_fake, d):
+    """(300, 300, 40): the smallest size (30 rows) has a singular covariance (N x N route)."""
     from scipy import linalg
     from sklearn.linear_model import LinearRegression
 
     from varbench.metrics.fid import fd_infinity, fd_infinity_sizes
 
     rng = _rng(9)
-    real = rng.standard_normal((500, 10))
-    fake = rng.standard_normal((400, 10)) * 1.1 + 0.2
+    real = rng.standard_normal((n_real, d))
+    fake = rng.standard_normal((n_fake, d)) * 1.1 + 0.2
 
-    def fd(mu1, mu2, s1, s2):
-        covmean = linalg.sqrtm(s1.dot(s2)).real
+    def fd(mu1, mu2, s1, s2, act, exact):
+        if exact:  # tr sqrt(S1 S2) as the singular values of the centred rows' cross product
+            a1 = (real - mu1) / np.sqrt(len(real) - 1)
+            a2 = (act - mu2) / np.sqrt(len(act) - 1)
+            trace = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
+        else:
+            trace = np.trace(linalg.sqrtm(s1.dot(s2)).real)
         diff = mu1 - mu2
-        return diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+        return diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * trace
 
     batches = fd_infinity_sizes(len(fake))
-    assert batches[0] == 40 and batches[-1] == 400 and len(batches) == 15
+    assert batches[0] == n_fake // 10 and batches[-1] == n_fake and len(batches) == 15
     perm = np.random.default_rng(4).permutation(len(fake))  # the draw fd_infinity documents
     mu1, s1 = real.mean(0), np.cov(real, rowvar=False)
-    fds = []
-    for n in batches:
-        act = fake[perm[:n]]
-        fds.append(fd(mu1, act.mean(0), s1, np.cov(act, rowvar=False)))
-    reg = LinearRegression().fit(1 / batches.reshape(-1, 1), np.array(fds).reshape(-1, 1))
-    ref = reg.predict(np.array([[0]]))[0, 0]
-    assert fd_infinity(real, fake, seed=4) == pytest.approx(ref, rel=1e-8)
+    got = fd_infinity(real, fake, seed=4)
+    for exact in (False, True):
+        fds = []
+        for n in batches:
+            act = fake[perm[:n]]
+            fds.append(fd(mu1, act.mean(0), s1, np.cov(act, rowvar=False), act, exact))
+        reg = LinearRegression().fit(1 / batches.reshape(-1, 1), np.array(fds).reshape(-1, 1))
+        ref = reg.predict(np.array([[0]]))[0, 0]
+        # sqrtm of a singular product (30 rows in 40 dims) errs by ~4e-9 relative at that size
+        rel = 1e-7 if (batches[0] <= d and not exact) else 1e-8
+        assert got == pytest.approx(ref, rel=rel)
 
 
 # -- MiFID (torchmetrics) ----------------------------------------------------------------------
@@ -405,13 +453,26 @@ def test_clip_l336_encoder_on_a_tiny_random_clip(tmp_path, monkeypatch):
 
 
 # -- registered metrics inside a real run, and in `varbench list metrics` ----------------------
+def _cli_json(*args: str):
+    """`varbench ARGS` in this process (typer's runner: no interpreter start-up), JSON stdout."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from varbench.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def test_new_metrics_in_a_demo_run(tmp_path):
     import json
     import re
 
-    from conftest import run_json
-
     from varbench.metrics.palette import palette_distance
+
+    run_json = _cli_json  # the CLI's code in this process; its subprocess use is tested elsewhere
 
     src = (Path(__file__).parents[1] / "protocols" / "demo_1shot.toml").read_text()
     src = src.replace('name = "demo_1shot"', 'name = "demo_novelty"')

@@ -122,6 +122,7 @@ class FeatureContext:
         self.encoders: dict[str, Any] = encoders if encoders is not None else {}
         self._decode_file = decode
         self._caches: dict[tuple[str, str], FeatureCache] = {}
+        self.shared: dict[Any, Any] = {}  # per-point plans the metrics share (metrics/shared.py)
         self.paths: dict[str, Path] = {}  # pixel hash -> a file holding those pixels
 
     def encoder(self, name: str | None = None):

@@ -59,20 +59,30 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return _sqrt_eig_sum(f.T @ np.asarray(sigma2, np.float64) @ f)
 
 
-def trace_sqrt_from_factors(a1: np.ndarray, a2: np.ndarray) -> float:
+def covariance_route(n1: int, n2: int, d: int) -> bool:
+    """Whether tr sqrt(S1 S2) is cheaper through d x d covariances than through A1 A2^T."""
+    small = min(n1, n2)
+    sample_cost = n1 * n2 * d + small * small * max(n1, n2) * 4
+    cov_cost = (n1 + n2) * d * d + 12 * d**3
+    return sample_cost >= cov_cost
+
+
+def trace_sqrt_from_factors(
+    a1: np.ndarray, a2: np.ndarray, factor1: np.ndarray | None = None
+) -> float:
     """tr(sqrt(S1 S2)) for S_i = A_i^T A_i, A_i (n_i, d), by the cheaper of two exact routes.
 
     With few rows, the nonzero eigenvalues of S1 S2 are the squared singular values of A1 A2^T
     (n1 x n2); with many rows, form the d x d covariances and use ``trace_sqrt_product``.
+    ``factor1``: ``psd_factor(A1^T A1)`` when already computed (shared with FD-infinity);
+    the result is bit-identical.
     """
     (n1, d), n2 = a1.shape, a2.shape[0]
-    small = min(n1, n2)
-    sample_cost = n1 * n2 * d + small * small * max(n1, n2) * 4
-    cov_cost = (n1 + n2) * d * d + 12 * d**3
-    if sample_cost < cov_cost:
+    if not covariance_route(n1, n2, d):
         s = np.linalg.svd(a1 @ a2.T, compute_uv=False)
         return float(s.sum())
-    return trace_sqrt_product(a1.T @ a1, a2.T @ a2)
+    f = psd_factor(a1.T @ a1) if factor1 is None else factor1
+    return _sqrt_eig_sum(f.T @ (a2.T @ a2) @ f)
 
 
 def fid_statistics_to_metric(
@@ -106,14 +116,23 @@ def centred_factor(
     return mu, (xk - mu) * np.sqrt(wk / (n - 1))[:, None]
 
 
-def fid_from_factors(mu1: np.ndarray, a1: np.ndarray, mu2: np.ndarray, a2: np.ndarray) -> float:
-    """FID from means and covariance factors (see ``centred_factor``), clipped at 0."""
+def fid_from_factors(
+    mu1: np.ndarray,
+    a1: np.ndarray,
+    mu2: np.ndarray,
+    a2: np.ndarray,
+    factor1: np.ndarray | None = None,
+) -> float:
+    """FID from means and covariance factors (see ``centred_factor``), clipped at 0.
+
+    ``factor1``: ``psd_factor(a1.T @ a1)`` when already computed (bit-identical result).
+    """
     diff = mu1 - mu2
     value = (
         diff @ diff
         + np.einsum("ij,ij->", a1, a1)
         + np.einsum("ij,ij->", a2, a2)
-        - 2.0 * trace_sqrt_from_factors(a1, a2)
+        - 2.0 * trace_sqrt_from_factors(a1, a2, factor1)
     )
     return float(max(value, 0.0))
 
@@ -134,7 +153,9 @@ class FIDMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        return {KEY_FID: fid_from_features(ctx.real(), ctx.fake())}
+        from varbench.metrics.shared import point_plan
+
+        return {KEY_FID: point_plan(ctx).fid()}
 
 
 KEY_FD_DINOV2 = "fd_dinov2"
@@ -160,37 +181,67 @@ def fd_infinity_sizes(n_fake: int, num_points: int = FD_INF_POINTS) -> np.ndarra
 
 
 def fd_infinity(
-    real: np.ndarray, fake: np.ndarray, num_points: int = FD_INF_POINTS, seed: int = 0
+    real: np.ndarray,
+    fake: np.ndarray,
+    num_points: int = FD_INF_POINTS,
+    seed: int = 0,
+    real_stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    fid: float | None = None,
 ) -> float:
     """FD extrapolated to infinitely many samples (Chong & Forsyth 2020, as dgm-eval).
 
     FD_N of N generated rows against all real rows at dgm-eval's 15 sizes, least-squares line
     in 1/N, value at 1/N = 0. The N rows are the first N of one seeded permutation (each a
     uniform draw without replacement, as dgm-eval's), so the covariances are running sums.
+
+    No matrix square root per size: with S1 = F F^T (``psd_factor``, computed once and shared
+    with FID), tr sqrt(S1 S2) = sum sqrt eig(F^T S2 F), and F^T S2 F of every size comes from
+    running sums of the projected rows Y = (X - c) F (one n x d x r product for all sizes); so
+    each size is one symmetric eigenvalue problem of size min(r, N). The largest size is all
+    generated rows: its FD is the FID (``fid_from_factors``, same bits as the fid metric).
+    ``real_stats``: (mean, centred factor, psd factor) of ``real`` when already computed;
+    ``fid``: the FID of (real, fake) when already computed.
     """
     x = np.asarray(fake, np.float64)
     if x.ndim != 2 or len(x) < 4:
         raise ValueError(f"need a (N>=4, D) feature array, got shape {x.shape}")
-    mu1, a1 = centred_factor(real)
-    factor = psd_factor(a1.T @ a1)
+    if real_stats is None:
+        mu1, a1 = centred_factor(real)
+        real_stats = (mu1, a1, psd_factor(a1.T @ a1))
+    mu1, a1, factor = real_stats
     tr1 = float(np.einsum("ij,ij->", a1, a1))
+    if fid is None:
+        fid = fid_from_factors(mu1, a1, *centred_factor(x), factor1=factor)
     sizes = fd_infinity_sizes(len(x), num_points)
-    x = x[np.random.default_rng(seed).permutation(len(x))]
+    centre = x.mean(axis=0)  # a common shift keeps the running sums free of cancellation
+    xc = x[np.random.default_rng(seed).permutation(len(x))] - centre
+    y = xc @ factor  # (n, r): every row projected on the real factor once
+    r = factor.shape[1]
     s1 = np.zeros(x.shape[1])
-    s2 = np.zeros((x.shape[1], x.shape[1]))
+    sq = 0.0
+    yy = np.zeros((r, r))
+    ys = np.zeros(r)
     done = 0
     fds = []
     for n in sizes:
-        chunk = x[done:n]
+        if n == len(x):
+            fds.append(fid)
+            continue
+        chunk, ychunk = xc[done:n], y[done:n]
         s1 += chunk.sum(axis=0)
-        s2 += chunk.T @ chunk
+        sq += float(np.einsum("ij,ij->", chunk, chunk))
+        yy += ychunk.T @ ychunk
+        ys += ychunk.sum(axis=0)
         done = n
-        mu2 = s1 / n
-        sigma2 = (s2 - n * np.outer(mu2, mu2)) / (n - 1)
-        diff = mu1 - mu2
-        value = diff @ diff + tr1 + np.trace(sigma2)
-        value -= 2.0 * _sqrt_eig_sum(factor.T @ sigma2 @ factor)
-        fds.append(value)
+        mean_c = s1 / n  # mean of the N rows minus the shift
+        diff = mu1 - (mean_c + centre)
+        tr2 = (sq - n * float(mean_c @ mean_c)) / (n - 1)
+        if n - 1 < r:  # N x N Gram of the centred projected rows: same nonzero eigenvalues
+            yc = y[:n] - ys / n
+            m = yc @ yc.T / (n - 1)
+        else:
+            m = (yy - n * np.outer(ys / n, ys / n)) / (n - 1)
+        fds.append(diff @ diff + tr1 + tr2 - 2.0 * _sqrt_eig_sum(m))
     slope, intercept = np.polyfit(1.0 / sizes.astype(np.float64), np.asarray(fds), 1)
     return float(intercept)
 
@@ -206,4 +257,6 @@ class FDInfinityMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        return {KEY_FD_INFINITY: fd_infinity(ctx.real(), ctx.fake(), seed=int(ctx.seed))}
+        from varbench.metrics.shared import point_plan
+
+        return {KEY_FD_INFINITY: point_plan(ctx).fd_infinity(seed=int(ctx.seed))}

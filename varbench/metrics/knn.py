@@ -25,6 +25,7 @@ miss when the radius is 0).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -37,6 +38,7 @@ _BLOCK = 2048  # rows per float32 GEMM block
 _SYM_BLOCK = 1024  # rows per block of the symmetric self-distance products
 _DIAG_SPLIT = 2  # a diagonal block is split into 2 x 2 sub-blocks (upper triangle computed)
 _CACHE_CHUNK = 256  # pairs per exact-distance chunk (temporaries stay in cache: 3x faster)
+_SCREEN_CAP = 64  # mean candidates per query beyond which a given screen is not worth it
 
 
 # -- exact distances ---------------------------------------------------------------------------
@@ -502,13 +504,40 @@ def _cross_candidates(pq: Prepared, pb: Prepared, kk: int) -> tuple[np.ndarray, 
     return _sort_candidates(best_d.numpy(), best_i.numpy())
 
 
-def knn_cross(queries: np.ndarray, base: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def _approx_candidates(approx, rows: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``kk`` smallest entries of a float32 distance matrix (rows ``rows``), sorted."""
+    out_d = np.empty((len(rows), kk), np.float32)
+    out_i = np.empty((len(rows), kk), np.int64)
+    for s in range(0, len(rows), _BLOCK):
+        d = np.ascontiguousarray(approx[rows[s : s + _BLOCK]])
+        if kk < d.shape[1]:
+            part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+        else:
+            part = np.broadcast_to(np.arange(d.shape[1]), d.shape)
+        out_d[s : s + _BLOCK] = np.take_along_axis(d, part, axis=1)
+        out_i[s : s + _BLOCK] = part
+    return _sort_candidates(out_d, out_i)
+
+
+def knn_cross(
+    queries: np.ndarray,
+    base: np.ndarray,
+    k: int = 1,
+    prepared: tuple[Prepared, Prepared] | None = None,
+    approx: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact sorted squared distances and indices (m, k) of each query's k nearest base rows.
 
     Same certificate as ``knn_exact``: float32 candidates, every one that could be among the
     true k nearest re-ranked with float64 direct differences (exact ties: lowest index).
+    ``prepared``: (queries, base) prepared together with another set (e.g. a shared plan's);
+    ``approx``: their float32 distance matrix (m, n) when already computed. Results do not
+    depend on either: every decision is certified or re-decided exactly.
     """
-    pb, pq = prepare(base, queries)
+    if prepared is None:
+        pb, pq = prepare(base, queries)
+    else:
+        pq, pb = prepared
     n, d = pb.x.shape
     m = pq.x.shape[0]
     if n < k:
@@ -519,13 +548,16 @@ def knn_cross(queries: np.ndarray, base: np.ndarray, k: int = 1) -> tuple[np.nda
     eps = _eps(d)
     while len(rows):
         sub = subset(pq, rows)
-        approx, idx = _cross_candidates(sub, pb, kk)
-        approx = approx.astype(np.float64)
+        if approx is None:
+            approx_c, idx = _cross_candidates(sub, pb, kk)
+        else:
+            approx_c, idx = _approx_candidates(approx, rows, kk)
+        approx_c = approx_c.astype(np.float64)
         tol = eps * (sub.nf[:, None] + pb.nf[idx]) + sub.slack[:, None] + pb.slack[idx]
         tol_any = eps * (sub.nf + pb.nf.max()) + sub.slack + pb.slack.max()
-        upper = (approx[:, :k] + tol[:, :k]).max(axis=1)
-        cand = approx - tol <= upper[:, None]
-        overflow = (approx[:, -1] - tol_any <= upper) & (kk < n)
+        upper = (approx_c[:, :k] + tol[:, :k]).max(axis=1)
+        cand = approx_c - tol <= upper[:, None]
+        overflow = (approx_c[:, -1] - tol_any <= upper) & (kk < n)
         ci, cj = np.nonzero(cand & ~overflow[:, None])
         exact = np.full(idx.shape, np.inf)
         exact[ci, cj] = exact_pairs(pq.x, rows[ci], pb.x, idx[ci, cj])
@@ -539,20 +571,28 @@ def knn_cross(queries: np.ndarray, base: np.ndarray, k: int = 1) -> tuple[np.nda
 
 
 def max_weighted_inverse(
-    queries: np.ndarray, base: np.ndarray, weights: np.ndarray
+    queries: np.ndarray,
+    base: np.ndarray,
+    weights: np.ndarray,
+    prepared: tuple[Prepared, Prepared] | None = None,
+    approx: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each query q: max_j weights[j] / |q - base_j|^2 over base rows with weights > 0.
 
     Returns (value, argmax); a query at distance 0 from an eligible row gets inf. Float32
     products bound each ratio from both sides; every row whose upper bound reaches the best
     lower bound is re-evaluated with exact distances, so the maximum is the exact one.
+    ``prepared``/``approx``: as for ``knn_cross`` (queries x base), from a shared plan.
     """
     w_all = np.asarray(weights, np.float64)
     keep = np.flatnonzero(w_all > 0)
     m = len(queries)
     if not len(keep):
         return np.full(m, np.nan), np.full(m, -1, np.int64)
-    pb, pq = prepare(np.asarray(base)[keep], queries)
+    if prepared is None:
+        pb, pq = prepare(np.asarray(base)[keep], queries)
+    else:
+        pq, pb = prepared[0], subset(prepared[1], keep)
     w = w_all[keep]
     d = pb.x.shape[1]
     eps = _eps(d)
@@ -560,7 +600,10 @@ def max_weighted_inverse(
     arg = np.empty(m, np.int64)
     for s in range(0, m, _BLOCK):
         e = min(m, s + _BLOCK)
-        g = _gram_block(pq, pb, slice(s, e), slice(None)).numpy().astype(np.float64)
+        if approx is None:
+            g = _gram_block(pq, pb, slice(s, e), slice(None)).numpy().astype(np.float64)
+        else:
+            g = np.asarray(approx[s:e])[:, keep].astype(np.float64)
         tol = eps * (pq.nf[s:e, None] + pb.nf[None, :]) + pq.slack[s:e, None] + pb.slack[None, :]
         with np.errstate(divide="ignore"):
             lo = w[None, :] / np.maximum(g + tol, 0.0)  # lower bound of each ratio
@@ -576,3 +619,137 @@ def max_weighted_inverse(
         best[s:e] = r_row[np.arange(e - s), j]
         arg[s:e] = keep[j]
     return best, arg
+
+
+def nearest_up_to_sign(
+    queries: np.ndarray,
+    base: np.ndarray,
+    screen: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """Exact min over base rows b and signs s of |q - s b|^2, for each query (squared, float64).
+
+    Equal to ``knn_cross(queries, vstack([base, -base]), 1)[0][:, 0]`` at half the product:
+    |q - s b|^2 = |q|^2 + |b|^2 - 2 s q.b, so one float32 product screens both signs (rows
+    unshifted: a shift would break the symmetry) and every candidate whose certified band
+    reaches the best upper bound is recomputed by float64 direct differences for both signs.
+    ``screen(s, e)``: for unit rows, (approximate q.b, absolute error bound) of queries s:e
+    against every base row, in float64, from distances a shared plan already holds (no
+    product); a block whose band holds too many candidates falls back to the product.
+    """
+    import torch
+
+    q = np.ascontiguousarray(queries)
+    b = np.ascontiguousarray(base)
+    if q.dtype not in (np.float32, np.float64) or b.dtype != q.dtype:
+        q, b = (np.ascontiguousarray(a, dtype=np.float64) for a in (q, b))
+    m, d = q.shape
+    eps = _eps(d)
+    grow = 1.0 + 2.0 * (d + 2) * _U32
+    qf, bf = q.astype(np.float32), b.astype(np.float32)
+    nq32, nb32 = np.einsum("ij,ij->i", qf, qf), np.einsum("ij,ij->i", bf, bf)
+    nq = np.einsum("ij,ij->i", q, q).astype(np.float64) * grow
+    nb = np.einsum("ij,ij->i", b, b).astype(np.float64) * grow
+    nqf, nbf = nq32.astype(np.float64) * grow, nb32.astype(np.float64) * grow
+    slack_q = 8.0 * (d + 8) * _U64 * (nq + nqf) + 1e-300
+    slack_b = 8.0 * (d + 8) * _U64 * (nb + nbf) + 1e-300
+    tb, nbt = torch.from_numpy(bf), torch.from_numpy(nb32)
+    neg = -b
+    out = np.empty(m)
+    nq64, nb64 = np.einsum("ij,ij->i", q, q), np.einsum("ij,ij->i", b, b)
+    for s in range(0, m, _BLOCK):
+        e = min(m, s + _BLOCK)
+        ci = None
+        if screen is not None:
+            dot, err = screen(s, e)
+            g = nq64[s:e, None] + nb64[None, :] - 2.0 * np.abs(dot)
+            tol = 2.0 * err + 8.0 * (d + 8) * _U64 * (nq64[s:e, None] + nb64[None, :])
+            upper = (g + tol).min(axis=1)
+            ci, cj = np.nonzero(g - tol <= upper[:, None])
+            if len(ci) > _SCREEN_CAP * (e - s):
+                ci = None  # too wide a band here: the float32 product decides instead
+        if ci is None:
+            dot = torch.from_numpy(qf[s:e]) @ tb.T
+            g = (torch.from_numpy(nq32[s:e])[:, None] + nbt[None, :]) - 2.0 * dot.abs_()
+            g = g.numpy().astype(np.float64)
+            tol = eps * (nqf[s:e, None] + nbf[None, :]) + slack_q[s:e, None] + slack_b[None, :]
+            upper = (g + tol).min(axis=1)
+            ci, cj = np.nonzero(g - tol <= upper[:, None])
+        rows = ci + s
+        exact = np.minimum(exact_pairs(q, rows, b, cj), exact_pairs(q, rows, neg, cj))
+        best = np.full(e - s, np.inf)
+        np.minimum.at(best, ci, exact)
+        out[s:e] = best
+    return out
+
+
+# -- streamed search with exclusions (bases too large for memory, e.g. LPIPS phi) ---------------
+def float64_eps(dim: int) -> float:
+    """Certified relative error of float64 squared distances |q|^2 + |b|^2 - 2 q.b (any order).
+
+    Dot product and norms each err by at most gamma_d (|q|^2 + |b|^2) for d-term sums, plus a few
+    roundings to combine them; same form as ``_eps`` with the float64 unit roundoff.
+    """
+    return 1.25 * (2 * dim + 32) * _U64
+
+
+def nearest_streamed(
+    queries: np.ndarray,
+    base,
+    exclude: Sequence[np.ndarray],
+    device: str = "cpu",
+    identical: Sequence[np.ndarray] | None = None,
+    ref_chunk: int = 64,
+    pair_chunk: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest base row (squared L2) of each query, skipping the rows ``exclude[i]``.
+
+    ``base`` is anything sliceable by rows (an array or a ``RowFile``), read ``ref_chunk`` rows at
+    a time. Each chunk: one float64 matrix product with a certified error bound; every pair whose
+    lower bound is within the running best upper bound is recomputed by direct float64
+    differences (no cancellation), and the smallest recomputed distance wins (lowest index on
+    ties). So ties or rounding of the product cannot pick a wrong neighbour.
+    The product runs on ``device`` (torch float64; a GPU makes it seconds instead of hours).
+    ``identical[i]``: base rows whose image has query i's pixels (by hash); the lowest of them
+    not excluded is the neighbour at distance exactly 0, whatever the float path computes.
+    Returns (distances, indices); (nan, -1) where every base row is excluded.
+    """
+    import torch  # its float64 GEMM; OpenBLAS via numpy is 30x slower for some thin shapes
+
+    q = np.ascontiguousarray(queries, np.float64)
+    qt = torch.from_numpy(q).to(device)
+    nq = len(q)
+    qn = np.einsum("ij,ij->i", q, q)
+    eps = float64_eps(q.shape[1]) if nq else 0.0
+    upper = np.full(nq, np.inf)  # certified upper bound of the true minimum
+    best = np.full(nq, np.inf)
+    where = np.full(nq, -1, dtype=np.int64)
+    for s in range(0, len(base), ref_chunk):
+        b = np.asarray(base[s : s + ref_chunk], np.float64)
+        bn = np.einsum("ij,ij->i", b, b)
+        prod = (qt @ torch.from_numpy(b).to(device).T).cpu().numpy()
+        d = qn[:, None] + bn[None, :] - 2.0 * prod
+        tol = eps * (qn[:, None] + bn[None, :]) + 1e-300
+        for i, ex in enumerate(exclude):
+            local = ex[(ex >= s) & (ex < s + len(b))] - s
+            d[i, local] = np.inf
+        upper = np.minimum(upper, (d + tol).min(axis=1))
+        ci, cj = np.nonzero((d - tol <= upper[:, None]) & np.isfinite(d))
+        exact = np.empty(len(ci))
+        for t in range(0, len(ci), pair_chunk):
+            diff = q[ci[t : t + pair_chunk]] - b[cj[t : t + pair_chunk]]
+            exact[t : t + pair_chunk] = np.einsum("ij,ij->i", diff, diff)
+        # per query, the smallest recomputed distance (lowest index on ties) of this chunk
+        order = np.lexsort((cj, exact, ci))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = ci[order][1:] != ci[order][:-1]
+        rows, cols, vals = ci[order][first], cj[order][first], exact[order][first]
+        better = vals < best[rows]  # earlier chunks hold lower indices: they win ties
+        best[rows[better]], where[rows[better]] = vals[better], cols[better] + s
+    for i, rows in enumerate(identical if identical is not None else ()):
+        rows = np.setdiff1d(np.asarray(rows, np.int64), np.asarray(exclude[i], np.int64))
+        if len(rows):  # same pixels: distance 0 by design (a float tie at 0 keeps its lower row)
+            j0 = int(rows.min())
+            if not (best[i] == 0.0 and 0 <= where[i] < j0):
+                best[i], where[i] = 0.0, j0
+    best[where < 0] = np.nan
+    return best, where

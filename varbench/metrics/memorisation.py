@@ -10,7 +10,8 @@ class as there are samples per class), excluding references with the same pixels
 duplicates in the dataset do not count. A sample curve left of the reference curve means copying.
 
 Exact search: LPIPS v0.1 is a squared Euclidean distance between per-image embeddings phi
-(``LpipsEncoder.embed``), so the nearest neighbour is a search over phi. phi of the references
+(``LpipsEncoder.embed``: weighted, normalised, concatenated features), so the nearest neighbour
+is a search over phi by the one k-NN room (``varbench.metrics.knn.nearest_streamed``). phi of the references
 is spilled once to a float32 file under the cache (deleted afterwards; D = 640,128 floats per
 image at 256 px, i.e. 2.56 MB per reference) and streamed ``REF_CHUNK`` rows at a time against
 blocks of ``QUERY_BLOCK`` queries: a float64 matrix product with a certified error bound, and a
@@ -42,6 +43,7 @@ import numpy as np
 from varbench.hashing import pixel_sha256
 from varbench.io import disk_full, is_disk_full
 from varbench.metrics.base import Metric
+from varbench.metrics.knn import float64_eps, nearest_streamed
 
 KEY_NN_MEDIAN = "memorisation_nn_lpips_median"
 KEY_HELDOUT_NN_MEDIAN = "memorisation_heldout_nn_lpips_median"
@@ -54,7 +56,6 @@ EMBED_CHUNK = 32  # images per trunk pass
 QUERY_BLOCK = 384  # query rows per pass over the references (1.97 GB of float64 at 256 px)
 REF_CHUNK = 64  # reference rows per matrix product (0.33 GB of float64 at 256 px)
 PAIR_CHUNK = 16  # pairs per direct-difference recheck
-_U64 = 2.0**-53
 
 
 def histogram(distances: np.ndarray) -> np.ndarray:
@@ -125,12 +126,8 @@ class RowFile:
 
 
 def bound_eps(dim: int) -> float:
-    """Certified relative error of float64 squared distances |q|^2 + |b|^2 - 2 q.b (any order).
-
-    Dot product and norms each err by at most gamma_d (|q|^2 + |b|^2) for d-term sums, plus a few
-    roundings to combine them; same form as ``knn._eps`` with the float64 unit roundoff.
-    """
-    return 1.25 * (2 * dim + 32) * _U64
+    """Certified relative error of float64 squared distances (``knn.float64_eps``)."""
+    return float64_eps(dim)
 
 
 def nearest_excluding(
@@ -140,58 +137,15 @@ def nearest_excluding(
     device: str = "cpu",
     identical: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact nearest base row (squared L2) of each query, skipping the rows ``exclude[i]``.
+    """Exact nearest base row (squared L2 over phi) of each query, skipping ``exclude[i]``.
 
-    ``base`` is anything sliceable by rows (an array or a ``RowFile``), read ``REF_CHUNK`` rows at
-    a time. Each chunk: one float64 matrix product with a certified error bound; every pair whose
-    lower bound is within the running best upper bound is recomputed by direct float64
-    differences (no cancellation), and the smallest recomputed distance wins (lowest index on
-    ties). So ties or rounding of the product cannot pick a wrong neighbour.
-    The product runs on ``device`` (torch float64; a GPU makes it seconds instead of hours).
-    ``identical[i]``: base rows whose image has query i's pixels (by hash); the lowest of them
-    not excluded is the neighbour at distance exactly 0, whatever the float path computes.
+    The k-NN room's streamed search (``knn.nearest_streamed``), ``REF_CHUNK`` base rows per
+    product; ``identical[i]``: base rows with query i's pixels, at distance exactly 0.
     Returns (distances, indices); (nan, -1) where every base row is excluded.
     """
-    import torch  # its float64 GEMM; OpenBLAS via numpy is 30x slower for some thin shapes
-
-    q = np.ascontiguousarray(queries, np.float64)
-    qt = torch.from_numpy(q).to(device)
-    nq = len(q)
-    qn = np.einsum("ij,ij->i", q, q)
-    eps = bound_eps(q.shape[1]) if nq else 0.0
-    upper = np.full(nq, np.inf)  # certified upper bound of the true minimum
-    best = np.full(nq, np.inf)
-    where = np.full(nq, -1, dtype=np.int64)
-    for s in range(0, len(base), REF_CHUNK):
-        b = np.asarray(base[s : s + REF_CHUNK], np.float64)
-        bn = np.einsum("ij,ij->i", b, b)
-        prod = (qt @ torch.from_numpy(b).to(device).T).cpu().numpy()
-        d = qn[:, None] + bn[None, :] - 2.0 * prod
-        tol = eps * (qn[:, None] + bn[None, :]) + 1e-300
-        for i, ex in enumerate(exclude):
-            local = ex[(ex >= s) & (ex < s + len(b))] - s
-            d[i, local] = np.inf
-        upper = np.minimum(upper, (d + tol).min(axis=1))
-        ci, cj = np.nonzero((d - tol <= upper[:, None]) & np.isfinite(d))
-        exact = np.empty(len(ci))
-        for t in range(0, len(ci), PAIR_CHUNK):
-            diff = q[ci[t : t + PAIR_CHUNK]] - b[cj[t : t + PAIR_CHUNK]]
-            exact[t : t + PAIR_CHUNK] = np.einsum("ij,ij->i", diff, diff)
-        # per query, the smallest recomputed distance (lowest index on ties) of this chunk
-        order = np.lexsort((cj, exact, ci))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = ci[order][1:] != ci[order][:-1]
-        rows, cols, vals = ci[order][first], cj[order][first], exact[order][first]
-        better = vals < best[rows]  # earlier chunks hold lower indices: they win ties
-        best[rows[better]], where[rows[better]] = vals[better], cols[better] + s
-    for i, rows in enumerate(identical if identical is not None else ()):
-        rows = np.setdiff1d(np.asarray(rows, np.int64), np.asarray(exclude[i], np.int64))
-        if len(rows):  # same pixels: distance 0 by design (a float tie at 0 keeps its lower row)
-            j0 = int(rows.min())
-            if not (best[i] == 0.0 and 0 <= where[i] < j0):
-                best[i], where[i] = 0.0, j0
-    best[where < 0] = np.nan
-    return best, where
+    return nearest_streamed(
+        queries, base, exclude, device, identical, ref_chunk=REF_CHUNK, pair_chunk=PAIR_CHUNK
+    )
 
 
 def embed_all(enc, images: Callable[[int], np.ndarray], n: int, out) -> None:

@@ -42,26 +42,48 @@ class CTCellError(ValueError):
 def authpct(train: np.ndarray, gen: np.ndarray) -> float:
     """Percentage of generated points farther from their nearest training point than it is
     from its own nearest other training point."""
-    train_nn = np.sqrt(knn_exact(train, 1)[0][:, 0])
     d, idx = knn_cross(gen, train, 1)
-    return float(100.0 * np.mean(train_nn[idx[:, 0]] < np.sqrt(d[:, 0])))
+    return authpct_from_neighbours(knn_exact(train, 1)[0][:, 0], d[:, 0], idx[:, 0])
+
+
+def authpct_from_neighbours(train_nn_sq, gen_nn_sq, gen_nn_idx) -> float:
+    """AuthPct from each training point's squared 1-NN distance and each generated point's
+    squared distance to (and index of) its nearest training point."""
+    train_nn = np.sqrt(np.asarray(train_nn_sq, np.float64))
+    return float(100.0 * np.mean(train_nn[gen_nn_idx] < np.sqrt(gen_nn_sq)))
+
+
+def pca_axes(cov: np.ndarray, dim: int) -> np.ndarray:
+    """The ``dim`` leading eigenvectors (d, dim) of a covariance, largest first (exact LAPACK).
+
+    Only the wanted eigenvectors are computed (``subset_by_index``): half the cost of a full
+    decomposition.
+    """
+    from scipy.linalg import eigh
+
+    d = cov.shape[0]
+    dim = min(dim, d)
+    _, v = eigh(cov, subset_by_index=[d - dim, d - 1])
+    return v[:, ::-1]
 
 
 def pca_fit(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the ``dim`` leading principal axes (d, dim) of the rows of x (exact)."""
-    x = np.asarray(x, np.float64)
-    mu = x.mean(axis=0)
-    c = x - mu
-    w, v = np.linalg.eigh(c.T @ c)
-    return mu, v[:, np.argsort(w)[::-1][:dim]]
+    from varbench.metrics.fid import centred_factor
+
+    mu, a = centred_factor(x)
+    return mu, pca_axes(a.T @ a, dim)
 
 
-def ct_preprocess(train, test, gen, dim: int = CT_PCA_DIM):
-    """The three sets projected on train's first ``dim`` principal components when wider."""
+def ct_preprocess(train, test, gen, dim: int = CT_PCA_DIM, pca=None):
+    """The three sets projected on train's first ``dim`` principal components when wider.
+
+    ``pca``: (mean, axes) of train when already computed (a shared plan's).
+    """
     train, test, gen = (np.asarray(a, np.float64) for a in (train, test, gen))
     if train.shape[1] <= dim:
         return train, test, gen
-    mu, axes = pca_fit(train, dim)
+    mu, axes = pca if pca is not None else pca_fit(train, dim)
     return tuple((a - mu) @ axes for a in (train, test, gen))
 
 
@@ -104,9 +126,13 @@ def ct_score(
     min_gen: int = CT_MIN_GEN,
     seed: int = 0,
     pca_dim: int = CT_PCA_DIM,
+    pca: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
-    """Meehan et al.'s C_T data-copying statistic with held-out ``test`` points (seeded)."""
-    tr, te, ge = ct_preprocess(train, test, gen, pca_dim)
+    """Meehan et al.'s C_T data-copying statistic with held-out ``test`` points (seeded).
+
+    ``pca``: (mean, axes) of train's principal components when already computed.
+    """
+    tr, te, ge = ct_preprocess(train, test, gen, pca_dim, pca)
     centres, train_cells, _ = kmeans(tr, n_cells, seed=seed, n_init=10)
     return ct_from_cells(
         tr, te, ge, train_cells, assign(te, centres), assign(ge, centres), min_gen / len(ge)
@@ -121,7 +147,9 @@ class AuthPctMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        return {KEY_AUTHPCT: authpct(ctx.real(), ctx.fake())}
+        from varbench.metrics.shared import point_plan
+
+        return {KEY_AUTHPCT: point_plan(ctx).authpct()}
 
 
 class CTScoreMetric(Metric):
@@ -138,9 +166,13 @@ class CTScoreMetric(Metric):
         if not hashes:
             log.warning("C_T needs held-out real images and this run has none: ct_score is NaN")
             return {KEY_CT: math.nan}
+        from varbench.metrics.shared import point_plan
+
         test = ctx.features_of(hashes)
+        plan = point_plan(ctx)
+        pca = plan.pca(CT_PCA_DIM) if plan.real.shape[1] > CT_PCA_DIM else None
         try:
-            value = ct_score(ctx.real(), test, ctx.fake(), seed=int(ctx.seed))
+            value = ct_score(plan.real, test, plan.fake, seed=int(ctx.seed), pca=pca)
         except CTCellError as exc:
             log.warning("ct_score is NaN: %s", exc)
             value = math.nan

@@ -131,7 +131,9 @@ class PrecisionRecallMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        return precision_recall(ctx.real(), ctx.fake(), k=int(ctx.options.get("prc_k", 3)))
+        from varbench.metrics.shared import point_plan
+
+        return point_plan(ctx).precision_recall(k=int(ctx.options.get("prc_k", 3)))
 
     def artifacts(self, ctx) -> dict[str, object]:
         k = int(ctx.options.get("prc_k", 3))
@@ -151,4 +153,6 @@ class DensityCoverageMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        return density_coverage(ctx.real(), ctx.fake(), k=int(ctx.options.get("dc_k", 5)))
+        from varbench.metrics.shared import point_plan
+
+        return point_plan(ctx).density_coverage(k=int(ctx.options.get("dc_k", 5)))

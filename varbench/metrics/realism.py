@@ -21,11 +21,14 @@ KEY_REALISM_FRAC = "realism_frac_ge1"
 
 def realism_scores(real: np.ndarray, fake: np.ndarray, k: int = 3) -> np.ndarray:
     """Realism score (m,) of each fake row against the real set."""
-    radii_sq = knn_exact(real, k)[0][:, k - 1]
-    radii = np.sqrt(radii_sq)
-    eligible = radii < np.median(radii)
-    best, _ = max_weighted_inverse(fake, real, np.where(eligible, radii_sq, 0.0))
+    best, _ = max_weighted_inverse(fake, real, realism_weights(knn_exact(real, k)[0][:, k - 1]))
     return np.sqrt(best)
+
+
+def realism_weights(radii_sq: np.ndarray) -> np.ndarray:
+    """Squared k-NN radii of the references kept (radius below the median), 0 for the rest."""
+    radii = np.sqrt(radii_sq)
+    return np.where(radii < np.median(radii), radii_sq, 0.0)
 
 
 def realism_summary(scores: np.ndarray) -> dict[str, float]:
@@ -48,7 +51,9 @@ class RealismMetric(Metric):
 
     def compute(self, ctx) -> dict[str, float]:
         self._k = int(ctx.options.get("realism_k", 3))
-        self._scores = realism_scores(ctx.real(), ctx.fake(), self._k)
+        from varbench.metrics.shared import point_plan
+
+        self._scores = point_plan(ctx).realism_scores(self._k)
         return realism_summary(self._scores)
 
     def artifacts(self, ctx) -> dict[str, object]:
