@@ -183,6 +183,29 @@ def test_compare_uses_the_runs_recorded_metric_options(two_runs, tmp_path):
     assert compare_points(f5, f3, ["fid"])["fid"]["a"] == rows["oracle"]["fid"]  # k unused
 
 
+def test_point_scored_without_recorded_options_is_read_with_defaults_and_a_warning(
+    two_runs, tmp_path, caplog
+):
+    """A result.json from before options were recorded: defaults, and a warning naming it."""
+    import shutil
+
+    from varbench.compare import point_features
+    from varbench.runview import load_runs
+
+    out, _ = two_runs
+    src = {r.model: r for r in load_runs(out)}["oracle"]
+    old = tmp_path / src.folder.name
+    shutil.copytree(src.folder, old)
+    result = old / "points" / "default" / "result.json"
+    stored = json.loads(result.read_text())
+    del stored["_metric_options"]  # recorded by this varbench; an older one did not
+    result.write_text(json.dumps(stored))
+    with caplog.at_level("WARNING"):
+        f = point_features(old, "default", src.points[0].row)
+    assert f.prc_k == 3
+    assert str(result) in caplog.text and "no recorded metric options" in caplog.text
+
+
 def test_leaderboard_json_and_report_show_best_against_best(two_runs):
     from varbench.cli import Format  # noqa: F401 - the CLI's json path calls the same function
     from varbench.compare import attach_to_leaderboard

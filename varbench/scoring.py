@@ -333,7 +333,16 @@ class PointContext(FeatureContext):
         )
         if spec.encoder not in encoder_registry:
             raise UsageError(f"run {run_dir.name}: unknown encoder {spec.encoder!r} in its results")
-        recorded = stored.get("_metric_options") or {}  # absent: scored before it was recorded
+        recorded = stored.get("_metric_options")
+        if recorded is None:  # scored before varbench recorded them: the defaults were in force
+            log.warning(
+                "%s: no recorded metric options (scored by an older varbench); assuming the "
+                "defaults (e.g. prc_k=3); to record them, delete %s and re-run the same "
+                "`varbench run` command (it re-scores, regenerating nothing)",
+                store.point_dir(pid),
+                store.point_dir(pid) / "result.json",
+            )
+            recorded = {}
         options = parse_metric_options({k: str(v) for k, v in recorded.items()})
         setup = ScoreSetup(
             spec, options, Path(cache_dir or default_cache_dir()), device, dict(weights or {})
