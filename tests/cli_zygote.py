@@ -43,13 +43,14 @@ BASE_PATH = list(sys.path)
 
 
 def child(req: dict) -> None:
-    """Become ``python -m varbench.cli ARGV`` with the request's env, cwd and output files."""
+    """Become ``python -m varbench.cli ARGV`` with the request's env, cwd and output files.
+
+    Signal handlers are inherited as a cold interpreter sets them (SIGINT raises
+    KeyboardInterrupt, SIGPIPE ignored): the zygote never changes them.
+    """
     import runpy
-    import signal
     import traceback
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
     os.environ.clear()
     os.environ.update(req["env"])
     extra = [p for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -142,12 +142,9 @@ def _forked(args, env: dict[str, str], timeout: float) -> subprocess.CompletedPr
 
 
 def _startup_hooks(env: dict[str, str]) -> bool:
-    """True when PYTHONPATH holds a file the interpreter runs at start-up (a fork skips it)."""
+    """True when PYTHONPATH holds a module the interpreter imports at start-up (a fork skips it)."""
     dirs = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    names = ("sitecustomize.py", "usercustomize.py")
-    return any((d / n).exists() for d in dirs for n in names) or any(
-        d.is_dir() and any(d.glob("*.pth")) for d in dirs
-    )
+    return any((d / n).exists() for d in dirs for n in ("sitecustomize.py", "usercustomize.py"))
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600):
@@ -155,7 +152,7 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True, timeout: fl
 
     The process is a fork of tests/cli_zygote.py (torch, diffusers and friends already imported,
     one zygote per value of the import-time variables); a cold ``python -m varbench.cli`` when
-    PYTHONPATH holds a start-up hook (sitecustomize.py, *.pth), or for every call with
+    PYTHONPATH holds a start-up hook (sitecustomize.py, usercustomize.py), or for every call with
     VARBENCH_TEST_COLD_CLI=1.
     """
     full_env = {**os.environ, **(env or {})}
@@ -217,6 +214,14 @@ def random_inception_file(path: Path, images: list[np.ndarray]) -> Path:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def write_pngs(folder: Path, arrays) -> Path:
+    """``folder/000.png``, ``001.png``, ... from HxWx3 uint8 arrays; the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, arr in enumerate(arrays):
+        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+    return folder
 
 
 def make_folder_dataset(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder_dataset, random_inception_file, run_cli, run_json
+from conftest import make_folder_dataset, random_inception_file, run_cli, run_json, write_pngs
 from PIL import Image
 
 from varbench.demo_data import demo_image
@@ -17,18 +17,11 @@ from varbench.demo_data import demo_image
 N_REAL, N_FAKE = 20, 16
 
 
-def _write(folder: Path, arrays) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, arr in enumerate(arrays):
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("imgs")
-    real = _write(root / "real", [demo_image(i % 10, i) for i in range(N_REAL)])
-    fake = _write(root / "fake", [demo_image((i * 3) % 10, 500 + i) for i in range(N_FAKE)])
+    real = write_pngs(root / "real", [demo_image(i % 10, i) for i in range(N_REAL)])
+    fake = write_pngs(root / "fake", [demo_image((i * 3) % 10, 500 + i) for i in range(N_FAKE)])
     return real, fake
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_inception_file, run_cli, run_json
+from conftest import random_inception_file, run_cli, run_json, write_pngs
 from PIL import Image
 
 from varbench.demo_data import demo_image
@@ -15,19 +14,12 @@ from varbench.demo_data import demo_image
 N_REAL, N_FAKE = 24, 16
 
 
-def _write(folder: Path, arrays) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, arr in enumerate(arrays):
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("stats")
     real_imgs = [demo_image(i % 10, i) for i in range(N_REAL)]
-    real = _write(root / "real", real_imgs)
-    fake = _write(root / "fake", [demo_image((i * 3) % 10, 700 + i) for i in range(N_FAKE)])
+    real = write_pngs(root / "real", real_imgs)
+    fake = write_pngs(root / "fake", [demo_image((i * 3) % 10, 700 + i) for i in range(N_FAKE)])
     adm = root / "VIRTUAL_demo64_labeled.npz"
     np.savez(adm, arr_0=np.stack(real_imgs))  # ADM reference batch layout: NHWC uint8
     return real, fake, adm
@@ -120,8 +112,8 @@ def test_clean_fid_and_torch_fidelity_statistics_files(folders, tmp_path):
 
     from varbench.scoring import score_folders
 
-    real = _write(tmp_path / "real", [demo_image(i % 10, i) for i in range(8)])
-    fake = _write(tmp_path / "fake", [demo_image((i * 3) % 10, 700 + i) for i in range(6)])
+    real = write_pngs(tmp_path / "real", [demo_image(i % 10, i) for i in range(8)])
+    fake = write_pngs(tmp_path / "fake", [demo_image((i * 3) % 10, 700 + i) for i in range(6)])
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(real.glob("*.png"))]
     weights = {"inception": str(random_inception_file(tmp_path / "inc.pth", images))}
     cache = tmp_path / "cache"
