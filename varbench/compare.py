@@ -30,6 +30,7 @@ from varbench.metrics.bootstrap import (
     DEFAULT_REPLICATES,
     Z95,
     half_sample_replicates,
+    statistics,
 )
 from varbench.metrics.fid import fid_from_features
 from varbench.metrics.prdc import PrecisionRecallPlan
@@ -68,8 +69,7 @@ def estimates(
     real = np.asarray(real, np.float64)
     fake = np.asarray(fake, np.float64)
     plan = PrecisionRecallPlan(real, fake)
-    pr = plan(k=k)
-    estimate = np.array([fid_from_features(real, fake), pr["precision"], pr["recall"]])
+    estimate = statistics(real, fake, k, plan)
     method, reps = half_sample_replicates(
         real, fake, real_class, fake_class, replicates, seed, k, plan
     )

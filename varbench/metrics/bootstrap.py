@@ -81,9 +81,11 @@ def half_samples(
     return METHOD_IMAGES, by_image()
 
 
-def statistics(real: np.ndarray, fake: np.ndarray, k: int) -> np.ndarray:
-    """(FID, precision, recall) of two feature sets."""
-    pr = precision_recall(real, fake, k)
+def statistics(
+    real: np.ndarray, fake: np.ndarray, k: int, plan: PrecisionRecallPlan | None = None
+) -> np.ndarray:
+    """(FID, precision, recall) of two feature sets (precision/recall from ``plan`` if given)."""
+    pr = plan(k=k) if plan is not None else precision_recall(real, fake, k)
     return np.array([fid_from_features(real, fake), pr["precision"], pr["recall"]])
 
 
