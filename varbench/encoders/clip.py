@@ -86,9 +86,13 @@ class ClipEncoder(WeightsFileEncoder):
         net = self.network()
         if not len(images):
             return np.zeros((0, net.visual.output_dim))
-        x = normalised_batch(images, self.image_size, OPENAI_MEAN, OPENAI_STD)
+        x = self.pixels(images)
         with torch.no_grad():  # one batch (the feature cache's chunk)
             return net.encode_image(x.to(self.device)).double().cpu().numpy()
+
+    def pixels(self, images: Sequence[np.ndarray]):
+        """The network's input batch (N, 3, S, S): open_clip's preprocessing, CLIP mean/std."""
+        return normalised_batch(images, self.image_size, OPENAI_MEAN, OPENAI_STD)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Projected text embeddings (N, D) of the prompts, one at a time."""

@@ -41,18 +41,15 @@ class ClipL336Encoder(ClipEncoder):
         return {**super().config(), "version": 1, "normalised": "l2"}
 
     def encode(self, images: Sequence[np.ndarray], output: str = "features") -> np.ndarray:
+        emb = super().encode(images, output)
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+    def pixels(self, images: Sequence[np.ndarray]):
+        """cmmd io_util's input: centred square, PIL bicubic to 336, [0, 1], CLIP mean/std."""
         import torch
 
-        if output != "features":
-            raise ValueError(f"{self.name} has only the output 'features'")
-        net = self.network()
-        if not len(images):
-            return np.zeros((0, net.visual.output_dim))
         arr = np.stack([centre_square_resize(im, self.image_size) for im in images])
         x = torch.from_numpy(arr.astype(np.float32) / np.float32(255.0)).permute(0, 3, 1, 2)
         mean = torch.tensor(OPENAI_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(OPENAI_STD, dtype=torch.float32).view(1, 3, 1, 1)
-        x = ((x - mean) / std).contiguous()
-        with torch.no_grad():  # one batch (the feature cache's chunk)
-            emb = net.encode_image(x.to(self.device)).double().cpu().numpy()
-        return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        return ((x - mean) / std).contiguous()
