@@ -110,30 +110,9 @@ def open_page(
     html_file: Path, expressions: dict[str, str], timeout: float = 60, full_page: bool = False
 ) -> PageLog:
     """Load ``html_file`` in headless Chromium; return the log, evaluated values and a PNG."""
-    binary = chromium_binary()
-    if binary is None:
-        raise FileNotFoundError("chromium not found (apt-get install -y chromium)")
     url = Path(html_file).resolve().as_uri()
-    profile = Path(tempfile.mkdtemp(prefix="varbench-chromium-"))
-    proc = subprocess.Popen(
-        [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            targets = json.loads(r.read())
-        page = next(t for t in targets if t.get("type") == "page")
-        s = _Session(page["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            s.call(f"{domain}.enable")
+    with Browser(timeout) as browser:
+        s = browser.s
         s.call("Page.navigate", url=url)
         s.wait_for("Page.loadEventFired", timeout)
         s.drain(1.0)  # late console messages, timers, image errors
@@ -158,15 +137,7 @@ def open_page(
                     log.requests.append(req)
             elif m == "Page.javascriptDialogOpening":
                 log.dialogs.append(p.get("message", ""))
-        s.ws.close()
         return log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 class Browser:
@@ -183,20 +154,23 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        port_file = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise RuntimeError("chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            targets = json.loads(r.read())
-        page = next(t for t in targets if t.get("type") == "page")
-        self.s = _Session(page["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            self.s.call(f"{domain}.enable")
+        try:
+            port_file = self.profile / "DevToolsActivePort"
+            deadline = time.monotonic() + timeout
+            while not (port_file.is_file() and port_file.read_text().strip()):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("chromium did not open its DevTools port")
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+                targets = json.loads(r.read())
+            page = next(t for t in targets if t.get("type") == "page")
+            self.s = _Session(page["webSocketDebuggerUrl"])
+            for domain in ("Page", "Runtime", "Log", "Network"):
+                self.s.call(f"{domain}.enable")
+        except BaseException:
+            self.close()  # no Chromium or profile left behind by a failed start
+            raise
 
     def viewport(self, width: int, height: int, mobile: bool = False) -> None:
         self.s.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
