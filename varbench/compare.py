@@ -319,22 +319,6 @@ def check_metrics(metrics: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(metrics)) or list(METRICS)
 
 
-def _run_of(runs, model: str, protocol: str):
-    found = [r for r in runs if r.model == model]
-    if not found:
-        have = sorted({r.model for r in runs})
-        raise UsageError(
-            f"--models: no finished run of {model!r} for protocol {protocol} "
-            f"(runs found for: {', '.join(have) or 'none'})"
-        )
-    if len(found) > 1:
-        raise UsageError(
-            f"--models: {len(found)} runs of {model!r} for protocol {protocol} "
-            f"({', '.join(r.run_id for r in found)}); pass --runs a folder holding one of them"
-        )
-    return found[0]
-
-
 def compare_runs(
     runs_dir: Path,
     protocol: str,
@@ -345,11 +329,12 @@ def compare_runs(
     weights: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per matched sweep point and metric: A - B, its paired interval, the verdict."""
-    from varbench.runview import load_runs
+    from varbench.runview import load_runs, only_run
 
     metrics = check_metrics(metrics)
     runs = load_runs(runs_dir, [protocol])
-    ra, rb = _run_of(runs, model_a, protocol), _run_of(runs, model_b, protocol)
+    ra = only_run(runs, model_a, protocol, runs_dir)
+    rb = only_run(runs, model_b, protocol, runs_dir)
     points_b = {p.pid: p for p in rb.points}
     matched = [(p, points_b[p.pid]) for p in ra.points if p.pid in points_b]
     if not matched:

@@ -153,6 +153,28 @@ def _matches(protocol: str, wanted: list[str] | None) -> bool:
     return protocol in wanted or base in wanted
 
 
+def only_run(runs: list[RunView], model: str, protocol: str, runs_dir: Path) -> RunView:
+    """The one run of ``model`` among ``runs`` (of ``protocol``, under ``runs_dir``).
+
+    None or several is a usage error naming ``--models`` and what to do (``--runs`` must point
+    at a folder holding one run per model)."""
+    found = [r for r in runs if r.model == model]
+    if not found:
+        have = sorted({r.model for r in runs})
+        raise UsageError(
+            f"--models {model}: no finished run of it on protocol {protocol} under {runs_dir} "
+            f"(found: {', '.join(have) or 'none'}); run `varbench run --model {model} "
+            f"--protocol {protocol} --out {runs_dir}` first"
+        )
+    if len(found) > 1:
+        folders = ", ".join(str(r.folder) for r in found)
+        raise UsageError(
+            f"--models {model}: {len(found)} runs on {protocol} ({folders}); point --runs at a "
+            "folder holding one run per model"
+        )
+    return found[0]
+
+
 def load_runs(runs_dir: Path, protocols: list[str] | None = None) -> list[RunView]:
     """Every run folder under ``runs_dir`` (recursively: a folder holding run.json)."""
     runs_dir = Path(runs_dir)

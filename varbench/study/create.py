@@ -29,7 +29,7 @@ from PIL import Image
 from varbench import __version__
 from varbench.errors import UsageError
 from varbench.progress import progress_bar
-from varbench.runview import PointView, RunView, finite, load_runs
+from varbench.runview import PointView, RunView, finite, load_runs, only_run
 from varbench.study.db import create_db
 
 log = logging.getLogger(__name__)
@@ -107,21 +107,7 @@ def find_systems(spec: StudySpec) -> list[System]:
     systems: list[System] = []
     manifests: dict[str, str] = {}
     for model in spec.models:
-        mine = [r for r in runs if r.model == model]
-        if not mine:
-            have = sorted({r.model for r in runs})
-            raise UsageError(
-                f"--models {model}: no finished run of it on protocol {spec.protocol} under "
-                f"{spec.runs} (found: {', '.join(have) or 'none'}); run `varbench run --model "
-                f"{model} --protocol {spec.protocol} --out {spec.runs}` first"
-            )
-        if len(mine) > 1:
-            folders = ", ".join(str(r.folder) for r in mine)
-            raise UsageError(
-                f"--models {model}: {len(mine)} runs on {spec.protocol} ({folders}); point --runs "
-                "at a folder holding one run per model"
-            )
-        run = mine[0]
+        run = only_run(runs, model, spec.protocol, spec.runs)
         manifests[str(run.folder)] = str(run.info.get("manifest_sha256"))
         picked = _pick_points(run, spec.points, model)
         for point in picked:
