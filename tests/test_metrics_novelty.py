@@ -212,6 +212,27 @@ def test_ct_score_equals_dgm_eval():
     assert ct_score(train, test, train[:200] + 1e-3) < -3  # near copies: data copying
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_ct_kmeans_is_sklearn_on_overlapping_data(seed):
+    """Not separated clusters: the cells are scikit-learn's KMeans(3, n_init=10) itself."""
+    from sklearn.cluster import KMeans
+
+    from varbench.metrics.kmeans import kmeans_sklearn, predict
+    from varbench.metrics.novelty import ct_score
+
+    rng = _rng(20 + seed)
+    x = rng.standard_normal((1500, 12)) * np.linspace(1.0, 3.0, 12)
+    km = KMeans(n_clusters=3, n_init=10, random_state=seed).fit(x)
+    centres, labels = kmeans_sklearn(x, 3, seed, n_init=10)
+    np.testing.assert_allclose(centres, km.cluster_centers_, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(labels, km.labels_)
+    other = rng.standard_normal((400, 12)) * 2.0
+    np.testing.assert_array_equal(predict(other, centres), km.predict(other))
+    test, gen = rng.standard_normal((500, 12)) * 2.0, rng.standard_normal((300, 12)) * 1.5
+    ref = _ref_ct(x, test, gen, seed)[0]
+    assert ct_score(x, test, gen, seed=seed) == pytest.approx(ref, rel=1e-9)
+
+
 # -- FLS (transcription of dgm-eval metrics/fls.py, on the CPU) --------------------------------
 def _ref_fls_both(train, baseline, test, gen):
     feats = [torch.tensor(a, dtype=torch.float32) for a in (train, baseline, test, gen)]

@@ -1,98 +1,14 @@
-"""Seeded k-means (k-means++ seeding, Lloyd iterations): cells for C_T and colour palettes.
+"""scikit-learn's seeded k-means (greedy k-means++, Lloyd), transcribed: C_T cells and palettes.
 
-Deterministic: the same rows and seed give the same centres. Distances to the (few) centres
-are float64 direct differences; Lloyd iterations stop when no label changes or the centres
-settle.
+Both references varbench matches use scikit-learn's ``KMeans``: dgm-eval's C_T (``n_init=10``)
+and Pylette's palettes (``n_init="auto"``, one run). Deterministic: the same rows and seed give
+the same centres; each Lloyd step is one small product and per-dimension ``bincount`` sums, so
+iterations are cheap and capped at ``max_iter`` as scikit-learn's.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def _sq_to_centres(
-    x: np.ndarray, centres: np.ndarray, x_sq: np.ndarray | None = None
-) -> np.ndarray:
-    """(n, k) squared distances of rows to the (few) centres by direct differences."""
-    out = np.zeros((len(x), len(centres)))
-    for j in range(x.shape[1]):
-        diff = x[:, j, None] - centres[None, :, j]
-        out += diff * diff
-    return out
-
-
-def _plus_plus(x, w, k: int, x_sq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding: each next centre drawn with probability proportional to w D^2."""
-    n = len(x)
-    cum_w = np.cumsum(w)
-    first = min(int(np.searchsorted(cum_w, rng.random() * cum_w[-1], side="right")), n - 1)
-    centres = [x[first]]
-    closest = _sq_to_centres(x, x[first][None], x_sq)[:, 0]
-    for _ in range(1, k):
-        mass = np.cumsum(w * closest)
-        if mass[-1] <= 0:  # fewer distinct rows than k: repeat a row
-            centres.append(x[rng.integers(n)])
-            continue
-        j = min(int(np.searchsorted(mass, rng.random() * mass[-1], side="right")), n - 1)
-        centres.append(x[j])
-        closest = np.minimum(closest, _sq_to_centres(x, x[j][None], x_sq)[:, 0])
-    return np.asarray(centres)
-
-
-def kmeans(
-    x: np.ndarray,
-    k: int,
-    seed: int = 0,
-    n_init: int = 10,
-    max_iter: int = 300,
-    tol: float = 1e-4,
-    weights: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Centres (k, d), labels (n,) and inertia of the best of ``n_init`` seeded runs.
-
-    ``weights``: row multiplicities (e.g. counts of distinct pixel colours), equivalent to
-    repeating rows. Iterations stop when no label changes or the centres move by less than
-    ``tol`` times the mean per-dimension variance (scikit-learn's criterion).
-    """
-    x = np.asarray(x, np.float64)
-    w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
-    if len(x) < k:
-        raise ValueError(f"k-means with k={k} needs at least {k} rows, got {len(x)}")
-    x_sq = np.einsum("ij,ij->i", x, x)
-    mean = w @ x / w.sum()
-    tol_abs = tol * float(np.mean(w @ (x - mean) ** 2 / w.sum()))
-    rng = np.random.default_rng(seed)
-    best: tuple[np.ndarray, np.ndarray, float] | None = None
-    for _ in range(n_init):
-        centres = _plus_plus(x, w, k, x_sq, rng)
-        labels = np.full(len(x), -1)
-        for _ in range(max_iter):
-            new = np.argmin(_sq_to_centres(x, centres, x_sq), axis=1)
-            if np.array_equal(new, labels):
-                break
-            labels = new
-            counts = np.bincount(labels, weights=w, minlength=k)
-            sums = np.stack(
-                [np.bincount(labels, weights=w * x[:, j], minlength=k) for j in range(x.shape[1])],
-                1,
-            )
-            filled = counts > 0
-            old = centres.copy()
-            centres[filled] = sums[filled] / counts[filled, None]
-            if float(((centres - old) ** 2).sum()) <= tol_abs:
-                labels = np.argmin(_sq_to_centres(x, centres, x_sq), axis=1)
-                break
-        d = _sq_to_centres(x, centres, x_sq)[np.arange(len(x)), labels]
-        inertia = float(w @ d)
-        if best is None or inertia < best[2]:
-            best = (centres.copy(), labels.copy(), inertia)
-    return best
-
-
-def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre of each row (ties: lowest index)."""
-    x = np.asarray(x, np.float64)
-    return np.argmin(_sq_to_centres(x, centres, np.einsum("ij,ij->i", x, x)), axis=1)
 
 
 def _sk_sq_dist(a: np.ndarray, x: np.ndarray, x_sq: np.ndarray) -> np.ndarray:
@@ -127,14 +43,15 @@ def _sk_plus_plus(x: np.ndarray, k: int, x_sq: np.ndarray, rs: np.random.RandomS
 
 
 def _sk_lloyd_step(
-    x: np.ndarray, centres: np.ndarray, update: bool = True
+    x: np.ndarray, centres: np.ndarray, update: bool = True, xt: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """One Lloyd E(+M) step as scikit-learn's ``lloyd_iter_chunked_dense`` (unit weights).
 
     Labels from ``||c||^2 - 2 x.c`` (the ``||x||^2`` term dropped; first minimum wins); new
     centres are the label means, an empty cluster takes the point farthest from its centre
     (scikit-learn's relocation) or, when every point sits on its centre, the largest cluster's
-    centre; returns labels, new centres and each centre's shift.
+    centre; returns labels, new centres and each centre's shift. ``xt``: a C-contiguous copy
+    of ``x.T`` (per-dimension sums read rows of it, not strided columns of ``x``).
     """
     k, d = centres.shape
     dist = np.einsum("ij,ij->i", centres, centres)[None, :] + (-2.0) * (x @ centres.T)
@@ -142,7 +59,8 @@ def _sk_lloyd_step(
     if not update:
         return labels, None, None
     weight = np.bincount(labels, minlength=k).astype(np.float64)
-    sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(d)], 1)
+    xt = np.ascontiguousarray(x.T) if xt is None else xt
+    sums = np.stack([np.bincount(labels, weights=xt[j], minlength=k) for j in range(d)], 1)
     empty = np.where(weight == 0)[0]
     if len(empty):
         far_d = ((x - centres[labels]) ** 2).sum(axis=1)
@@ -165,16 +83,19 @@ def _sk_lloyd_step(
 
 
 def kmeans_sklearn(
-    x: np.ndarray, k: int, seed: int, max_iter: int = 300, tol: float = 1e-4
+    x: np.ndarray, k: int, seed: int, max_iter: int = 300, tol: float = 1e-4, n_init: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Centres and labels of scikit-learn's ``KMeans(k, init="k-means++", n_init="auto" (=1),
+    """Centres and labels of scikit-learn's ``KMeans(k, init="k-means++", n_init=n_init,
     random_state=seed).fit`` (Lloyd, float64), transcribed step by step.
 
     Same expressions and order as scikit-learn 1.x: data centred on its mean, tolerance
     ``tol * mean(var(x, axis=0))``, greedy k-means++ from ``RandomState(seed)``, Lloyd until the
     labels stop changing or the squared centre shift falls to the tolerance (then one more
-    labelling). For rows whose mean is exact (e.g. 2^16 integer pixels) every centre sum is exact,
-    so the centres do not depend on summation order or thread count.
+    labelling). With ``n_init`` > 1 the runs draw their seeds one after another from the same
+    RandomState and a later run replaces the best only when its inertia is lower and its
+    clustering differs (scikit-learn's rule). For rows whose mean is exact (e.g. 2^16 integer
+    pixels) every centre sum is exact, so the centres do not depend on summation order or
+    thread count.
     """
     x = np.array(x, np.float64, order="C")
     n = len(x)
@@ -184,11 +105,25 @@ def kmeans_sklearn(
     x_mean = x.mean(axis=0)
     x -= x_mean
     x_sq = np.einsum("ij,ij->i", x, x)
-    centres = _sk_plus_plus(x, k, x_sq, np.random.RandomState(seed))
-    labels_old = np.full(n, -1)
+    rs = np.random.RandomState(seed)
+    best: tuple[np.ndarray, np.ndarray, float] | None = None
+    for _ in range(max(1, int(n_init))):
+        centres, labels = _sk_lloyd(x, _sk_plus_plus(x, k, x_sq, rs), max_iter, tol_abs)
+        inertia = float(((x - centres[labels]) ** 2).sum())
+        if best is None or (inertia < best[2] and not _same_clustering(labels, best[1], k)):
+            best = (centres, labels, inertia)
+    return best[0] + x_mean, best[1]
+
+
+def _sk_lloyd(
+    x: np.ndarray, centres: np.ndarray, max_iter: int, tol_abs: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``_kmeans_single_lloyd``: iterate to strict or tolerance convergence."""
+    labels_old = np.full(len(x), -1)
     strict = False
+    xt = np.ascontiguousarray(x.T)
     for _ in range(max_iter):
-        labels, centres, shift = _sk_lloyd_step(x, centres)
+        labels, centres, shift = _sk_lloyd_step(x, centres, xt=xt)
         if np.array_equal(labels, labels_old):
             strict = True
             break
@@ -197,4 +132,15 @@ def kmeans_sklearn(
         labels_old = labels
     if not strict:
         labels, _, _ = _sk_lloyd_step(x, centres, update=False)
-    return centres + x_mean, labels
+    return centres, labels
+
+
+def _same_clustering(a: np.ndarray, b: np.ndarray, k: int) -> bool:
+    """Whether two labellings are equal up to a permutation of labels (scikit-learn's test)."""
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1]
+
+
+def predict(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``KMeans.predict``: each row's centre by ``||c||^2 - 2 x.c`` (first minimum wins)."""
+    return _sk_lloyd_step(np.asarray(x, np.float64), np.asarray(centres, np.float64), False)[0]

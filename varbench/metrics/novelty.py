@@ -11,7 +11,9 @@
   C_T << 0 means copying, >> 0 underfitting.
 
 Nearest neighbours come from the exact engine ``varbench.metrics.knn``; PCA is exact (an
-eigendecomposition, where scikit-learn may use a randomised solver) and k-means is seeded.
+eigendecomposition, where scikit-learn may use a randomised solver); the cells are
+scikit-learn's ``KMeans(3, n_init=10, random_state=seed)`` as dgm-eval fits them, transcribed
+(``kmeans.kmeans_sklearn``), and every set is labelled by ``predict`` as dgm-eval does.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from scipy.stats import mannwhitneyu
 
 from varbench.metrics.base import Metric
-from varbench.metrics.kmeans import assign, kmeans
+from varbench.metrics.kmeans import kmeans_sklearn, predict
 from varbench.metrics.knn import knn_cross, knn_exact
 
 log = logging.getLogger(__name__)
@@ -133,10 +135,9 @@ def ct_score(
     ``pca``: (mean, axes) of train's principal components when already computed.
     """
     tr, te, ge = ct_preprocess(train, test, gen, pca_dim, pca)
-    centres, train_cells, _ = kmeans(tr, n_cells, seed=seed, n_init=10)
-    return ct_from_cells(
-        tr, te, ge, train_cells, assign(te, centres), assign(ge, centres), min_gen / len(ge)
-    )
+    centres, _ = kmeans_sklearn(tr, n_cells, seed=seed, n_init=10)
+    cells = [predict(a, centres) for a in (tr, te, ge)]  # dgm-eval: km.predict on all three
+    return ct_from_cells(tr, te, ge, *cells, min_gen / len(ge))
 
 
 class AuthPctMetric(Metric):
