@@ -71,6 +71,34 @@ def test_nearest_up_to_sign_equals_brute_force():
     assert (got[60:66] == 0).all()  # copies and negated copies are at exactly 0
 
 
+@pytest.mark.parametrize("cap", [64, 0])
+def test_mifid_distance_from_the_plan_screen_equals_brute_force(cap, monkeypatch):
+    """Signed rows, negated copies (|cos| = 1) and zero-sum rows dropped; cap 0 forces the
+    screen to hand every block to the float32 product."""
+    from varbench.metrics import mifid
+    from varbench.metrics.shared import PointPlan
+
+    rng = _rng(13)
+    real = rng.standard_normal((300, 40)).astype(np.float32)
+    fake = (rng.standard_normal((280, 40)) * 1.2 + 0.1).astype(np.float32)
+    fake[:5] = -real[:5]  # negated copies: 1 - |cos| = 0
+    fake[5:8] = 3.0 * real[5:8]
+    real[9] = 0.0  # zero-sum rows are dropped, as torchmetrics does
+    fake[10, :] = 0.0
+    fake[11, :20], fake[11, 20:] = 1.0, -1.0
+    monkeypatch.setattr(mifid, "_SCREEN_CAP", cap)
+    monkeypatch.setattr(mifid.cosine_screen, "__defaults__", (cap,))
+    plan = PointPlan(real, fake)
+    got = plan.mifid()["mifid_memorisation_distance"]
+    a = np.asarray(real, np.float64)[np.asarray(real, np.float64).sum(1) != 0]
+    b = np.asarray(fake, np.float64)[np.asarray(fake, np.float64).sum(1) != 0]
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    ref = float(np.mean((1.0 - np.abs(a @ b.T)).min(axis=1)))
+    assert got == pytest.approx(ref, rel=1e-12, abs=1e-13)
+    assert got == mifid.memorisation_distance(real, fake)
+
+
 def test_point_plan_equals_each_standalone_metric_bit_for_bit():
     """The shared plan (what scoring runs) gives the standalone functions' exact numbers."""
     from varbench.metrics import fid, mifid, novelty, prdc, realism

@@ -632,9 +632,9 @@ def nearest_up_to_sign(
     |q - s b|^2 = |q|^2 + |b|^2 - 2 s q.b, so one float32 product screens both signs (rows
     unshifted: a shift would break the symmetry) and every candidate whose certified band
     reaches the best upper bound is recomputed by float64 direct differences for both signs.
-    ``screen(s, e)``: for unit rows, (approximate q.b, absolute error bound) of queries s:e
-    against every base row, in float64, from distances a shared plan already holds (no
-    product); a block whose band holds too many candidates falls back to the product.
+    ``screen(s, e)``: (row offsets from s, base indices) of candidate pairs of queries s:e
+    that certainly hold each query's nearest base row up to sign (from distances a shared
+    plan already holds: no product), or None to let the float32 product decide that block.
     """
     import torch
 
@@ -643,39 +643,48 @@ def nearest_up_to_sign(
     if q.dtype not in (np.float32, np.float64) or b.dtype != q.dtype:
         q, b = (np.ascontiguousarray(a, dtype=np.float64) for a in (q, b))
     m, d = q.shape
-    eps = _eps(d)
-    grow = 1.0 + 2.0 * (d + 2) * _U32
-    qf, bf = q.astype(np.float32), b.astype(np.float32)
-    nq32, nb32 = np.einsum("ij,ij->i", qf, qf), np.einsum("ij,ij->i", bf, bf)
-    nq = np.einsum("ij,ij->i", q, q).astype(np.float64) * grow
-    nb = np.einsum("ij,ij->i", b, b).astype(np.float64) * grow
-    nqf, nbf = nq32.astype(np.float64) * grow, nb32.astype(np.float64) * grow
-    slack_q = 8.0 * (d + 8) * _U64 * (nq + nqf) + 1e-300
-    slack_b = 8.0 * (d + 8) * _U64 * (nb + nbf) + 1e-300
-    tb, nbt = torch.from_numpy(bf), torch.from_numpy(nb32)
-    neg = -b
+    product: dict[str, object] = {}
+
+    def candidates(s: int, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 product's candidates of queries s:e (pieces built on first use)."""
+        if not product:
+            grow = 1.0 + 2.0 * (d + 2) * _U32
+            qf, bf = q.astype(np.float32), b.astype(np.float32)
+            nq32, nb32 = np.einsum("ij,ij->i", qf, qf), np.einsum("ij,ij->i", bf, bf)
+            nq = np.einsum("ij,ij->i", q, q).astype(np.float64) * grow
+            nb = np.einsum("ij,ij->i", b, b).astype(np.float64) * grow
+            nqf, nbf = nq32.astype(np.float64) * grow, nb32.astype(np.float64) * grow
+            product.update(
+                qf=qf,
+                tb=torch.from_numpy(bf),
+                nq32=nq32,
+                nbt=torch.from_numpy(nb32),
+                nqf=nqf,
+                nbf=nbf,
+                slack_q=8.0 * (d + 8) * _U64 * (nq + nqf) + 1e-300,
+                slack_b=8.0 * (d + 8) * _U64 * (nb + nbf) + 1e-300,
+            )
+        p = product
+        dot = torch.from_numpy(p["qf"][s:e]) @ p["tb"].T
+        g = (torch.from_numpy(p["nq32"][s:e])[:, None] + p["nbt"][None, :]) - 2.0 * dot.abs_()
+        g = g.numpy().astype(np.float64)
+        tol = (
+            _eps(d) * (p["nqf"][s:e, None] + p["nbf"][None, :])
+            + p["slack_q"][s:e, None]
+            + p["slack_b"][None, :]
+        )
+        upper = (g + tol).min(axis=1)
+        return np.nonzero(g - tol <= upper[:, None])
+
     out = np.empty(m)
-    nq64, nb64 = np.einsum("ij,ij->i", q, q), np.einsum("ij,ij->i", b, b)
     for s in range(0, m, _BLOCK):
         e = min(m, s + _BLOCK)
-        ci = None
-        if screen is not None:
-            dot, err = screen(s, e)
-            g = nq64[s:e, None] + nb64[None, :] - 2.0 * np.abs(dot)
-            tol = 2.0 * err + 8.0 * (d + 8) * _U64 * (nq64[s:e, None] + nb64[None, :])
-            upper = (g + tol).min(axis=1)
-            ci, cj = np.nonzero(g - tol <= upper[:, None])
-            if len(ci) > _SCREEN_CAP * (e - s):
-                ci = None  # too wide a band here: the float32 product decides instead
-        if ci is None:
-            dot = torch.from_numpy(qf[s:e]) @ tb.T
-            g = (torch.from_numpy(nq32[s:e])[:, None] + nbt[None, :]) - 2.0 * dot.abs_()
-            g = g.numpy().astype(np.float64)
-            tol = eps * (nqf[s:e, None] + nbf[None, :]) + slack_q[s:e, None] + slack_b[None, :]
-            upper = (g + tol).min(axis=1)
-            ci, cj = np.nonzero(g - tol <= upper[:, None])
+        found = None if screen is None else screen(s, e)
+        ci, cj = found if found is not None else candidates(s, e)
         rows = ci + s
-        exact = np.minimum(exact_pairs(q, rows, b, cj), exact_pairs(q, rows, neg, cj))
+        exact = np.minimum(
+            exact_pairs(q, rows, b, cj), exact_pairs(q, rows, -b[cj], np.arange(len(cj)))
+        )
         best = np.full(e - s, np.inf)
         np.minimum.at(best, ci, exact)
         out[s:e] = best

@@ -14,53 +14,83 @@ import numpy as np
 
 from varbench.metrics.base import Metric
 from varbench.metrics.fid import fid_from_features
-from varbench.metrics.knn import nearest_up_to_sign
+from varbench.metrics.knn import _SCREEN_CAP, nearest_up_to_sign
 
 KEY_MIFID = "mifid"
 KEY_MEM_DISTANCE = "mifid_memorisation_distance"
 
 
-def _kept(x: np.ndarray) -> np.ndarray:
-    """Indices of the rows with a nonzero sum (torchmetrics drops the others)."""
-    return np.flatnonzero(np.asarray(x, np.float64).sum(axis=1) != 0)
+def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices of the rows with a nonzero sum, those rows scaled to unit length in float64,
+    their squared norms); torchmetrics drops zero-sum rows."""
+    x = np.asarray(x)
+    keep = np.flatnonzero(x.sum(axis=1, dtype=np.float64) != 0)
+    xk = np.asarray(x if len(keep) == len(x) else x[keep], np.float64)
+    sq = np.einsum("ij,ij->i", xk, xk)
+    return keep, xk / np.sqrt(sq)[:, None], sq
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    x = x[x.sum(axis=1) != 0]
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def memorisation_distance(real: np.ndarray, fake: np.ndarray, screen=None) -> float:
+def memorisation_distance(
+    real: np.ndarray, fake: np.ndarray, prepared=None, sq_dists=None
+) -> float:
     """Mean over real rows of min over fake rows of 1 - |cosine similarity|.
 
-    ``screen``: as for ``knn.nearest_up_to_sign``, indexed by kept (nonzero-sum) rows.
+    ``prepared``/``sq_dists``: a shared plan's prepared (real, fake) pair and its float32
+    real x fake squared distances, which then screen the candidates (``cosine_screen``).
     """
-    a, b = _unit_rows(real), _unit_rows(fake)
+    kr, a, r2 = _unit_rows(real)
+    kf, b, f2 = _unit_rows(fake)
+    screen = None
+    if sq_dists is not None:
+        screen = cosine_screen(kr, kf, r2, f2, prepared, sq_dists)
     return float(np.mean(nearest_up_to_sign(a, b, screen) / 2.0))
 
 
-def cosine_screen(real, fake, prepared, sq_dists: np.ndarray):
+def cosine_screen(kr, kf, r2, f2, prepared, sq_dists: np.ndarray, cap: int = _SCREEN_CAP):
     """``screen`` for ``memorisation_distance`` from a plan's float32 real x fake distances.
 
-    q.b = (|q|^2 + |b|^2 - |q - b|^2) / 2 on the raw rows, divided by their norms; the error
-    bound is the k-NN room's certified float32 bound on |q - b|^2, plus float64 rounding.
+    ``kr``/``kf``: indices of the kept (nonzero-sum) real and fake rows, ``r2``/``f2`` their
+    squared norms. For kept rows i (real) and j (fake), |q_i.b_j| / |b_j| = |r2_i + f2_j - D_ij| / (2 |f_j|)
+    orders row i's candidates as |cos| does. It is computed in float32 passes over the stored
+    matrix (no product, no float64 copy); its error is bounded per row by the k-NN room's
+    certified float32 bound on D (``knn._eps`` and the slacks), the float32 roundings of the
+    norms, the sum and the scaling, each maximised over j as a sum of per-set maxima. Every j
+    whose value reaches the row's maximum minus twice that bound is a candidate, so the
+    largest |cos| of the row is among them. ``screen(s, e)`` returns (row offsets from s,
+    kept-fake positions) of the candidates of kept real rows s:e, or None when they exceed
+    ``cap`` per row (the caller's float32 product decides those rows instead).
     """
-    from varbench.metrics.knn import _eps
+    import torch
+
+    from varbench.metrics.knn import _U32, _eps
 
     pr, pf = prepared
-    kr, kf = _kept(real), _kept(fake)
-    r2 = np.einsum("ij,ij->i", np.asarray(real, np.float64), np.asarray(real, np.float64))[kr]
-    f2 = np.einsum("ij,ij->i", np.asarray(fake, np.float64), np.asarray(fake, np.float64))[kf]
-    eps, d = _eps(pr.x.shape[1]), pr.x.shape[1]
+    every_r, every_f = len(kr) == len(pr.x), len(kf) == len(pf.x)
+    eps = _eps(pr.x.shape[1])
+    inv_f = 1.0 / (2.0 * np.sqrt(f2))
+    # per-row bound: (row part) * max_j inv_f + max_j (column part * inv_f), then roundings
+    row_part = eps * pr.nf[kr] + pr.slack[kr] + 8.0 * _U32 * r2
+    col_max = float(np.max((eps * pf.nf[kf] + pf.slack[kf] + 8.0 * _U32 * f2) * inv_f))
+    bound = (row_part * float(inv_f.max()) + col_max) * (1.0 + 8.0 * _U32)
+    t_f2 = torch.from_numpy(f2.astype(np.float32))
+    t_inv = torch.from_numpy(inv_f.astype(np.float32))
+    t_r2 = torch.from_numpy(r2.astype(np.float32))
+    screen_t = torch.from_numpy(sq_dists)
 
-    def screen(s: int, e: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = kr[s:e]
-        dist = sq_dists[rows][:, kf].astype(np.float64)
-        tol = eps * (pr.nf[rows, None] + pf.nf[None, kf]) + pr.slack[rows, None] + pf.slack[kf]
-        tol += 4.0 * (d + 8) * 2.0**-53 * (r2[s:e, None] + f2[None, :])
-        denom = np.sqrt(r2[s:e, None] * f2[None, :])
-        return (r2[s:e, None] + f2[None, :] - dist) / (2.0 * denom), tol / (2.0 * denom)
+    def screen(s: int, e: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if every_r and every_f:
+            dist = screen_t[s:e]
+        else:
+            dist = torch.from_numpy(sq_dists[kr[s:e]][:, kf])
+        val = torch.sub(t_f2[None, :], dist).add_(t_r2[s:e, None]).abs_().mul_(t_inv[None, :])
+        top = val.amax(dim=1).double().numpy()
+        # 8 ulps of the largest value absorb the float32 rounding of val itself
+        floor = top * (1.0 - 8.0 * _U32) - 2.0 * bound[s:e]
+        floor32 = np.nextafter(floor.astype(np.float32), np.float32(-np.inf))
+        ci, cj = torch.nonzero(val >= torch.from_numpy(floor32)[:, None], as_tuple=True)
+        if len(ci) > cap * (e - s):
+            return None
+        return ci.numpy(), cj.numpy()
 
     return screen
 

@@ -185,14 +185,12 @@ class PointPlan:
 
     def mifid(self, cosine_distance_eps: float = 0.1) -> dict[str, float]:
         """MiFID and its memorisation distance, the FID shared with the fid metric."""
-        from varbench.metrics.mifid import cosine_screen, memorisation_distance, mifid_from
+        from varbench.metrics.mifid import memorisation_distance, mifid_from
 
         def make() -> float:
             rf = self.screen()
-            screen = (
-                None if rf is None else cosine_screen(self.real, self.fake, self.prepared(), rf)
-            )
-            return memorisation_distance(self.real, self.fake, screen)
+            prepared = None if rf is None else self.prepared()
+            return memorisation_distance(self.real, self.fake, prepared, rf)
 
         dist = self._get("mifid_dist", make)
         return mifid_from(self.fid(), dist, cosine_distance_eps)
