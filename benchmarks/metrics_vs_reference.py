@@ -359,8 +359,11 @@ def section_novelty(
     from varbench.metrics.vendi import grouped_vendi
 
     heldout = synthetic_features(max(2, args.n // 10), args.dim, seed=2)
+    # CMMD's inputs are L2-normalised CLIP embeddings (encoder ``clip_l336``)
     clip_real = synthetic_features(args.n, args.cmmd_dim, seed=3)
     clip_fake = synthetic_features(args.n, args.cmmd_dim, seed=4, shift=0.15)
+    for x in (clip_real, clip_fake):
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
     cond = np.arange(len(fake)) // args.vendi_group
     cls = np.arange(len(fake)) * min(args.classes, len(fake)) // len(fake)
     times: dict[str, float] = {}

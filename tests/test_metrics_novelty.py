@@ -44,13 +44,26 @@ def test_knn_cross_equals_brute_force_with_ties():
     assert (d[120:135, 0] == 0).all()
 
 
-def test_max_weighted_inverse_equals_brute_force():
+@pytest.mark.parametrize("route", ["product", "stored", "stored_fallback"])
+def test_max_weighted_inverse_equals_brute_force(route, monkeypatch):
+    """Each route: own float32 products; a plan's stored matrix screened in float32; that
+    screen handing every block back (cap 0). Zero weights, a copy, duplicate base rows."""
+    from varbench.metrics import knn
+
     rng = _rng(2)
     base = rng.standard_normal((200, 12))
+    base[150] = base[151]  # equal ratios when their weights match: lowest index wins
     q = np.vstack([rng.standard_normal((90, 12)), base[7:8]])
     w = rng.random(200)
     w[::3] = 0.0
-    best, arg = max_weighted_inverse(q, base, w)
+    w[150] = w[151] = 0.5
+    if route == "product":
+        best, arg = max_weighted_inverse(q, base, w)
+    else:
+        if route == "stored_fallback":
+            monkeypatch.setattr(knn, "_SCREEN_CAP", 0)
+        pb, pq = knn.prepare(base, q)
+        best, arg = max_weighted_inverse(q, base, w, (pq, pb), knn.approx_sq_dists(pq, pb))
     full = cdist(q, base, "sqeuclidean")
     with np.errstate(divide="ignore"):
         ratio = np.where(w > 0, w / full, -np.inf)
@@ -429,6 +442,10 @@ def test_cmmd_equals_reference(monkeypatch):
     assert cm.cmmd(x[:50], y, sigma=2.0, scale=1.0) == pytest.approx(
         _ref_mmd(x[:50], y, 2.0, 1.0), rel=1e-6
     )
+    # rows far from unit length take the direct route; both routes agree where both apply
+    assert cm.cmmd(40.0 * x, 40.0 * y) == pytest.approx(_ref_mmd(40.0 * x, 40.0 * y), rel=1e-6)
+    monkeypatch.setattr(cm, "_SMALL_EXPONENT", 0.0)
+    assert cm.cmmd(x, y) == pytest.approx(ref, rel=1e-6)
 
 
 # -- CMMD's encoder: a tiny random-weight CLIP of the ViT-L/14-336 family ----------------------

@@ -505,17 +505,25 @@ def _cross_candidates(pq: Prepared, pb: Prepared, kk: int) -> tuple[np.ndarray, 
 
 
 def _approx_candidates(approx, rows: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``kk`` smallest entries of a float32 distance matrix (rows ``rows``), sorted."""
+    """Each row's ``kk`` smallest entries of a float32 distance matrix (rows ``rows``), sorted.
+
+    ``approx`` may be a transposed view (a plan's real x fake matrix read fake-major): the
+    blocks are read strided by torch's top-k, without a gathered copy.
+    """
+    import torch
+
+    t = torch.from_numpy(approx)
     out_d = np.empty((len(rows), kk), np.float32)
     out_i = np.empty((len(rows), kk), np.int64)
     for s in range(0, len(rows), _BLOCK):
-        d = np.ascontiguousarray(approx[rows[s : s + _BLOCK]])
-        if kk < d.shape[1]:
-            part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+        r = rows[s : s + _BLOCK]
+        if r[-1] - r[0] == len(r) - 1 and (len(r) == 1 or np.all(np.diff(r) == 1)):
+            blk = t[int(r[0]) : int(r[-1]) + 1]
         else:
-            part = np.broadcast_to(np.arange(d.shape[1]), d.shape)
-        out_d[s : s + _BLOCK] = np.take_along_axis(d, part, axis=1)
-        out_i[s : s + _BLOCK] = part
+            blk = t[torch.from_numpy(r)]
+        vals, cols = _block_top(blk, kk, 0)
+        out_d[s : s + _BLOCK] = vals.numpy()
+        out_i[s : s + _BLOCK] = cols.numpy()
     return _sort_candidates(out_d, out_i)
 
 
@@ -547,14 +555,14 @@ def knn_cross(
     kk = min(n, k + _EXTRA)
     eps = _eps(d)
     while len(rows):
-        sub = subset(pq, rows)
         if approx is None:
-            approx_c, idx = _cross_candidates(sub, pb, kk)
+            approx_c, idx = _cross_candidates(subset(pq, rows), pb, kk)
         else:
             approx_c, idx = _approx_candidates(approx, rows, kk)
         approx_c = approx_c.astype(np.float64)
-        tol = eps * (sub.nf[:, None] + pb.nf[idx]) + sub.slack[:, None] + pb.slack[idx]
-        tol_any = eps * (sub.nf + pb.nf.max()) + sub.slack + pb.slack.max()
+        nf, slack = pq.nf[rows], pq.slack[rows]
+        tol = eps * (nf[:, None] + pb.nf[idx]) + slack[:, None] + pb.slack[idx]
+        tol_any = eps * (nf + pb.nf.max()) + slack + pb.slack.max()
         upper = (approx_c[:, :k] + tol[:, :k]).max(axis=1)
         cand = approx_c - tol <= upper[:, None]
         overflow = (approx_c[:, -1] - tol_any <= upper) & (kk < n)
@@ -582,7 +590,9 @@ def max_weighted_inverse(
     Returns (value, argmax); a query at distance 0 from an eligible row gets inf. Float32
     products bound each ratio from both sides; every row whose upper bound reaches the best
     lower bound is re-evaluated with exact distances, so the maximum is the exact one.
-    ``prepared``/``approx``: as for ``knn_cross`` (queries x base), from a shared plan.
+    ``prepared``/``approx``: as for ``knn_cross`` (queries x base), from a shared plan; a
+    stored matrix is screened in float32 passes (``_weighted_screen``), falling back to the
+    float64 bounds for a block whose band holds too many candidates.
     """
     w_all = np.asarray(weights, np.float64)
     keep = np.flatnonzero(w_all > 0)
@@ -596,29 +606,74 @@ def max_weighted_inverse(
     w = w_all[keep]
     d = pb.x.shape[1]
     eps = _eps(d)
+    screen = None if approx is None else _weighted_screen(approx, w_all, prepared, eps)
     best = np.empty(m)
     arg = np.empty(m, np.int64)
     for s in range(0, m, _BLOCK):
         e = min(m, s + _BLOCK)
-        if approx is None:
-            g = _gram_block(pq, pb, slice(s, e), slice(None)).numpy().astype(np.float64)
+        found = None if screen is None else screen(s, e)
+        if found is not None:  # candidates indexed by full base rows
+            bi, bj = found
+            d2 = exact_pairs(pq.x, bi + s, prepared[1].x, bj)
+            wj = w_all[bj]
         else:
-            g = np.asarray(approx[s:e])[:, keep].astype(np.float64)
-        tol = eps * (pq.nf[s:e, None] + pb.nf[None, :]) + pq.slack[s:e, None] + pb.slack[None, :]
+            if approx is None:
+                g = _gram_block(pq, pb, slice(s, e), slice(None)).numpy().astype(np.float64)
+            else:
+                g = np.asarray(approx[s:e])[:, keep].astype(np.float64)
+            tol = (
+                eps * (pq.nf[s:e, None] + pb.nf[None, :]) + pq.slack[s:e, None] + pb.slack[None, :]
+            )
+            with np.errstate(divide="ignore"):
+                lo = w[None, :] / np.maximum(g + tol, 0.0)  # lower bound of each ratio
+                hi = w[None, :] / np.maximum(g - tol, 0.0)  # upper bound (inf when 0 is possible)
+            floor = lo.max(axis=1)
+            bi, bj = np.nonzero(hi >= floor[:, None])
+            d2 = exact_pairs(pq.x, bi + s, pb.x, bj)
+            wj, bj = w[bj], keep[bj]
         with np.errstate(divide="ignore"):
-            lo = w[None, :] / np.maximum(g + tol, 0.0)  # lower bound of each ratio
-            hi = w[None, :] / np.maximum(g - tol, 0.0)  # upper bound (inf when 0 is possible)
-        floor = lo.max(axis=1)
-        bi, bj = np.nonzero(hi >= floor[:, None])
-        d2 = exact_pairs(pq.x, bi + s, pb.x, bj)
-        with np.errstate(divide="ignore"):
-            r = w[bj] / d2
-        r_row = np.full((e - s, len(w)), -np.inf)
-        r_row[bi, bj] = r
-        j = np.argmax(r_row, axis=1)  # ties: lowest index
-        best[s:e] = r_row[np.arange(e - s), j]
-        arg[s:e] = keep[j]
+            r = wj / d2
+        order = np.lexsort((bj, -r, bi))  # per row: largest ratio first, ties lowest index
+        first = order[np.r_[True, bi[order][1:] != bi[order][:-1]]]
+        best[s + bi[first]] = r[first]
+        arg[s + bi[first]] = bj[first]
     return best, arg
+
+
+def _weighted_screen(approx: np.ndarray, w_all: np.ndarray, prepared, eps: float):
+    """Candidates of ``max_weighted_inverse`` from a stored float32 matrix, in float32 passes.
+
+    c_ij = D_ij / w_j orders row i as the ratio does (inverted). D's certified error
+    eps (nf_i + nf_j) + slack_i + slack_j, divided by w_j, is bounded per row by
+    (eps nf_i + slack_i) max 1/w + max_j (eps nf_j + slack_j) / w_j; twice that bound (plus
+    the float32 roundings of c) above the row's smallest c holds the true best. Rows with
+    weight 0 get c = inf. Returns ``screen(s, e)`` -> (row offsets, base rows) or None when
+    the band exceeds ``_SCREEN_CAP`` candidates per row.
+    """
+    import torch
+
+    pq, pb = prepared
+    kept = w_all > 0
+    inv = np.where(kept, 1.0 / np.where(kept, w_all, 1.0), 0.0)
+    col = float(np.max(((eps * pb.nf + pb.slack) * inv)[kept]))
+    row_bound = ((eps * pq.nf + pq.slack) * float(inv.max()) + col) * (1.0 + 8.0 * _U32)
+    t = torch.from_numpy(approx)
+    t_inv = torch.from_numpy(inv.astype(np.float32))
+    t_pen = torch.from_numpy(np.where(kept, 0.0, np.inf).astype(np.float32))
+
+    def screen(s: int, e: int) -> tuple[np.ndarray, np.ndarray] | None:
+        c = torch.addcmul(t_pen[None, :], t[s:e], t_inv[None, :])
+        low = c.amin(dim=1).double().numpy()
+        top = low + 8.0 * _U32 * np.abs(low) + 2.0 * row_bound[s:e]
+        top32 = np.nextafter(top.astype(np.float32), np.float32(np.inf))
+        bi, bj = torch.nonzero(c <= torch.from_numpy(top32)[:, None], as_tuple=True)
+        if len(bi) > _SCREEN_CAP * (e - s):
+            return None
+        bi, bj = bi.numpy(), bj.numpy()
+        ok = kept[bj]
+        return bi[ok], bj[ok]
+
+    return screen
 
 
 def nearest_up_to_sign(
