@@ -2,7 +2,7 @@
 
 Both references varbench matches use scikit-learn's ``KMeans``: dgm-eval's C_T (``n_init=10``)
 and Pylette's palettes (``n_init="auto"``, one run). Deterministic: the same rows and seed give
-the same centres; each Lloyd step is one small product and per-dimension ``bincount`` sums, so
+the same centres; each Lloyd step is one small product and label sums added in row order, so
 iterations are cheap and capped at ``max_iter`` as scikit-learn's.
 """
 
@@ -42,16 +42,28 @@ def _sk_plus_plus(x: np.ndarray, k: int, x_sq: np.ndarray, rs: np.random.RandomS
     return centres
 
 
+def _label_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """(k, d) sums of the rows of each label, each added in row order (as a sequential loop)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a serial loop; no OpenMP team spinning beside numpy's BLAS
+    try:
+        out = torch.zeros((k, x.shape[1]), dtype=torch.float64)
+        return out.index_add_(0, torch.from_numpy(labels), torch.from_numpy(x)).numpy()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _sk_lloyd_step(
-    x: np.ndarray, centres: np.ndarray, update: bool = True, xt: np.ndarray | None = None
+    x: np.ndarray, centres: np.ndarray, update: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """One Lloyd E(+M) step as scikit-learn's ``lloyd_iter_chunked_dense`` (unit weights).
 
     Labels from ``||c||^2 - 2 x.c`` (the ``||x||^2`` term dropped; first minimum wins); new
     centres are the label means, an empty cluster takes the point farthest from its centre
     (scikit-learn's relocation) or, when every point sits on its centre, the largest cluster's
-    centre; returns labels, new centres and each centre's shift. ``xt``: a C-contiguous copy
-    of ``x.T`` (per-dimension sums read rows of it, not strided columns of ``x``).
+    centre; returns labels, new centres and each centre's shift.
     """
     k, d = centres.shape
     dist = np.einsum("ij,ij->i", centres, centres)[None, :] + (-2.0) * (x @ centres.T)
@@ -59,8 +71,7 @@ def _sk_lloyd_step(
     if not update:
         return labels, None, None
     weight = np.bincount(labels, minlength=k).astype(np.float64)
-    xt = np.ascontiguousarray(x.T) if xt is None else xt
-    sums = np.stack([np.bincount(labels, weights=xt[j], minlength=k) for j in range(d)], 1)
+    sums = _label_sums(x, labels, k)
     empty = np.where(weight == 0)[0]
     if len(empty):
         far_d = ((x - centres[labels]) ** 2).sum(axis=1)
@@ -121,9 +132,8 @@ def _sk_lloyd(
     """scikit-learn's ``_kmeans_single_lloyd``: iterate to strict or tolerance convergence."""
     labels_old = np.full(len(x), -1)
     strict = False
-    xt = np.ascontiguousarray(x.T)
     for _ in range(max_iter):
-        labels, centres, shift = _sk_lloyd_step(x, centres, xt=xt)
+        labels, centres, shift = _sk_lloyd_step(x, centres)
         if np.array_equal(labels, labels_old):
             strict = True
             break

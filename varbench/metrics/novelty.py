@@ -82,11 +82,19 @@ def ct_preprocess(train, test, gen, dim: int = CT_PCA_DIM, pca=None):
 
     ``pca``: (mean, axes) of train when already computed (a shared plan's).
     """
-    train, test, gen = (np.asarray(a, np.float64) for a in (train, test, gen))
-    if train.shape[1] <= dim:
-        return train, test, gen
+    if np.shape(train)[1] <= dim:
+        return tuple(np.asarray(a, np.float64) for a in (train, test, gen))
     mu, axes = pca if pca is not None else pca_fit(train, dim)
-    return tuple((a - mu) @ axes for a in (train, test, gen))
+    return tuple(_project(a, mu, axes) for a in (train, test, gen))
+
+
+def _project(x: np.ndarray, mu: np.ndarray, axes: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(x - mu) @ axes in float64, a chunk of rows at a time (no full-size float64 copy)."""
+    x = np.asarray(x)
+    out = np.empty((len(x), axes.shape[1]))
+    for s in range(0, len(x), chunk):
+        out[s : s + chunk] = (np.asarray(x[s : s + chunk], np.float64) - mu) @ axes
+    return out
 
 
 def zu(test: np.ndarray, gen: np.ndarray, train: np.ndarray) -> float:
