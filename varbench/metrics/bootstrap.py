@@ -159,12 +159,14 @@ class BootstrapMetric(Metric):
         replicates = int(ctx.options.get("bootstrap", DEFAULT_REPLICATES))
         if replicates <= 0:
             return {key: math.nan for key in KEYS} | {KEY_METHOD: "", KEY_REPLICATES: 0.0}
+        from varbench.metrics.shared import point_plan
+
         k = int(ctx.options.get("prc_k", 3))
-        real = np.asarray(ctx.real(), np.float64)
-        fake = np.asarray(ctx.fake(), np.float64)
-        plan = PrecisionRecallPlan(real, fake)
-        pr = plan(k=k)
-        estimate = np.array([fid_from_features(real, fake), pr["precision"], pr["recall"]])
+        shared = point_plan(ctx)  # the fid and prc metrics' own values, not a second copy
+        real, fake = shared.real, shared.fake
+        plan = PrecisionRecallPlan(real, fake, shared=shared)
+        pr = shared.precision_recall(k)
+        estimate = np.array([shared.fid(), pr["precision"], pr["recall"]])
         method, reps = half_sample_replicates(
             real, fake, ctx.real_class, ctx.fake_class, replicates, int(ctx.seed), k, plan
         )

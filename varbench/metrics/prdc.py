@@ -54,14 +54,23 @@ class PrecisionRecallPlan:
     since every decision is still certified or re-decided with float64 differences.
     """
 
-    def __init__(self, real: np.ndarray, fake: np.ndarray, max_bytes: float = 3 * 2**30):
-        self.pr, self.pf = prepare(real, fake)
+    def __init__(
+        self,
+        real: np.ndarray,
+        fake: np.ndarray,
+        max_bytes: float = 3 * 2**30,
+        shared=None,
+    ):
+        """``shared``: the point's ``PointPlan`` for these features, whose prepared sets and
+        real x fake matrix are reused (same values: the same ``prepare`` of the same rows)."""
+        self.pr, self.pf = prepare(real, fake) if shared is None else shared.prepared()
         n, m = len(self.pr.x), len(self.pf.x)
         self.cached = 4.0 * (n * n + m * m + n * m) <= max_bytes
         if self.cached:
             self.drr = approx_sq_dists(self.pr)
             self.dff = approx_sq_dists(self.pf)
-            self.drf = approx_sq_dists(self.pr, self.pf)
+            drf = None if shared is None else shared.screen()
+            self.drf = approx_sq_dists(self.pr, self.pf) if drf is None else drf
 
     def __call__(
         self, real_rows: np.ndarray | None = None, fake_rows: np.ndarray | None = None, k: int = 3

@@ -207,10 +207,11 @@ class PointPlan:
 def point_plan(ctx, encoder: str | None = None) -> PointPlan:
     """The context's shared plan for one feature space (a fresh one if the context keeps none)."""
     shared = getattr(ctx, "shared", None)
-    key = ("point_plan", encoder or ctx.default_encoder)
+    key = ("point_plan", encoder or getattr(ctx, "default_encoder", None))
     if shared is not None and key in shared:
         return shared[key]
-    plan = PointPlan(ctx.real(encoder), ctx.fake(encoder))
+    args = () if encoder is None else (encoder,)  # the default space: ctx.real() as metrics call it
+    plan = PointPlan(ctx.real(*args), ctx.fake(*args))
     if shared is not None:
         shared[key] = plan
     return plan
