@@ -336,8 +336,9 @@ def section_novelty(
     the float32 screening matrices and exact k-NN radii of precision/recall (realism's radii,
     AuthPct's nearest-other-real distances; AuthPct's, realism's and MiFID's fake-to-real
     searches screen from the cached real x fake matrix). Not shared: FLS (a KDE on 1,000-row
-    subsets), Vendi (per-group Grams) and CMMD, timed on separate ``--cmmd-dim``-wide features
-    (CLIP ViT-L/14's 768: in a run CMMD has its own feature space; its encoder pass aside).
+    subsets), Vendi (per-group Grams) and CMMD, timed on separate L2-normalised
+    ``--cmmd-dim``-wide features (CLIP ViT-L/14's 768: in a run CMMD has its own feature
+    space, unit-length rows from ``clip_l336``; its encoder pass aside).
 
     ``novelty_cost_ratio``: the new metrics' steps over the FID + precision/recall steps, both
     timed inside the full run (same load). ``novelty_cost_ratio_vs_separate_baseline``:
