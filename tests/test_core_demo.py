@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import read_pngs, run_cli, run_json
 
+from varbench.io import writer_tag
 from varbench.results import schema
 
 
@@ -151,6 +152,12 @@ def test_killed_run_resumes_to_same_numbers(tmp_path, plugin_env):
     first = sorted(out.rglob("samples/**/*.png"))[0]
     orphan = first.parent / f".{first.name}.k1ll3d.tmp"
     orphan.write_bytes(first.read_bytes()[:50])
+    # and a point-level JSON temp (timing.json) of a writer on this host that is gone
+    point_dir = first.parents[len(first.relative_to(out).parts) - 4]
+    assert point_dir.parent.name == "points", point_dir
+    (
+        point_dir / f".timing.json.{writer_tag().rsplit('-', 1)[0]}-{dead_pid()}.x1y2z3.tmp"
+    ).write_text("{")
     resumed = run_json(*run_args, env=plugin_env)[0]
     for key in ("fid", "kid", "precision", "recall"):
         assert resumed[key] == ref[key], key
@@ -209,3 +216,26 @@ def test_leaderboard_formats_include_published(tmp_path, fmt):
         rows = json.loads(out)
         ip = [r for r in rows if r["model"] == "ip_adapter" and r["protocol"] == "imagenet_1shot"]
         assert min(r["fid"] for r in ip) == 20.2
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (a killed writer's, for temp-file names)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_dead_writers_temps_are_removed_and_live_ones_kept(tmp_path):
+    from varbench.io import atomic_write_json, remove_dead_writers_temps
+
+    host = writer_tag().rsplit("-", 1)[0]
+    dead = tmp_path / f".timing.json.{host}-{dead_pid()}.abc123.tmp"
+    mine = tmp_path / f".nan.json.{writer_tag()}.def456.tmp"  # this process: a live writer
+    elsewhere = tmp_path / f".timing.json.another_host-{os.getpid()}.ghi789.tmp"
+    old_style = tmp_path / ".timing.json.jkl012.tmp"  # no tag: its writer cannot be told
+    for p in (dead, mine, elsewhere, old_style):
+        p.write_text("{")
+    assert remove_dead_writers_temps(tmp_path) == 1
+    assert not dead.exists() and mine.exists() and elsewhere.exists() and old_style.exists()
+    atomic_write_json(tmp_path / "timing.json", {"seconds": 1.0})  # its temp name is tagged
+    assert sorted(p.name for p in tmp_path.iterdir())[-1] == "timing.json"

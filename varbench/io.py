@@ -6,6 +6,8 @@ import errno
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -49,16 +51,59 @@ def disk_full(path: str | os.PathLike, exc: OSError) -> DiskFullError:
     )
 
 
+def writer_tag() -> str:
+    """``HOST-PID`` of this process, as its temp files carry it (no dots: names split on them)."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (another user's counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_writers_temps(folder: str | os.PathLike) -> int:
+    """Delete ``folder``'s temp files (``.NAME.HOST-PID.XXXX.tmp``) whose writer ran on this host
+    and is gone: what a killed ``atomic_write_bytes`` leaves. Live writers' and other hosts'
+    files are kept (a shared run folder may have writers elsewhere). Returns the count."""
+    host = writer_tag().rsplit("-", 1)[0]
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(".tmp")) or name.count(".") < 4:
+            continue
+        tag_host, _, pid = name.rsplit(".", 3)[1].rpartition("-")
+        if tag_host == host and pid.isdigit() and not _alive(int(pid)):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part.
 
     The file gets the mode the umask gives ordinary files (mkstemp alone would leave 0600, which
-    makes a team's shared runs folder unreadable), and a full disk raises ``DiskFullError``.
+    makes a team's shared runs folder unreadable), and a full disk raises ``DiskFullError``. The
+    temp file's name carries ``writer_tag()``, so a resume can tell a killed writer's leftover
+    (``remove_dead_writers_temps``) from a live one's.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent
+        )
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full(path, exc) from exc

@@ -19,7 +19,7 @@ from varbench.adapter import Adapter, RunContext, get_adapter_class
 from varbench.cluster import Ranks, rank_device, torchrun_ranks
 from varbench.errors import ManifestMismatchError, UsageError
 from varbench.hashing import sha256_json
-from varbench.io import atomic_write_json
+from varbench.io import atomic_write_json, remove_dead_writers_temps
 from varbench.locks import FileLock, LockHeldError
 from varbench.manifest import check_same, read_manifest, write_manifest
 from varbench.metrics import METRIC_OPTIONS
@@ -249,6 +249,7 @@ class _RunBase(ABC):
                 )
                 with lock:
                     store.remove_orphan_temps(pid, mine)  # a killed writer's partial files
+                    remove_dead_writers_temps(store.point_dir(pid))  # timing.json and the like
                     if store.missing(pid, mine):
                         fill(i, point, pid)
             store.mark_shard_done(pid, index, count, len(mine))

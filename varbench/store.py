@@ -115,7 +115,7 @@ class RunStore:
         return self.point_dir(pid) / "samples" / slot.relpath
 
     def remove_orphan_temps(self, pid: str, slots: list[SampleSlot]) -> int:
-        """Delete temp files of ``slots``' PNGs left by a killed writer (``.NAME.XXXX.tmp``).
+        """Delete temp files of ``slots``' PNGs left by a killed writer (``.NAME.[TAG.]XXXX.tmp``).
 
         Call it only while holding the lock of the shard that owns ``slots``: nobody else
         writes those samples then, so every such temp file is an orphan. Returns the count.
@@ -133,8 +133,9 @@ class RunStore:
             for entry in entries:
                 name = entry.name
                 if name.startswith(".") and name.endswith(".tmp"):
-                    target = name[1:].rsplit(".", 2)[0]  # ".c00_s0001.png.ab12cd.tmp"
-                    if target in names:
+                    # ".c00_s0001.png.HOST-PID.ab12cd.tmp" (older: ".c00_s0001.png.ab12cd.tmp")
+                    stem = name[1:]
+                    if {stem.rsplit(".", 2)[0], stem.rsplit(".", 3)[0]} & names:
                         Path(entry.path).unlink(missing_ok=True)
                         removed += 1
         return removed
