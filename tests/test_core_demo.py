@@ -70,8 +70,19 @@ def test_rerun_regenerates_nothing(tmp_path):
     run_dir = next(out.iterdir())
     stamps = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.png")}
     assert len(stamps) == 100
+    # what scorers killed mid-write leave (writers gone), and a live writer's temp (this process)
+    host = writer_tag().rsplit("-", 1)[0]
+    point_dir = next((run_dir / "points").iterdir())
+    dead = [
+        point_dir / f".result.json.{host}-{dead_pid()}.a1b2c3.tmp",
+        run_dir / f".results.parquet.{host}-{dead_pid()}.d4e5f6.tmp",
+    ]
+    live = run_dir / f".results.parquet.{writer_tag()}.g7h8i9.tmp"
+    for p in (*dead, live):
+        p.write_bytes(b"partial")
     second = run_json("run", "--model", "augment", "--protocol", "demo_1shot", "--out", str(out))
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.png")} == stamps
+    assert not any(p.exists() for p in dead) and live.exists()
     assert first[0]["fid"] == second[0]["fid"] and first[0]["recall"] == second[0]["recall"]
 
 

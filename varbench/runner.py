@@ -285,6 +285,7 @@ class _RunBase(ABC):
                 log.warning("%s", exc)
                 continue
             try:
+                remove_dead_writers_temps(store.point_dir(pid))  # a killed scorer's result.json
                 store.write_index(pid, slots)
                 ctx = PointContext(setup, plan.listing, plan.manifest, store, pid, slots, encoders)
 
@@ -297,6 +298,7 @@ class _RunBase(ABC):
         rows = [store.read_point_result(point_id(p)) for p in self.points]
         if all(rows):
             rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+            remove_dead_writers_temps(store.root)  # a killed writer's results.parquet temp
             write_results(store.results_path, rows)
             return rows
         return scored
