@@ -56,7 +56,7 @@ def writer_tag() -> str:
     return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (another user's counts as alive)."""
     if pid == os.getpid():
         return True
@@ -84,7 +84,7 @@ def remove_dead_writers_temps(folder: str | os.PathLike) -> int:
         if not (name.startswith(".") and name.endswith(".tmp")) or name.count(".") < 4:
             continue
         tag_host, _, pid = name.rsplit(".", 3)[1].rpartition("-")
-        if tag_host == host and pid.isdigit() and not _alive(int(pid)):
+        if tag_host == host and pid.isdigit() and not pid_alive(int(pid)):
             Path(entry.path).unlink(missing_ok=True)
             removed += 1
     return removed

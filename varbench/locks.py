@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from varbench.errors import VarbenchError
-from varbench.io import file_mode
+from varbench.io import file_mode, pid_alive
 
 DEFAULT_STALE_AFTER = float(os.environ.get("VARBENCH_LOCK_STALE_S", "600"))
 HEARTBEAT_EVERY = float(os.environ.get("VARBENCH_LOCK_HEARTBEAT_S", "20"))
@@ -63,23 +63,13 @@ def read_holder(path: Path) -> dict[str, Any] | None:
     return info
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale(holder: dict[str, Any], stale_after: float) -> bool:
     """Heartbeat too old, or a dead pid on this very host."""
     if holder.get("heartbeat_age", 0.0) > stale_after:
         return True
     if holder.get("host") == socket.gethostname():
         try:
-            return not _pid_alive(int(holder.get("pid", -1)))
+            return not pid_alive(int(holder.get("pid", -1)))
         except (TypeError, ValueError):
             return True
     return False
