@@ -88,7 +88,7 @@ def test_nearest_up_to_sign_equals_brute_force():
 def test_mifid_distance_from_the_plan_screen_equals_brute_force(cap, monkeypatch):
     """Signed rows, negated copies (|cos| = 1) and zero-sum rows dropped; cap 0 forces the
     screen to hand every block to the float32 product."""
-    from varbench.metrics import mifid
+    from varbench.metrics import knn, mifid
     from varbench.metrics.shared import PointPlan
 
     rng = _rng(13)
@@ -99,8 +99,7 @@ def test_mifid_distance_from_the_plan_screen_equals_brute_force(cap, monkeypatch
     real[9] = 0.0  # zero-sum rows are dropped, as torchmetrics does
     fake[10, :] = 0.0
     fake[11, :20], fake[11, 20:] = 1.0, -1.0
-    monkeypatch.setattr(mifid, "_SCREEN_CAP", cap)
-    monkeypatch.setattr(mifid.cosine_screen, "__defaults__", (cap,))
+    monkeypatch.setattr(knn, "_SCREEN_CAP", cap)
     plan = PointPlan(real, fake)
     got = plan.mifid()["mifid_memorisation_distance"]
     a = np.asarray(real, np.float64)[np.asarray(real, np.float64).sum(1) != 0]

@@ -51,9 +51,14 @@ def disk_full(path: str | os.PathLike, exc: OSError) -> DiskFullError:
     )
 
 
+def _host_tag() -> str:
+    """This host's name as temp files carry it (no dots: their names split on them)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+
+
 def writer_tag() -> str:
-    """``HOST-PID`` of this process, as its temp files carry it (no dots: names split on them)."""
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}"
+    """``HOST-PID`` of this process, as its temp files carry it."""
+    return f"{_host_tag()}-{os.getpid()}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -73,7 +78,7 @@ def remove_dead_writers_temps(folder: str | os.PathLike) -> int:
     """Delete ``folder``'s temp files (``.NAME.HOST-PID.XXXX.tmp``) whose writer ran on this host
     and is gone: what a killed ``atomic_write_bytes`` leaves. Live writers' and other hosts'
     files are kept (a shared run folder may have writers elsewhere). Returns the count."""
-    host = writer_tag().rsplit("-", 1)[0]
+    host = _host_tag()
     removed = 0
     try:
         entries = list(os.scandir(folder))

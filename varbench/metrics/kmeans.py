@@ -121,7 +121,7 @@ def kmeans_sklearn(
     for _ in range(max(1, int(n_init))):
         centres, labels = _sk_lloyd(x, _sk_plus_plus(x, k, x_sq, rs), max_iter, tol_abs)
         inertia = float(((x - centres[labels]) ** 2).sum())
-        if best is None or (inertia < best[2] and not _same_clustering(labels, best[1], k)):
+        if best is None or (inertia < best[2] and not _same_clustering(labels, best[1])):
             best = (centres, labels, inertia)
     return best[0] + x_mean, best[1]
 
@@ -145,7 +145,7 @@ def _sk_lloyd(
     return centres, labels
 
 
-def _same_clustering(a: np.ndarray, b: np.ndarray, k: int) -> bool:
+def _same_clustering(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two labellings are equal up to a permutation of labels (scikit-learn's test)."""
     pairs = np.unique(np.stack([a, b]), axis=1)
     return len(np.unique(pairs[0])) == pairs.shape[1]

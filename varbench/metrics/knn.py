@@ -640,6 +640,21 @@ def max_weighted_inverse(
     return best, arg
 
 
+def band_pairs(val, limit: np.ndarray, larger: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """(row, column) of the float32 block ``val``'s entries at or beyond each row's float64
+    ``limit`` (>= when ``larger``, else <=; the limit rounded outward to float32), or None when
+    they exceed ``_SCREEN_CAP`` per row (too wide a band: the caller decides those rows another
+    way). The shared last step of the float32 screens of a stored matrix."""
+    import torch
+
+    lim32 = np.nextafter(limit.astype(np.float32), np.float32(-np.inf if larger else np.inf))
+    lim = torch.from_numpy(lim32)[:, None]
+    ci, cj = torch.nonzero(val >= lim if larger else val <= lim, as_tuple=True)
+    if len(ci) > _SCREEN_CAP * len(limit):
+        return None
+    return ci.numpy(), cj.numpy()
+
+
 def _weighted_screen(approx: np.ndarray, w_all: np.ndarray, prepared, eps: float):
     """Candidates of ``max_weighted_inverse`` from a stored float32 matrix, in float32 passes.
 
@@ -664,12 +679,10 @@ def _weighted_screen(approx: np.ndarray, w_all: np.ndarray, prepared, eps: float
     def screen(s: int, e: int) -> tuple[np.ndarray, np.ndarray] | None:
         c = torch.addcmul(t_pen[None, :], t[s:e], t_inv[None, :])
         low = c.amin(dim=1).double().numpy()
-        top = low + 8.0 * _U32 * np.abs(low) + 2.0 * row_bound[s:e]
-        top32 = np.nextafter(top.astype(np.float32), np.float32(np.inf))
-        bi, bj = torch.nonzero(c <= torch.from_numpy(top32)[:, None], as_tuple=True)
-        if len(bi) > _SCREEN_CAP * (e - s):
+        found = band_pairs(c, low + 8.0 * _U32 * np.abs(low) + 2.0 * row_bound[s:e], False)
+        if found is None:
             return None
-        bi, bj = bi.numpy(), bj.numpy()
+        bi, bj = found
         ok = kept[bj]
         return bi[ok], bj[ok]
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from varbench.metrics.base import Metric
 from varbench.metrics.fid import fid_from_features
-from varbench.metrics.knn import _SCREEN_CAP, nearest_up_to_sign
+from varbench.metrics.knn import nearest_up_to_sign
 
 KEY_MIFID = "mifid"
 KEY_MEM_DISTANCE = "mifid_memorisation_distance"
@@ -46,23 +46,23 @@ def memorisation_distance(
     return float(np.mean(nearest_up_to_sign(a, b, screen) / 2.0))
 
 
-def cosine_screen(kr, kf, r2, f2, prepared, sq_dists: np.ndarray, cap: int = _SCREEN_CAP):
+def cosine_screen(kr, kf, r2, f2, prepared, sq_dists: np.ndarray):
     """``screen`` for ``memorisation_distance`` from a plan's float32 real x fake distances.
 
     ``kr``/``kf``: indices of the kept (nonzero-sum) real and fake rows, ``r2``/``f2`` their
-    squared norms. For kept rows i (real) and j (fake), |q_i.b_j| / |b_j| = |r2_i + f2_j - D_ij| / (2 |f_j|)
-    orders row i's candidates as |cos| does. It is computed in float32 passes over the stored
+    squared norms. For kept rows i (real) and j (fake),
+    |q_i.b_j| / |b_j| = |r2_i + f2_j - D_ij| / (2 |f_j|) orders row i's candidates as |cos| does. It is computed in float32 passes over the stored
     matrix (no product, no float64 copy); its error is bounded per row by the k-NN room's
     certified float32 bound on D (``knn._eps`` and the slacks), the float32 roundings of the
     norms, the sum and the scaling, each maximised over j as a sum of per-set maxima. Every j
     whose value reaches the row's maximum minus twice that bound is a candidate, so the
     largest |cos| of the row is among them. ``screen(s, e)`` returns (row offsets from s,
     kept-fake positions) of the candidates of kept real rows s:e, or None when they exceed
-    ``cap`` per row (the caller's float32 product decides those rows instead).
+    ``knn._SCREEN_CAP`` per row (the caller's float32 product decides those rows instead).
     """
     import torch
 
-    from varbench.metrics.knn import _U32, _eps
+    from varbench.metrics.knn import _U32, _eps, band_pairs
 
     pr, pf = prepared
     every_r, every_f = len(kr) == len(pr.x), len(kf) == len(pf.x)
@@ -85,12 +85,7 @@ def cosine_screen(kr, kf, r2, f2, prepared, sq_dists: np.ndarray, cap: int = _SC
         val = torch.sub(t_f2[None, :], dist).add_(t_r2[s:e, None]).abs_().mul_(t_inv[None, :])
         top = val.amax(dim=1).double().numpy()
         # 8 ulps of the largest value absorb the float32 rounding of val itself
-        floor = top * (1.0 - 8.0 * _U32) - 2.0 * bound[s:e]
-        floor32 = np.nextafter(floor.astype(np.float32), np.float32(-np.inf))
-        ci, cj = torch.nonzero(val >= torch.from_numpy(floor32)[:, None], as_tuple=True)
-        if len(ci) > cap * (e - s):
-            return None
-        return ci.numpy(), cj.numpy()
+        return band_pairs(val, top * (1.0 - 8.0 * _U32) - 2.0 * bound[s:e], True)
 
     return screen
 
