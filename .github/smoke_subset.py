@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from varbench.datasets import list_dataset
+from varbench.plan.datasets import list_dataset
 
 
 def main() -> None:

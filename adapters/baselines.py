@@ -7,10 +7,16 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from varbench.adapter import Adapter, Param, Request
-from varbench.demo_data import CLASSES, demo_image
-from varbench.hashing import derive_seed, sha256_text
-from varbench.io import read_rgb
+from varbench.adapter import DEMO_CLASSES as CLASSES
+from varbench.adapter import (
+    Adapter,
+    Param,
+    Request,
+    demo_image,
+    derive_seed,
+    read_rgb,
+    sha256_text,
+)
 
 
 class CopyAdapter(Adapter):

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from varbench.adapter import Request
+from varbench.adapter import Request, weights_only_loads
 from varbench.errors import UsageError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,6 @@ def load_safetensors_or_torch(path: str | Path) -> dict[str, Any]:
     A file that needs pickled code, or is damaged, raises one ``UnsafeWeightsError`` naming it
     and saying how to convert it to safetensors (no library traceback).
     """
-    from varbench.encoders.weights import weights_only_loads
-
     path = Path(path)
     with weights_only_loads(path):
         if path.suffix == ".safetensors":

@@ -69,7 +69,7 @@ def main() -> None:
 
     import torch
 
-    from varbench.demo_data import demo_image
+    from varbench.plan.demo_data import demo_image
 
     images = [demo_image(i % 10, 7000 + i) for i in range(args.n)]
     print(f"images={args.n}", flush=True)

@@ -36,7 +36,7 @@ def plain_loop(
     from diffusers import StableDiffusionImageVariationPipeline
     from PIL import Image
 
-    from varbench.io import read_rgb
+    from varbench.core.files import read_rgb
     from varbench_adapters.sd_iv import clip_preprocess
 
     pipe = StableDiffusionImageVariationPipeline.from_pretrained(
@@ -70,7 +70,8 @@ def plain_loop(
 
 def varbench_run(model_dir: Path, out: Path, steps: int, size: int, guidance: float) -> float:
     """Seconds spent in the generation room (``generate.generate_groups``) of one `varbench run`."""
-    from varbench import generate, runner
+    from varbench import runner
+    from varbench.generate import sampling as generate
 
     spent = [0.0]
     original = generate.generate_groups
@@ -114,11 +115,11 @@ def main() -> None:
     from tiny_pipelines import save_tiny_sd_image_variation
 
     from varbench.adapter import get_adapter_class
-    from varbench.demo_data import demo_root
-    from varbench.manifest import build_manifest
-    from varbench.plan import load_dataset
-    from varbench.protocol import load_protocol
-    from varbench.store import generation_groups, sample_slots
+    from varbench.plan.demo_data import demo_root
+    from varbench.plan.manifest import build_manifest
+    from varbench.plan.planner import load_dataset
+    from varbench.plan.protocol import load_protocol
+    from varbench.plan.slots import generation_groups, sample_slots
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -42,8 +42,8 @@ TARGET = 3_000_000
 RANK_ONLY = """
 import json, sys, time
 from pathlib import Path
-from varbench.lsun import _open, rank_keys
-from varbench.protocol import load_protocol
+from varbench.plan.lsun import _open, rank_keys
+from varbench.plan.protocol import load_protocol
 spec = load_protocol("lsun_bedroom_1shot")
 env = _open(Path(sys.argv[1]))
 st = env.stat()

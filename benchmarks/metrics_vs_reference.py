@@ -42,7 +42,7 @@ def section_fid(args: argparse.Namespace, real: np.ndarray, fake: np.ndarray) ->
     """Eigen/pivoted-Cholesky FID vs scipy.linalg.sqrtm on the same statistics."""
     import scipy.linalg
 
-    from varbench.metrics.fid import fid_features_to_statistics, fid_statistics_to_metric
+    from varbench.metrics.gaussian import fid_features_to_statistics, fid_statistics_to_metric
 
     mu1, s1 = fid_features_to_statistics(real)
     mu2, s2 = fid_features_to_statistics(fake)
@@ -116,9 +116,9 @@ def section_memorisation(
 
     import torch
 
-    from varbench.demo_data import demo_image
     from varbench.encoders.lpips import LpipsEncoder
     from varbench.metrics.memorisation import RowFile, agreement, embed_all, search_images
+    from varbench.plan.demo_data import demo_image
 
     refs = [demo_image(i % 10, i) for i in range(args.mem_real)]
     queries = [demo_image(i % 10, 10**6 + i) for i in range(args.mem_fake)]
@@ -195,8 +195,8 @@ def section_extract(
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import random_inception_file
 
-    from varbench.demo_data import demo_image
-    from varbench.scoring import score_folders
+    from varbench.plan.demo_data import demo_image
+    from varbench.score.folders import score_folders
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -257,8 +257,8 @@ def section_intervals(
     ``precision_recall`` once, as the fid and precision_recall metrics compute them.
     """
     from varbench.metrics.bootstrap import DEFAULT_REPLICATES, half_sample_replicates
-    from varbench.metrics.fid import fid_from_features
-    from varbench.metrics.prdc import PrecisionRecallPlan, precision_recall
+    from varbench.metrics.gaussian import fid_from_features
+    from varbench.metrics.prdc import SubsetPrecisionRecall, precision_recall
 
     real64, fake64 = real.astype(np.float64), fake.astype(np.float64)
     rc = np.arange(len(real)) * args.classes // len(real)
@@ -269,7 +269,7 @@ def section_intervals(
         return fid_from_features(real64, fake64)
 
     def intervals() -> np.ndarray:
-        plan = PrecisionRecallPlan(real64, fake64)
+        plan = SubsetPrecisionRecall(real64, fake64)
         plan(k=3)
         fid_from_features(real64, fake64)
         return half_sample_replicates(
@@ -280,7 +280,7 @@ def section_intervals(
     reps, t_int = timed(intervals, 1)
     # Spot check: the plan's sub-matrix route equals recomputing on a half-sample.
     half = np.flatnonzero(rc % 2 == 0), np.flatnonzero(fc % 2 == 0)
-    plan = PrecisionRecallPlan(real64, fake64)
+    plan = SubsetPrecisionRecall(real64, fake64)
     same = plan(*half, k=3) == precision_recall(real64[half[0]], fake64[half[1]], 3)
     return {
         "interval_replicates": args.replicates,
@@ -305,9 +305,9 @@ def section_memory(
     import resource
 
     from varbench.metrics.bootstrap import half_sample_replicates
-    from varbench.metrics.fid import fid_from_features
+    from varbench.metrics.gaussian import fid_from_features
     from varbench.metrics.kid import kid_features_to_metric
-    from varbench.metrics.prdc import PrecisionRecallPlan, density_coverage
+    from varbench.metrics.prdc import SubsetPrecisionRecall, density_coverage
 
     real64, fake64 = real.astype(np.float64), fake.astype(np.float64)
     rc = np.arange(len(real)) * args.classes // len(real)
@@ -315,7 +315,7 @@ def section_memory(
     fid_from_features(real64, fake64)
     kid_features_to_metric(fake64, real64)
     density_coverage(real64, fake64, 5)
-    plan = PrecisionRecallPlan(real64, fake64)
+    plan = SubsetPrecisionRecall(real64, fake64)
     plan(k=3)
     half_sample_replicates(real64, fake64, rc, fc, 3, seed=0, k=3, plan=plan)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
@@ -327,7 +327,7 @@ def section_novelty(
 ) -> dict[str, object]:
     """Extra cost of every new diversity/novelty metric on one point, over FID + precision/recall.
 
-    Both sides run the code scoring runs: one ``PointPlan`` (``varbench.metrics.shared``) per
+    Both sides run the code scoring runs: one ``PointCache`` (``varbench.metrics.pointcache``) per
     point. Baseline: a fresh plan computing FID and precision/recall only. Full: a fresh plan
     computing FID, precision/recall, then every new metric, each step timed.
 
@@ -352,11 +352,11 @@ def section_novelty(
     import resource
 
     from varbench.metrics.cmmd import cmmd
-    from varbench.metrics.fid import fid_from_features
     from varbench.metrics.fls import fls_scores, fls_subsets
+    from varbench.metrics.gaussian import fid_from_features
     from varbench.metrics.novelty import CT_PCA_DIM, ct_score
+    from varbench.metrics.pointcache import PointCache
     from varbench.metrics.prdc import precision_recall
-    from varbench.metrics.shared import PointPlan
     from varbench.metrics.vendi import grouped_vendi
 
     heldout = synthetic_features(max(2, args.n // 10), args.dim, seed=2)
@@ -374,11 +374,11 @@ def section_novelty(
         return out
 
     def baseline() -> tuple[float, dict]:
-        plan = PointPlan(real, fake)
+        plan = PointCache(real, fake)
         return plan.fid(), plan.precision_recall(3)
 
     def full(real=real, fake=fake, heldout=heldout) -> dict[str, object]:
-        plan = PointPlan(real, fake)
+        plan = PointCache(real, fake)
         out: dict[str, object] = {}
         out["fid"] = step("base_fid", plan.fid)
         out["prc"] = step("base_prc", lambda: plan.precision_recall(3))

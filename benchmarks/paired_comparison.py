@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from varbench.compare import (
+from varbench.metrics.bootstrap import statistics
+from varbench.present.compare import (
     METRICS,
     estimates,
     extra_estimates,
@@ -32,7 +33,6 @@ from varbench.compare import (
     paired_interval,
     unpaired_interval,
 )
-from varbench.metrics.bootstrap import statistics
 
 
 def draw(rng, means, per_class):

@@ -42,7 +42,7 @@ def _pool(folder: Path, n: int, rng: np.random.Generator) -> list[Path]:
 
 def synthesise(root: Path, n_classes: int, per_class: int, n_points: int) -> Path:
     """A runs folder with one run of ``n_points`` points x ``n_classes * per_class`` samples."""
-    from varbench.results import write_results
+    from varbench.runs.results import write_results
 
     rng = np.random.default_rng(0)
     pool = _pool(root / "pool", 64, rng)

@@ -4,7 +4,7 @@ importing torch again (3-4 s per call on a quiet 2-core machine, 10 s under load
 
 The child is a new process running ``python -m varbench.cli ARGS`` through runpy with the
 test's environment, working directory, stdout and stderr files: varbench itself, and everything
-that reads the environment at import (huggingface_hub, diffusers, transformers, varbench.locks),
+that reads the environment at import (huggingface_hub, diffusers, transformers, varbench.core.locks),
 is imported afresh in the child. The preloaded libraries read some variables at import
 (thread counts, HF_*, TRANSFORMERS_*): `conftest.run_cli` keeps one zygote per value of those
 (``import_time_key``), started with the command's environment, so a child always sees what a

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from varbench.demo_data import demo_image  # noqa: E402
+from varbench.plan.demo_data import demo_image  # noqa: E402
 
 TESTS = Path(__file__).parent
 

@@ -16,9 +16,9 @@ from conftest import read_pngs, run_cli
 from tiny_pipelines import save_tiny_sd15
 
 from varbench.adapter import Request
-from varbench.datasets import imagenet_labels
-from varbench.demo_data import demo_image
 from varbench.errors import WeightsUnavailableError
+from varbench.plan.datasets import imagenet_labels
+from varbench.plan.demo_data import demo_image
 from varbench_adapters.rival import DEFAULT_BASE, RivalAdapter
 from varbench_adapters.rival_core import (
     DDIMSchedule,

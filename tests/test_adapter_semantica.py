@@ -16,8 +16,8 @@ from conftest import decoded, read_pngs, run_cli
 from tiny_semantica import save_tiny_semantica
 
 from varbench.adapter import Request, get_adapter_class
-from varbench.demo_data import demo_image
 from varbench.errors import UsageError, WeightsUnavailableError
+from varbench.plan.demo_data import demo_image
 from varbench_adapters.semantica_model import (
     SemanticaConfig,
     UViT,
@@ -298,7 +298,7 @@ def test_auto_dtype_is_never_float16():
 
 
 def test_sun397_sweep_has_table6_points():
-    from varbench.protocol import load_protocol
+    from varbench.plan.protocol import load_protocol
 
     assert load_protocol("sun397_1shot").sweeps["semantica"]["guidance"] == [
         0.1,

@@ -25,8 +25,8 @@ from tiny_pipelines import (
 )
 
 from varbench.adapter import Request, get_adapter_class
-from varbench.demo_data import demo_image
 from varbench.errors import WeightsUnavailableError
+from varbench.plan.demo_data import demo_image
 from varbench_adapters import hf
 from varbench_adapters.ip_adapter import load_ip_adapter_state_dict
 from varbench_adapters.sd_iv import CLIP_MEAN, CLIP_STD, clip_preprocess

@@ -76,7 +76,7 @@ BASELINE = {"fid": 10.0, "recall": 0.5}
     ],
 )
 def test_tolerance_ci_inside_edge_outside(tmp_path, fid, recall, bad):
-    from varbench.results import write_results
+    from varbench.runs.results import write_results
 
     base, meas = tmp_path / "base.parquet", tmp_path / "meas.parquet"
     write_results(base, _rows(**BASELINE))
@@ -107,8 +107,8 @@ def test_tolerance_ci_inside_edge_outside(tmp_path, fid, recall, bad):
 
 
 def test_tolerance_ci_combines_with_explicit_values(tmp_path):
-    from varbench.check import CI, CI_AUTO, parse_tolerances
-    from varbench.results import write_results
+    from varbench.present.check import CI, CI_AUTO, parse_tolerances
+    from varbench.runs.results import write_results
 
     tol = parse_tolerances("ci,kid=0.001,recall=0.2")
     assert tol["fid"] == CI_AUTO and tol["kid"] == 0.001 and tol["recall"] == 0.2

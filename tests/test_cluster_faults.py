@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import read_pngs, run_cli, run_json
 
-from varbench.cluster import shard_from_slurm
+from varbench.core.cluster import shard_from_slurm
 from varbench.errors import UsageError
 
 KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "fid_lo", "fid_hi")
@@ -180,7 +180,7 @@ def test_disk_full_is_one_clear_error_and_resume_works(
     tmp_path, monkeypatch, plugin_env, reference
 ):
     """ENOSPC from the n-th file write (samples): one error naming the folder, nothing partial."""
-    import varbench.io as vio
+    import varbench.core.files as vio
     from varbench.runner import RunConfig, run
 
     monkeypatch.syspath_prepend(plugin_env["PYTHONPATH"].split(os.pathsep)[0])

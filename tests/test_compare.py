@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from varbench.compare import paired_interval, unpaired_interval, verdict
 from varbench.errors import UsageError
 from varbench.metrics.bootstrap import half_samples
-from varbench.metrics.fid import fid_from_features
+from varbench.metrics.gaussian import fid_from_features
+from varbench.present.compare import paired_interval, unpaired_interval, verdict
 
 D, CLASSES, PER_CLASS, REPLICATES, PAIRS = 4, 8, 5, 30, 200
 
@@ -85,9 +85,9 @@ def two_runs(tmp_path_factory):
 def test_compare_cli_pairs_the_runs_own_half_samples(two_runs):
     from conftest import run_cli, run_json
 
-    from varbench.compare import point_features
     from varbench.metrics.bootstrap import recentred_intervals
-    from varbench.runview import load_runs
+    from varbench.present.compare import point_features
+    from varbench.runs.views import load_runs
 
     out, rows = two_runs
     got = run_json("compare", "--runs", str(out), "--protocol", "demo_1shot",
@@ -102,7 +102,7 @@ def test_compare_cli_pairs_the_runs_own_half_samples(two_runs):
     by = {r["metric"]: r for r in got}
     assert by["fid"]["verdict"] == "A better" and by["recall"]["verdict"] == "A better"
     # the replicates are the runs' own: they rebuild each run's stored interval exactly
-    from varbench.compare import estimates
+    from varbench.present.compare import estimates
 
     for run in load_runs(out):
         p = run.points[0]
@@ -125,10 +125,10 @@ def test_compare_density_and_kid_on_the_same_half_samples(two_runs):
     coverage is refused (its paired interval under-covers)."""
     from dataclasses import replace
 
-    from varbench.compare import compare_points, compare_runs, extra_values, point_features
     from varbench.metrics.bootstrap import Z95, half_samples
     from varbench.metrics.kid import kid_features_to_metric
-    from varbench.runview import load_runs
+    from varbench.present.compare import compare_points, compare_runs, extra_values, point_features
+    from varbench.runs.views import load_runs
 
     out, rows = two_runs
     with pytest.raises(UsageError, match=r"--metrics coverage: .*under-covers"):
@@ -161,9 +161,9 @@ def test_compare_density_and_kid_on_the_same_half_samples(two_runs):
 def test_compare_uses_the_runs_recorded_metric_options(two_runs, tmp_path):
     """k of precision/recall is the one the runs were scored with (--set prc_k=5), recorded in
     each point's result.json; runs scored with different k are refused, naming the option."""
-    from varbench.compare import compare_points, compare_runs, point_features
+    from varbench.present.compare import compare_points, compare_runs, point_features
     from varbench.runner import RunConfig, run
-    from varbench.runview import load_runs
+    from varbench.runs.views import load_runs
 
     out, _ = two_runs
     rows = {m: run(RunConfig(model=m, protocol="demo_1shot", out=tmp_path,
@@ -189,8 +189,8 @@ def test_point_scored_without_recorded_options_is_read_with_defaults_and_a_warni
     """A result.json from before options were recorded: defaults, and a warning naming it."""
     import shutil
 
-    from varbench.compare import point_features
-    from varbench.runview import load_runs
+    from varbench.present.compare import point_features
+    from varbench.runs.views import load_runs
 
     out, _ = two_runs
     src = {r.model: r for r in load_runs(out)}["oracle"]
@@ -208,9 +208,9 @@ def test_point_scored_without_recorded_options_is_read_with_defaults_and_a_warni
 
 def test_leaderboard_json_and_report_show_best_against_best(two_runs):
     from varbench.cli import Format  # noqa: F401 - the CLI's json path calls the same function
-    from varbench.compare import attach_to_leaderboard
-    from varbench.leaderboard import collect, render, select
-    from varbench.report import build_report
+    from varbench.present.compare import attach_to_leaderboard
+    from varbench.present.leaderboard import collect, render, select
+    from varbench.present.report import build_report
 
     out, rows = two_runs
     df = attach_to_leaderboard(select(collect(out, include_published=False)), out)

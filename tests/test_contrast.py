@@ -12,15 +12,15 @@ import json
 import pytest
 from conftest import run_cli
 
-from varbench.contrast import contrast_panels
+from varbench.present.contrast import contrast_panels
 from varbench.runner import RunConfig, run
-from varbench.runview import load_runs, measured_frame
+from varbench.runs.views import load_runs, measured_frame
 
 BLEND_SOURCE = '''
 from __future__ import annotations
 import numpy as np
 from varbench.adapter import Adapter, Param
-from varbench.demo_data import CLASSES, demo_image
+from varbench.plan.demo_data import CLASSES, demo_image
 
 
 class Blend(Adapter):
@@ -89,7 +89,7 @@ def test_plot_contrast_cli_names_missing_side(contrast_runs, tmp_path):
 
 
 def test_report_has_contrast_section(contrast_runs):
-    from varbench.report import build_report
+    from varbench.present.report import build_report
 
     html = build_report(contrast_runs)
     assert 'id="contrast-section"' in html and "<svg" in html

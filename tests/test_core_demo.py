@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import read_pngs, run_cli, run_json
 
-from varbench.io import writer_tag
-from varbench.results import schema
+from varbench.core.files import writer_tag
+from varbench.runs.results import schema
 
 
 def _row(rows, **match):
@@ -237,7 +237,7 @@ def dead_pid() -> int:
 
 
 def test_dead_writers_temps_are_removed_and_live_ones_kept(tmp_path):
-    from varbench.io import atomic_write_json, remove_dead_writers_temps
+    from varbench.core.files import atomic_write_json, remove_dead_writers_temps
 
     host = writer_tag().rsplit("-", 1)[0]
     dead = tmp_path / f".timing.json.{host}-{dead_pid()}.abc123.tmp"

@@ -12,7 +12,7 @@ import torch
 from conftest import random_inception_file, run_cli, run_json
 from PIL import Image
 
-from varbench.demo_data import demo_image
+from varbench.plan.demo_data import demo_image
 
 
 class _Payload:
@@ -215,7 +215,7 @@ def _damage_all_ways(chunks: list[Path]) -> dict[Path, str]:
 
 
 def test_damaged_feature_chunks_are_recomputed_to_identical_numbers(tmp_path):
-    from varbench.features import read_chunk
+    from varbench.score.features import read_chunk
 
     env = {"VARBENCH_CACHE": str(tmp_path / "cache"), "COLUMNS": "500"}
     clean = run_json(
@@ -256,7 +256,7 @@ def test_damaged_feature_chunks_are_recomputed_to_identical_numbers(tmp_path):
 
 
 def _good_chunk(folder: Path, n: int = 5, dim: int = 7) -> tuple[Path, list[str], np.ndarray]:
-    from varbench.hashing import sha256_json
+    from varbench.core.hashing import sha256_json
 
     hashes = sorted(f"{i:064x}" for i in range(n))
     feats = np.random.default_rng(0).normal(size=(n, dim))
@@ -282,7 +282,7 @@ def _good_chunk(folder: Path, n: int = 5, dim: int = 7) -> tuple[Path, list[str]
     ],
 )
 def test_read_chunk_rejects(tmp_path, damage, reason):
-    from varbench.features import CorruptChunkError, read_chunk
+    from varbench.score.features import CorruptChunkError, read_chunk
 
     path, hashes, feats = _good_chunk(tmp_path)
     rows = read_chunk(path)
@@ -315,7 +315,7 @@ def test_read_chunk_rejects(tmp_path, damage, reason):
 def test_cache_drops_chunk_of_other_width_and_recomputes(tmp_path, caplog):
     """A readable chunk whose rows disagree in shape with the rest is deleted and re-encoded."""
     from varbench.encoders.demo import DemoEncoder
-    from varbench.features import FeatureCache
+    from varbench.score.features import FeatureCache
 
     images = {f"{i:064x}": demo_image(i % 10, i) for i in range(6)}
     cache = FeatureCache(tmp_path, DemoEncoder())
@@ -326,7 +326,7 @@ def test_cache_drops_chunk_of_other_width_and_recomputes(tmp_path, caplog):
     with np.load(chunk) as data:
         hashes = data["hashes"]
     # a second, self-consistent chunk for the same images but 3-d rows (e.g. another encoder's)
-    from varbench.hashing import sha256_json
+    from varbench.core.hashing import sha256_json
 
     odd = cache.root / f"{sha256_json([str(h) for h in hashes[:2]])[:24]}.npz"
     with open(odd, "wb") as f:
@@ -417,7 +417,7 @@ def test_check_names_damaged_baseline_and_uses_point_results(tmp_path, demo_runs
 
 
 def test_report_reader_uses_point_results(tmp_path, demo_runs, caplog):
-    from varbench.runview import load_runs
+    from varbench.runs.views import load_runs
 
     runs, parquet = _copy_runs(demo_runs[0], tmp_path / "runs")
     _garbage(parquet)
@@ -431,7 +431,7 @@ def test_report_reader_uses_point_results(tmp_path, demo_runs, caplog):
 
 def test_flipped_byte_in_results_parquet_is_detected(tmp_path, demo_runs):
     """Every single-bit flip either leaves the rows unchanged or is reported (content hash)."""
-    from varbench.results import DamagedResultsError, read_results
+    from varbench.runs.results import DamagedResultsError, read_results
 
     _, parquet = _copy_runs(demo_runs[0], tmp_path / "runs")
     clean = read_results(parquet)

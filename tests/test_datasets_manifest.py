@@ -10,10 +10,10 @@ import pytest
 from conftest import make_folder_dataset, run_cli, run_json
 from PIL import Image
 
-from varbench.datasets import list_dataset
 from varbench.errors import DatasetError
-from varbench.manifest import build_manifest, select
-from varbench.protocol import load_protocol
+from varbench.plan.datasets import list_dataset
+from varbench.plan.manifest import build_manifest, select
+from varbench.plan.protocol import load_protocol
 
 
 def test_truncated_jpeg_and_short_class_fail_before_generation(tmp_path):

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from varbench.demo_data import demo_image
 from varbench.encoders.dinov2 import dgm_eval_batch, official_forward
+from varbench.plan.demo_data import demo_image
 
 
 class OfficialReference:

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from varbench.demo_data import demo_image
 from varbench.encoders import encoder_registry
 from varbench.errors import WeightsUnavailableError
+from varbench.plan.demo_data import demo_image
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ class _Ctx:
     """Minimal MetricContext for image-space metrics on in-memory images."""
 
     def __init__(self, real, fake, heldout, cond, cond_index, feats):
-        from varbench.hashing import pixel_sha256
+        from varbench.core.hashing import pixel_sha256
 
         self.default_encoder, self.seed, self.options = "demo", 0, {"memorisation_check": 4}
         self._img = {}
@@ -210,7 +210,7 @@ class _Ctx:
         self._hash = pixel_sha256
 
     def _add(self, x):
-        from varbench.hashing import pixel_sha256
+        from varbench.core.hashing import pixel_sha256
 
         h = pixel_sha256(x)
         self._img[h] = x

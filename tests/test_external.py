@@ -19,8 +19,8 @@ from conftest import run_cli, run_json
 from PIL import Image
 
 from varbench.errors import VarbenchError
-from varbench.results import metric_columns
 from varbench.runner import RunConfig, run
+from varbench.runs.results import metric_columns
 
 # Written as a user would, without varbench: read each conditioning PNG, save it under the
 # planned name (the copy baseline), or stack them in plan order into an ADM-style npz.
@@ -87,8 +87,8 @@ def test_export_writes_the_plan(exported):
     manifest = json.loads((plan / "manifest.json").read_text())
     assert manifest["sha256"] == summary["manifest_sha256"]
     # the conditioning PNG holds exactly the pixels of the dataset file varbench decodes
-    from varbench.demo_data import demo_root
-    from varbench.results import default_cache_dir
+    from varbench.core.env import default_cache_dir
+    from varbench.plan.demo_data import demo_root
 
     first = rows[0]
     src = demo_root(default_cache_dir()) / first["cond_id"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from varbench.adapter import Adapter, Request, adapter_registry
-from varbench.demo_data import demo_image
+from varbench.plan.demo_data import demo_image
+from varbench.plan.slots import SampleSlot, generation_groups
 from varbench.runner import RunConfig, run
-from varbench.store import SampleSlot, generation_groups
 
 
 def _slots(conds: dict[str, int]) -> list[SampleSlot]:

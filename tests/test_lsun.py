@@ -14,14 +14,14 @@ import pytest
 from conftest import run_cli, run_json
 from PIL import Image
 
-from varbench.datasets import DatasetListing
-from varbench.demo_data import demo_image
+from varbench.core.hashing import pixel_sha256
 from varbench.errors import DatasetError
-from varbench.hashing import pixel_sha256
-from varbench.lmdb_keys import LmdbLayoutError, iter_keys
-from varbench.lsun import key_name, list_lsun, sniff
-from varbench.manifest import build_manifest, select
-from varbench.protocol import load_protocol
+from varbench.plan.datasets import DatasetListing
+from varbench.plan.demo_data import demo_image
+from varbench.plan.lmdb_keys import LmdbLayoutError, iter_keys
+from varbench.plan.lsun import key_name, list_lsun, sniff
+from varbench.plan.manifest import build_manifest, select
+from varbench.plan.protocol import load_protocol
 
 PROTOCOLS = Path(__file__).parents[1] / "protocols"
 
@@ -110,7 +110,7 @@ def test_tree_walk_refuses_layouts_it_does_not_know(tmp_path):
 
 
 def test_cursor_fallback_selects_the_same(church, tmp_path, monkeypatch):
-    import varbench.lsun as lsun
+    import varbench.plan.lsun as lsun
 
     s = spec()
     walked = list_lsun(church, s, tmp_path / "cache")

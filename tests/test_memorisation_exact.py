@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_folder_dataset, run_json
 
-from varbench.demo_data import demo_image
+from varbench.plan.demo_data import demo_image
 
 
 @pytest.fixture(scope="module")

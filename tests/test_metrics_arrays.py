@@ -20,7 +20,7 @@ from varbench.metrics.bootstrap import (
     half_sample_replicates,
     half_samples,
 )
-from varbench.metrics.fid import (
+from varbench.metrics.gaussian import (
     fid_features_to_statistics,
     fid_from_features,
     fid_statistics_to_metric,
@@ -29,10 +29,10 @@ from varbench.metrics.fid import (
 )
 from varbench.metrics.isc import inception_score
 from varbench.metrics.kid import kid_features_to_metric
+from varbench.metrics.knn.neighbours import knn_exact
 from varbench.metrics.prdc import (
     PrecisionRecallMetric,
     density_coverage,
-    knn_exact,
     per_class_precision_recall,
     precision_recall,
 )
@@ -225,9 +225,9 @@ def test_knn_radii_equal_brute_force(dups, k):
 @pytest.mark.parametrize("block", [7, 64, 1024])
 def test_symmetric_blocked_knn_equals_brute_force(monkeypatch, block):
     """The upper-triangle block products (ragged last block, transposed updates) lose nothing."""
-    import varbench.metrics.knn as knn
+    from varbench.metrics.knn import screening
 
-    monkeypatch.setattr(knn, "_SYM_BLOCK", block)
+    monkeypatch.setattr(screening, "SYM_BLOCK", block)
     real, _ = _pair(n=250, d=24, seed=11)
     data = np.vstack([real, real[:40], np.repeat(real[40:41], 6, axis=0)])  # copies and a clump
     dist, idx = knn_exact(data, 3)
@@ -389,7 +389,7 @@ def test_interval_metric_contains_estimate_reproducible_and_seeded():
 
 # -- registration ---------------------------------------------------------------------------------
 def test_metrics_registered_with_options_and_result_columns():
-    from varbench.results import schema
+    from varbench.runs.results import schema
 
     expected = {
         "density_coverage": ("density", "coverage"),
@@ -401,7 +401,7 @@ def test_metrics_registered_with_options_and_result_columns():
     for name, keys in expected.items():
         assert metric_registry.get(name).keys == keys
         assert all(k in names for k in keys)
-    assert {"bootstrap", "prc_k", "dc_k"} <= set(METRIC_OPTIONS)
+    assert {"bootstrap", "prc_k", "dc_k"} <= {p.name for p in METRIC_OPTIONS}
 
 
 def test_isc_and_sfid_metrics_read_the_inception_outputs():
@@ -433,11 +433,11 @@ def test_isc_and_sfid_metrics_read_the_inception_outputs():
 @pytest.mark.parametrize("cached", [True, False])
 def test_precision_recall_plan_subsets_equal_direct_computation(cached):
     """Half-samples read from the once-computed matrices give exactly the direct numbers."""
-    from varbench.metrics.prdc import PrecisionRecallPlan
+    from varbench.metrics.prdc import SubsetPrecisionRecall
 
     real, fake = _pair(n=240, d=16, seed=21)
     real, fake = _with_duplicates(real, fake)
-    plan = PrecisionRecallPlan(real, fake, max_bytes=1e12 if cached else 0)
+    plan = SubsetPrecisionRecall(real, fake, max_bytes=1e12 if cached else 0)
     assert plan.cached is cached
     rng = _rng(3)
     assert plan(k=3) == precision_recall(real, fake, 3)

@@ -12,7 +12,7 @@ import torch
 from conftest import make_folder_dataset, random_inception_file, run_cli, run_json, write_pngs
 from PIL import Image
 
-from varbench.demo_data import demo_image
+from varbench.plan.demo_data import demo_image
 
 N_REAL, N_FAKE = 20, 16
 
@@ -87,10 +87,10 @@ def test_metrics_cli_matches_torch_fidelity(folders, inception_file):
 def test_fid_kid_equal_clean_fid_on_same_features(folders, inception_file):
     from cleanfid.fid import frechet_distance, kernel_distance
 
-    from varbench.metrics.fid import fid_from_features
+    from varbench.core.env import default_cache_dir
+    from varbench.metrics.gaussian import fid_from_features
     from varbench.metrics.kid import kid_features_to_metric
-    from varbench.results import default_cache_dir
-    from varbench.scoring import FolderContext
+    from varbench.score.contexts import FolderContext
 
     real, fake = folders
     weights = {"inception": str(inception_file)}
@@ -150,7 +150,7 @@ def test_inception_spatial_and_batch_independence(folders, inception_file):
 
 def test_metric_names_accept_result_keys():
     from varbench.errors import UsageError
-    from varbench.scoring import resolve_metric_names
+    from varbench.score.point import resolve_metric_names
 
     assert resolve_metric_names(["precision", "recall", "fid"]) == ["precision_recall", "fid"]
     with pytest.raises(UsageError, match="Did you mean"):

@@ -15,7 +15,10 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from varbench.metrics.knn import knn_cross, max_weighted_inverse
+from varbench.metrics.knn import cross as knn_cross_mod
+from varbench.metrics.knn.cross import knn_cross, max_weighted_inverse
+from varbench.metrics.knn.neighbours import approx_sq_dists
+from varbench.metrics.knn.screening import screen_sets
 
 
 def _rng(seed=0):
@@ -48,7 +51,6 @@ def test_knn_cross_equals_brute_force_with_ties():
 def test_max_weighted_inverse_equals_brute_force(route, monkeypatch):
     """Each route: own float32 products; a plan's stored matrix screened in float32; that
     screen handing every block back (cap 0). Zero weights, a copy, duplicate base rows."""
-    from varbench.metrics import knn
 
     rng = _rng(2)
     base = rng.standard_normal((200, 12))
@@ -61,9 +63,9 @@ def test_max_weighted_inverse_equals_brute_force(route, monkeypatch):
         best, arg = max_weighted_inverse(q, base, w)
     else:
         if route == "stored_fallback":
-            monkeypatch.setattr(knn, "_SCREEN_CAP", 0)
-        pb, pq = knn.prepare(base, q)
-        best, arg = max_weighted_inverse(q, base, w, (pq, pb), knn.approx_sq_dists(pq, pb))
+            monkeypatch.setattr(knn_cross_mod, "SCREEN_CAP", 0)
+        pb, pq = screen_sets(base, q)
+        best, arg = max_weighted_inverse(q, base, w, (pq, pb), approx_sq_dists(pq, pb))
     full = cdist(q, base, "sqeuclidean")
     with np.errstate(divide="ignore"):
         ratio = np.where(w > 0, w / full, -np.inf)
@@ -73,7 +75,7 @@ def test_max_weighted_inverse_equals_brute_force(route, monkeypatch):
 
 
 def test_nearest_up_to_sign_equals_brute_force():
-    from varbench.metrics.knn import nearest_up_to_sign
+    from varbench.metrics.knn.cross import nearest_up_to_sign
 
     rng = _rng(3)
     base = rng.standard_normal((150, 16))
@@ -88,8 +90,8 @@ def test_nearest_up_to_sign_equals_brute_force():
 def test_mifid_distance_from_the_plan_screen_equals_brute_force(cap, monkeypatch):
     """Signed rows, negated copies (|cos| = 1) and zero-sum rows dropped; cap 0 forces the
     screen to hand every block to the float32 product."""
-    from varbench.metrics import knn, mifid
-    from varbench.metrics.shared import PointPlan
+    from varbench.metrics import mifid
+    from varbench.metrics.pointcache import PointCache
 
     rng = _rng(13)
     real = rng.standard_normal((300, 40)).astype(np.float32)
@@ -99,9 +101,9 @@ def test_mifid_distance_from_the_plan_screen_equals_brute_force(cap, monkeypatch
     real[9] = 0.0  # zero-sum rows are dropped, as torchmetrics does
     fake[10, :] = 0.0
     fake[11, :20], fake[11, 20:] = 1.0, -1.0
-    monkeypatch.setattr(knn, "_SCREEN_CAP", cap)
-    plan = PointPlan(real, fake)
-    got = plan.mifid()["mifid_memorisation_distance"]
+    monkeypatch.setattr(knn_cross_mod, "SCREEN_CAP", cap)
+    plan = PointCache(real, fake)
+    got = mifid.cached_mifid(plan)["mifid_memorisation_distance"]
     a = np.asarray(real, np.float64)[np.asarray(real, np.float64).sum(1) != 0]
     b = np.asarray(fake, np.float64)[np.asarray(fake, np.float64).sum(1) != 0]
     a /= np.linalg.norm(a, axis=1, keepdims=True)
@@ -111,10 +113,10 @@ def test_mifid_distance_from_the_plan_screen_equals_brute_force(cap, monkeypatch
     assert got == mifid.memorisation_distance(real, fake)
 
 
-def test_point_plan_equals_each_standalone_metric_bit_for_bit():
+def test_point_cache_equals_each_standalone_metric_bit_for_bit():
     """The shared plan (what scoring runs) gives the standalone functions' exact numbers."""
-    from varbench.metrics import fid, mifid, novelty, prdc, realism
-    from varbench.metrics.shared import PointPlan
+    from varbench.metrics import gaussian, mifid, novelty, prdc, realism
+    from varbench.metrics.pointcache import PointCache
 
     rng = _rng(12)
     real = np.abs(rng.standard_normal((260, 72))).astype(np.float32)
@@ -123,16 +125,18 @@ def test_point_plan_equals_each_standalone_metric_bit_for_bit():
     real[20] = real[21]  # a duplicate reference
     held = np.abs(rng.standard_normal((120, 72))).astype(np.float32)
     for cached in (True, False):
-        plan = PointPlan(real, fake, max_bytes=1e9 if cached else 0)
+        plan = PointCache(real, fake, max_bytes=1e9 if cached else 0)
         assert plan.cached is cached
         assert plan.density_coverage(5) == prdc.density_coverage(real, fake, 5)
         assert plan.precision_recall(3) == prdc.precision_recall(real, fake, 3)
-        assert plan.authpct() == novelty.authpct(real, fake)
-        assert np.array_equal(plan.realism_scores(3), realism.realism_scores(real, fake, 3))
-        assert plan.fid() == fid.fid_from_features(real, fake)
-        assert plan.mifid() == mifid.mifid_parts(real, fake)
-        assert plan.fd_infinity(seed=5) == fid.fd_infinity(real, fake, seed=5)
-        ct = novelty.ct_score(real, held, fake, seed=1, pca=plan.pca(novelty.CT_PCA_DIM))
+        assert novelty.cached_authpct(plan) == novelty.authpct(real, fake)
+        assert np.array_equal(
+            realism.cached_realism_scores(plan, 3), realism.realism_scores(real, fake, 3)
+        )
+        assert plan.fid() == gaussian.fid_from_features(real, fake)
+        assert mifid.cached_mifid(plan) == mifid.mifid_parts(real, fake)
+        assert plan.fd_infinity(seed=5) == gaussian.fd_infinity(real, fake, seed=5)
+        ct = novelty.ct_score(real, held, fake, seed=1, pca=novelty.cached_pca(plan, novelty.CT_PCA_DIM))
         assert ct == novelty.ct_score(real, held, fake, seed=1)
 
 
@@ -348,7 +352,7 @@ def test_fd_infinity_equals_dgm_eval_fit(n_real, n_fake, d):
     from scipy import linalg
     from sklearn.linear_model import LinearRegression
 
-    from varbench.metrics.fid import fd_infinity, fd_infinity_sizes
+    from varbench.metrics.gaussian import fd_infinity, fd_infinity_sizes
 
     rng = _rng(9)
     real = rng.standard_normal((n_real, d))
@@ -478,10 +482,10 @@ def test_clip_l336_encoder_on_a_tiny_random_clip(tmp_path, monkeypatch):
     from open_clip.factory import _MODEL_CONFIGS
     from PIL import Image
 
-    from varbench.demo_data import demo_image
     from varbench.encoders import encoder_registry
     from varbench.encoders.clip336 import ClipL336Encoder
     from varbench.errors import WeightsUnavailableError
+    from varbench.plan.demo_data import demo_image
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-empty"))

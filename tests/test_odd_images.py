@@ -19,13 +19,13 @@ import pytest
 from conftest import run_cli, run_json
 from PIL import Image, ImageOps
 
-from varbench.datasets import list_dataset, validate_files
+from varbench.core.files import read_rgb
+from varbench.core.hashing import pixel_sha256
+from varbench.core.images import ImageRejected, read_dataset_image
 from varbench.errors import DatasetError
-from varbench.hashing import pixel_sha256
-from varbench.imageio import ImageRejected, read_dataset_image
-from varbench.io import read_rgb
-from varbench.manifest import build_manifest
-from varbench.protocol import load_protocol
+from varbench.plan.datasets import list_dataset, validate_files
+from varbench.plan.manifest import build_manifest
+from varbench.plan.protocol import load_protocol
 
 RNG = np.random.default_rng(10)
 # the reference loader itself warns on these files; the warnings are the point of some tests
@@ -155,7 +155,7 @@ def test_converted_like_the_references(tmp_path, kind):
     got = read_dataset_image(path)
     assert got.dtype == np.uint8 and got.shape == expected.shape and got.shape[2] == 3
     np.testing.assert_array_equal(got, expected)
-    # the run-time loader (varbench.io.read_rgb) gives the same pixels for every accepted file
+    # the run-time loader (varbench.core.files.read_rgb) gives the same pixels for every accepted file
     np.testing.assert_array_equal(read_rgb(path), expected)
 
 

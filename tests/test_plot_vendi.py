@@ -63,8 +63,8 @@ def test_plot_vendi_writes_one_png_per_protocol(runs, tmp_path):
 
 
 def test_vendi_figure_has_one_series_per_model_and_sweep_point(runs):
-    from varbench import plots
-    from varbench.runview import load_runs
+    from varbench.present import plots
+    from varbench.runs.views import load_runs
 
     found = load_runs(runs, None)
     spaces = plots.vendi_values(found)

@@ -11,9 +11,9 @@ import pytest
 from conftest import random_inception_file, run_cli, run_json
 from PIL import Image
 
-from varbench.demo_data import demo_image
 from varbench.errors import UsageError
-from varbench.prepare import ImagePrep, adm_center_crop
+from varbench.plan.demo_data import demo_image
+from varbench.plan.imageprep import ImagePrep, adm_center_crop
 
 
 def center_crop_arr_reference(pil_image: Image.Image, image_size: int) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_image_prep_identity_and_errors():
 
 
 def test_protocol_names_unknown_preparation(tmp_path):
-    from varbench.protocol import load_protocol_file
+    from varbench.plan.protocol import load_protocol_file
 
     path = tmp_path / "p.toml"
     path.write_text(
@@ -88,7 +88,7 @@ def test_protocol_names_unknown_preparation(tmp_path):
 
 
 def test_shipped_protocols_prepare_like_adm():
-    from varbench.protocol import load_protocol
+    from varbench.plan.protocol import load_protocol
 
     for name in ("imagenet_1shot", "imagenet_10shot", "sun397_1shot", "folder_kshot"):
         spec = load_protocol(name)
@@ -98,7 +98,7 @@ def test_shipped_protocols_prepare_like_adm():
 
 def test_feature_cache_key_includes_preparation(tmp_path):
     from varbench.encoders.demo import DemoEncoder
-    from varbench.features import FeatureCache
+    from varbench.score.features import FeatureCache
 
     enc = DemoEncoder()
     roots = {

@@ -9,11 +9,11 @@ import pytest
 from conftest import run_cli, run_json
 
 from varbench.adapter import adapter_registry, get_adapter_class
+from varbench.core.registry import Registry
 from varbench.errors import UsageError
-from varbench.leaderboard import published_rows_from_csv
-from varbench.protocol import load_protocol, parse_protocol, protocol_files
-from varbench.registry import Registry
-from varbench.results import published_results
+from varbench.plan.protocol import load_protocol, parse_protocol, protocol_files
+from varbench.present.leaderboard import published_rows_from_csv
+from varbench.runs.results import published_results
 
 
 def test_registry_lazy_and_did_you_mean():

@@ -145,7 +145,7 @@ def _closest_fixture(runs: Path, tmp_path: Path) -> Path:
 
 
 def test_closest_pairs_and_memorisation_render(runs, tmp_path):
-    from varbench.report import ReportOptions, build_report
+    from varbench.present.report import ReportOptions, build_report
 
     text = build_report(_closest_fixture(runs, tmp_path), opts=ReportOptions(closest=3))
     section = text[text.index("Closest to a reference") :]

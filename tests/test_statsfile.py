@@ -9,7 +9,7 @@ import pytest
 from conftest import random_inception_file, run_cli, run_json, write_pngs
 from PIL import Image
 
-from varbench.demo_data import demo_image
+from varbench.plan.demo_data import demo_image
 
 N_REAL, N_FAKE = 24, 16
 
@@ -93,8 +93,8 @@ def test_mismatched_statistics_file_is_one_error_naming_both(folders, tmp_path):
 def test_dimension_mismatch_names_both(folders, tmp_path):
     from varbench.encoders.demo import DemoEncoder
     from varbench.errors import UsageError
-    from varbench.prepare import ImagePrep
-    from varbench.statsfile import check_compatible, read_reference
+    from varbench.plan.imageprep import ImagePrep
+    from varbench.score.statsfile import check_compatible, read_reference
 
     path = tmp_path / "odd.npz"
     np.savez(path, mu=np.zeros(2048), sigma=np.eye(2048))
@@ -110,7 +110,7 @@ def test_clean_fid_and_torch_fidelity_statistics_files(folders, tmp_path):
     import torch
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
-    from varbench.scoring import score_folders
+    from varbench.score.folders import score_folders
 
     real = write_pngs(tmp_path / "real", [demo_image(i % 10, i) for i in range(8)])
     fake = write_pngs(tmp_path / "fake", [demo_image((i * 3) % 10, 700 + i) for i in range(6)])
@@ -119,7 +119,7 @@ def test_clean_fid_and_torch_fidelity_statistics_files(folders, tmp_path):
     cache = tmp_path / "cache"
     kw = dict(encoder="inception", weights=weights, cache_dir=cache)
     ref = score_folders(real, fake, ["fid"], **kw)["fid"]
-    from varbench.scoring import FolderContext
+    from varbench.score.contexts import FolderContext
 
     ctx = FolderContext(real, fake, "inception", weights, "cpu", cache, {})
     feats = ctx.real().astype(np.float32)  # both packages keep float32 features

@@ -6,6 +6,11 @@ a time (a list of ``Request``s, one per conditioning image in the group); each r
 per-sample seeds derived from (protocol seed, conditioning id, sample index). An adapter makes one
 model call per group and draws each sample's noise from its own generator, so images depend only
 on the protocol, the seeds and the group size, never on --batch-size, shards or resumes.
+
+This module is the plugin API: adapters (built-in and third-party) import only it and
+``varbench.errors``. It re-exports what they need besides the interface: ``read_rgb`` (image
+reading), ``derive_seed`` and ``sha256_text`` (seeds), ``DEMO_CLASSES`` and ``demo_image`` (the
+embedded demo's images) and ``weights_only_loads`` (safe torch loading).
 """
 
 from __future__ import annotations
@@ -18,86 +23,25 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from varbench.core.files import read_rgb
+from varbench.core.hashing import derive_seed, sha256_text
+from varbench.core.options import Param
+from varbench.core.registry import Registry, suggest
+from varbench.encoders.weights import weights_only_loads
 from varbench.errors import UsageError
-from varbench.registry import Registry, suggest
+from varbench.plan.demo_data import CLASSES as DEMO_CLASSES
+from varbench.plan.demo_data import demo_image
 
 if TYPE_CHECKING:
-    from varbench.datasets import DatasetListing
-    from varbench.manifest import Manifest
-    from varbench.protocol import ProtocolSpec
+    from varbench.plan.datasets import DatasetListing
+    from varbench.plan.manifest import Manifest
+    from varbench.plan.protocol import ProtocolSpec
 
 GUIDANCE_CONVENTIONS = {
     "sd": "eps = eps(none) + g * (eps(c) - eps(none)); g = 1 is unguided",
     "one_plus_w": "eps = (1 + w) * eps(c) - w * eps(none); w = 0 is unguided",
     "none": "no classifier-free guidance",
 }
-
-_PARSERS = {
-    int: int,
-    float: float,
-    str: str,
-    bool: lambda s: {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[
-        s.strip().lower()
-    ],
-}
-
-
-@dataclass(frozen=True)
-class Param:
-    """One adapter parameter; ``sweep=True`` makes it a list-valued sweep axis."""
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    sweep: bool = False
-    choices: tuple[Any, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.sweep and not isinstance(self.default, (list, tuple)):
-            object.__setattr__(self, "default", (self.default,))  # a scalar sweep default = 1 point
-        elif self.sweep:
-            object.__setattr__(self, "default", tuple(self.default))
-
-    def parse(self, text: str, origin: str = "--set") -> Any:
-        """Parse a ``--set`` value; sweep axes take comma-separated lists."""
-        parser = _PARSERS[self.type]
-        try:
-            if self.sweep:
-                values = tuple(parser(v) for v in text.split(",") if v.strip() != "")
-                if not values:
-                    raise ValueError("empty list")
-                for v in values:
-                    self._check_choice(v, origin)
-                return values
-            value = parser(text)
-        except (ValueError, KeyError) as exc:
-            kind = f"comma-separated {self.type.__name__}s" if self.sweep else self.type.__name__
-            raise UsageError(
-                f"{origin} {self.name}={text!r}: expected {kind} ({exc}). {self.help}"
-            ) from None
-        self._check_choice(value, origin)
-        return value
-
-    def coerce(self, value: Any, origin: str) -> Any:
-        """Coerce a value from a data file (TOML) to this parameter's type."""
-        if isinstance(value, str):
-            return self.parse(value, origin)
-        try:
-            if self.sweep:
-                values = value if isinstance(value, (list, tuple)) else [value]
-                return tuple(self.type(v) for v in values)
-            return self.type(value) if value is not None else None
-        except (TypeError, ValueError) as exc:
-            raise UsageError(
-                f"{origin}: {self.name}={value!r} is not {self.type.__name__}"
-            ) from exc
-
-    def _check_choice(self, value: Any, origin: str) -> None:
-        if self.choices is not None and value not in self.choices:
-            raise UsageError(
-                f"{origin} {self.name}={value!r}: choose one of {', '.join(map(str, self.choices))}"
-            )
 
 
 @dataclass(frozen=True)
@@ -259,3 +203,20 @@ def get_adapter_class(name: str) -> type[Adapter]:
     if cls.name != name:
         cls.name = name  # entry-point name is authoritative
     return cls
+
+
+__all__ = [
+    "DEMO_CLASSES",
+    "GUIDANCE_CONVENTIONS",
+    "Adapter",
+    "Param",
+    "Request",
+    "RunContext",
+    "adapter_registry",
+    "demo_image",
+    "derive_seed",
+    "get_adapter_class",
+    "read_rgb",
+    "sha256_text",
+    "weights_only_loads",
+]

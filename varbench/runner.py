@@ -16,19 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from varbench.adapter import Adapter, RunContext, get_adapter_class
-from varbench.cluster import Ranks, rank_device, torchrun_ranks
+from varbench.core.cluster import Ranks, rank_device, torchrun_ranks
+from varbench.core.env import environment
+from varbench.core.files import atomic_write_json, remove_dead_writers_temps
+from varbench.core.hashing import sha256_json
+from varbench.core.locks import FileLock, LockHeldError
+from varbench.core.options import describe, parse_sets
+from varbench.core.registry import suggest
 from varbench.errors import ManifestMismatchError, UsageError
-from varbench.hashing import sha256_json
-from varbench.io import atomic_write_json, remove_dead_writers_temps
-from varbench.locks import FileLock, LockHeldError
-from varbench.manifest import check_same, read_manifest, write_manifest
-from varbench.metrics import METRIC_OPTIONS
-from varbench.plan import Plan, check_drift, load_dataset, make_plan, parse_sets, run_id
-from varbench.protocol import OVERRIDABLE, load_protocol
-from varbench.registry import suggest
-from varbench.results import environment, json_field, write_results
-from varbench.scoring import PointContext, ScoreSetup, point_bookkeeping, score_point
-from varbench.store import RunStore, SampleSlot, point_id, verify_samples
+from varbench.metrics import METRIC_OPTIONS, metric_options
+from varbench.plan.manifest import check_same, read_manifest, write_manifest
+from varbench.plan.planner import Plan, check_drift, load_dataset, make_plan, run_id
+from varbench.plan.protocol import OVERRIDABLE, load_protocol
+from varbench.plan.slots import SampleSlot, point_id
+from varbench.runs.results import json_field, write_results
+from varbench.runs.store import RunStore, verify_samples
+from varbench.score.contexts import PointContext, ScoreSetup
+from varbench.score.point import point_bookkeeping, score_point
 
 log = logging.getLogger(__name__)
 
@@ -87,35 +91,36 @@ def resolve_dtype(dtype: str, device: str, gpu_auto: str = "float16") -> str:
 
 def split_sets(
     sets: Mapping[str, str], own: Mapping[str, Any] | type[Adapter], owner: str | None = None
-) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+) -> tuple[dict[str, str], dict[str, Any], dict[str, str]]:
     """Route ``--set`` keys to the protocol, the metrics or the source (adapter or import).
 
     ``own`` is the source's key map (an adapter class stands for its ``param_map()``); unknown
-    keys are usage errors listing what each part takes.
+    keys are usage errors listing what each part takes; metric options come back typed.
     """
     if isinstance(own, type):
         owner, own = repr(own.name), own.param_map()
+    proto_keys = {p.name for p in OVERRIDABLE}
+    metric_keys = {p.name for p in METRIC_OPTIONS}
     proto, metric, mine = {}, {}, {}
     for key, value in sets.items():
-        if key in own:
-            mine[key] = value
-        elif key in OVERRIDABLE:
-            proto[key] = value
-        elif key in METRIC_OPTIONS:
-            metric[key] = value
-        else:
-            known = sorted(set(own) | set(OVERRIDABLE) | set(METRIC_OPTIONS))
+        part = (
+            mine
+            if key in own
+            else proto
+            if key in proto_keys
+            else metric
+            if key in metric_keys
+            else None
+        )
+        if part is None:
+            known = sorted(set(own) | proto_keys | metric_keys)
             raise UsageError(
                 f"--set {key}=…: unknown key.{suggest(key, known)} "
                 f"{owner} takes: {', '.join(own) or '(none)'}; "
-                f"protocols take: {', '.join(OVERRIDABLE)}; metrics take: {', '.join(METRIC_OPTIONS)}."
+                f"protocols take: {describe(OVERRIDABLE)}; metrics take: {describe(METRIC_OPTIONS)}."
             )
-    for key, value in metric.items():
-        try:
-            METRIC_OPTIONS[key](value)
-        except ValueError:
-            raise UsageError(f"--set {key}={value!r}: expected an integer") from None
-    return proto, metric, mine
+        part[key] = value
+    return proto, metric_options(metric), mine
 
 
 class _RunBase(ABC):
@@ -124,7 +129,7 @@ class _RunBase(ABC):
     name: str  # the row's `model` and the run id's prefix
 
     def __init__(self, cfg: RunConfig, own: Mapping[str, Any], owner: str):
-        from varbench.results import default_cache_dir
+        from varbench.core.env import default_cache_dir
 
         self.cfg = cfg
         self.cache_dir = Path(cfg.cache_dir or default_cache_dir())
@@ -399,7 +404,7 @@ class Run(_RunBase):
         }
 
     def _execute(self) -> list[dict[str, Any]]:
-        from varbench.generate import GenerationJob, generate_groups
+        from varbench.generate.sampling import GenerationJob, generate_groups
 
         plan, store = self.prepare()
         encoders = self.check_encoders()  # fail within seconds, before generating anything
@@ -469,7 +474,7 @@ class ExternalRun(_RunBase):
     """`varbench run --model external`: plan, import samples made elsewhere, score."""
 
     def __init__(self, cfg: RunConfig):
-        from varbench.external import check_name
+        from varbench.generate.external import check_name
 
         super().__init__(cfg, dict.fromkeys(EXTERNAL_KEYS), "'external'")
         self.name = check_name(self.own_sets.get("name"))
@@ -484,7 +489,7 @@ class ExternalRun(_RunBase):
 
     def planned(self, plan: Plan) -> None:
         """Validate the samples against the plan: they decide the run id and the sweep points."""
-        from varbench.external import validate
+        from varbench.generate.external import validate
 
         self.samples = validate(self.samples_path, plan.slots)
         self.points = [p.point for p in self.samples.points]
@@ -501,7 +506,7 @@ class ExternalRun(_RunBase):
         return {"options": {}, "external": self.samples.provenance()}
 
     def _execute(self) -> list[dict[str, Any]]:
-        from varbench.external import import_point
+        from varbench.generate.external import import_point
 
         plan, store = self.prepare()  # validates every sample before anything is written
         samples = self.samples

@@ -1,9 +1,13 @@
-"""Feature encoders, one module each, registered by name with lazy targets."""
+"""Feature encoders, one module each, registered by name with lazy targets.
+
+Each encoder owns its preprocessing (resize mode, normalisation) and its cache key.
+May import: ``core`` and ``errors``.
+"""
 
 from __future__ import annotations
 
+from varbench.core.registry import Registry
 from varbench.encoders.base import Encoder
-from varbench.registry import Registry
 
 encoder_registry: Registry[type[Encoder]] = Registry(kind="encoder", base=Encoder)
 encoder_registry.register("demo", "varbench.encoders.demo:DemoEncoder")

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from varbench.hashing import sha256_json
+from varbench.core.hashing import sha256_json
 
 
 class Encoder(ABC):

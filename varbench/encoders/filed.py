@@ -6,6 +6,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+from varbench.core.hashing import sha256_file
 from varbench.encoders.base import Encoder
 from varbench.encoders.weights import (
     find_weights,
@@ -15,7 +16,6 @@ from varbench.encoders.weights import (
     require_network,
     verify_weights_file,
 )
-from varbench.hashing import sha256_file
 
 
 class WeightsFileEncoder(Encoder):

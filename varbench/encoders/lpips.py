@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from varbench.core.hashing import sha256_file, sha256_json
 from varbench.encoders.base import Encoder
 from varbench.encoders.transforms import resize_shortest_center_crop
 from varbench.encoders.weights import (
@@ -34,7 +35,6 @@ from varbench.encoders.weights import (
     verify_weights_file,
     weights_only_loads,
 )
-from varbench.hashing import sha256_file, sha256_json
 
 TRUNK_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 TRUNK_HOST = "download.pytorch.org"

@@ -37,8 +37,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from varbench.metrics.base import Metric
-from varbench.metrics.fid import fid_from_features
-from varbench.metrics.prdc import PrecisionRecallPlan, precision_recall
+from varbench.metrics.gaussian import fid_from_features
+from varbench.metrics.pointcache import point_cache
+from varbench.metrics.prdc import SubsetPrecisionRecall, precision_recall
 
 KEYS = ("fid_lo", "fid_hi", "precision_lo", "precision_hi", "recall_lo", "recall_hi")
 KEY_METHOD = "interval_method"
@@ -82,7 +83,7 @@ def half_samples(
 
 
 def statistics(
-    real: np.ndarray, fake: np.ndarray, k: int, plan: PrecisionRecallPlan | None = None
+    real: np.ndarray, fake: np.ndarray, k: int, plan: SubsetPrecisionRecall | None = None
 ) -> np.ndarray:
     """(FID, precision, recall) of two feature sets (precision/recall from ``plan`` if given)."""
     pr = plan(k=k) if plan is not None else precision_recall(real, fake, k)
@@ -97,14 +98,14 @@ def half_sample_replicates(
     replicates: int,
     seed: int,
     k: int = 3,
-    plan: PrecisionRecallPlan | None = None,
+    plan: SubsetPrecisionRecall | None = None,
 ) -> tuple[str, np.ndarray]:
     """(method, (B, 3) array of FID, precision, recall on each half-sample).
 
     Precision/recall read sub-matrices of distance matrices computed once (``plan``), which
     gives the same values as recomputing them on each half-sample at a fraction of the cost.
     """
-    plan = plan or PrecisionRecallPlan(real, fake)
+    plan = plan or SubsetPrecisionRecall(real, fake)
     method, draws = half_samples(real_class, fake_class, replicates, seed)
     out = []
     for ir, jf in draws:
@@ -159,12 +160,10 @@ class BootstrapMetric(Metric):
         replicates = int(ctx.options.get("bootstrap", DEFAULT_REPLICATES))
         if replicates <= 0:
             return {key: math.nan for key in KEYS} | {KEY_METHOD: "", KEY_REPLICATES: 0.0}
-        from varbench.metrics.shared import point_plan
-
         k = int(ctx.options.get("prc_k", 3))
-        shared = point_plan(ctx)  # the fid and prc metrics' own values, not a second copy
+        shared = point_cache(ctx)  # the fid and prc metrics' own values, not a second copy
         real, fake = shared.real, shared.fake
-        plan = PrecisionRecallPlan(real, fake, shared=shared)
+        plan = SubsetPrecisionRecall(real, fake, cache=shared)
         pr = shared.precision_recall(k)
         estimate = np.array([shared.fid(), pr["precision"], pr["recall"]])
         method, reps = half_sample_replicates(

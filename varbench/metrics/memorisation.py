@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from varbench.hashing import pixel_sha256
-from varbench.io import disk_full, is_disk_full
+from varbench.core.files import disk_full, is_disk_full
+from varbench.core.hashing import pixel_sha256
 from varbench.metrics.base import Metric
-from varbench.metrics.knn import float64_eps, nearest_streamed
+from varbench.metrics.knn.streamed import float64_eps, nearest_streamed
 
 KEY_NN_MEDIAN = "memorisation_nn_lpips_median"
 KEY_HELDOUT_NN_MEDIAN = "memorisation_heldout_nn_lpips_median"

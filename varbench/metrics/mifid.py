@@ -5,7 +5,7 @@ FID; d = mean over real rows (rows with nonzero sum) of the smallest 1 - |cos| t
 row (also nonzero-sum). 1 - |cos(a, b)| = min(|a' - b'|^2, |a' + b'|^2) / 2 for unit rows, so
 d comes from the exact nearest-neighbour engine (``knn.nearest_up_to_sign``: one float32
 product screens both signs, exact float64 recheck). FID < 1e-8 gives 0, as torchmetrics. In a
-scoring run the FID is the fid metric's (``varbench.metrics.shared``).
+scoring run the FID is the fid metric's (``varbench.metrics.pointcache``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from varbench.metrics.base import Metric
-from varbench.metrics.fid import fid_from_features
-from varbench.metrics.knn import nearest_up_to_sign
+from varbench.metrics.gaussian import fid_from_features
+from varbench.metrics.knn.cross import band_pairs, nearest_up_to_sign
+from varbench.metrics.knn.screening import U32, screen_eps
+from varbench.metrics.pointcache import PointCache, point_cache
 
 KEY_MIFID = "mifid"
 KEY_MEM_DISTANCE = "mifid_memorisation_distance"
@@ -53,25 +55,23 @@ def cosine_screen(kr, kf, r2, f2, prepared, sq_dists: np.ndarray):
     squared norms. For kept rows i (real) and j (fake),
     |q_i.b_j| / |b_j| = |r2_i + f2_j - D_ij| / (2 |f_j|) orders row i's candidates as |cos| does. It is computed in float32 passes over the stored
     matrix (no product, no float64 copy); its error is bounded per row by the k-NN room's
-    certified float32 bound on D (``knn._eps`` and the slacks), the float32 roundings of the
+    certified float32 bound on D (``knn.screening.screen_eps`` and the slacks), the float32 roundings of the
     norms, the sum and the scaling, each maximised over j as a sum of per-set maxima. Every j
     whose value reaches the row's maximum minus twice that bound is a candidate, so the
     largest |cos| of the row is among them. ``screen(s, e)`` returns (row offsets from s,
     kept-fake positions) of the candidates of kept real rows s:e, or None when they exceed
-    ``knn._SCREEN_CAP`` per row (the caller's float32 product decides those rows instead).
+    ``knn.cross.SCREEN_CAP`` per row (the caller's float32 product decides those rows instead).
     """
     import torch
 
-    from varbench.metrics.knn import _U32, _eps, band_pairs
-
     pr, pf = prepared
     every_r, every_f = len(kr) == len(pr.x), len(kf) == len(pf.x)
-    eps = _eps(pr.x.shape[1])
+    eps = screen_eps(pr.x.shape[1])
     inv_f = 1.0 / (2.0 * np.sqrt(f2))
     # per-row bound: (row part) * max_j inv_f + max_j (column part * inv_f), then roundings
-    row_part = eps * pr.nf[kr] + pr.slack[kr] + 8.0 * _U32 * r2
-    col_max = float(np.max((eps * pf.nf[kf] + pf.slack[kf] + 8.0 * _U32 * f2) * inv_f))
-    bound = (row_part * float(inv_f.max()) + col_max) * (1.0 + 8.0 * _U32)
+    row_part = eps * pr.nf[kr] + pr.slack[kr] + 8.0 * U32 * r2
+    col_max = float(np.max((eps * pf.nf[kf] + pf.slack[kf] + 8.0 * U32 * f2) * inv_f))
+    bound = (row_part * float(inv_f.max()) + col_max) * (1.0 + 8.0 * U32)
     t_f2 = torch.from_numpy(f2.astype(np.float32))
     t_inv = torch.from_numpy(inv_f.astype(np.float32))
     t_r2 = torch.from_numpy(r2.astype(np.float32))
@@ -85,7 +85,7 @@ def cosine_screen(kr, kf, r2, f2, prepared, sq_dists: np.ndarray):
         val = torch.sub(t_f2[None, :], dist).add_(t_r2[s:e, None]).abs_().mul_(t_inv[None, :])
         top = val.amax(dim=1).double().numpy()
         # 8 ulps of the largest value absorb the float32 rounding of val itself
-        return band_pairs(val, top * (1.0 - 8.0 * _U32) - 2.0 * bound[s:e], True)
+        return band_pairs(val, top * (1.0 - 8.0 * U32) - 2.0 * bound[s:e], True)
 
     return screen
 
@@ -109,6 +109,17 @@ def mifid_from(fid: float, dist: float, cosine_distance_eps: float = 0.1) -> dic
     return {KEY_MIFID: float(value), KEY_MEM_DISTANCE: dist}
 
 
+def cached_mifid(cache: PointCache, cosine_distance_eps: float = 0.1) -> dict[str, float]:
+    """MiFID and its memorisation distance from the point cache (the FID the fid metric reports)."""
+
+    def make() -> float:
+        rf = cache.screen()
+        prepared = None if rf is None else cache.prepared()
+        return memorisation_distance(cache.real, cache.fake, prepared, rf)
+
+    return mifid_from(cache.fid(), cache.memo("mifid_dist", make), cosine_distance_eps)
+
+
 class MiFIDMetric(Metric):
     """MiFID in the protocol's default feature space (``mifid_eps``, default 0.1)."""
 
@@ -118,6 +129,4 @@ class MiFIDMetric(Metric):
 
     def compute(self, ctx) -> dict[str, float]:
         eps = float(ctx.options.get("mifid_eps", 0.1))
-        from varbench.metrics.shared import point_plan
-
-        return point_plan(ctx).mifid(eps)
+        return cached_mifid(point_cache(ctx), eps)

@@ -26,7 +26,9 @@ from scipy.stats import mannwhitneyu
 
 from varbench.metrics.base import Metric
 from varbench.metrics.kmeans import kmeans_sklearn, predict
-from varbench.metrics.knn import knn_cross, knn_exact
+from varbench.metrics.knn.cross import knn_cross
+from varbench.metrics.knn.neighbours import knn_exact
+from varbench.metrics.pointcache import PointCache, point_cache
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def pca_axes(cov: np.ndarray, dim: int) -> np.ndarray:
 
 def pca_fit(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the ``dim`` leading principal axes (d, dim) of the rows of x (exact)."""
-    from varbench.metrics.fid import centred_factor
+    from varbench.metrics.gaussian import centred_factor
 
     mu, a = centred_factor(x)
     return mu, pca_axes(a.T @ a, dim)
@@ -148,6 +150,19 @@ def ct_score(
     return ct_from_cells(tr, te, ge, *cells, min_gen / len(ge))
 
 
+def cached_authpct(cache: PointCache) -> float:
+    """AuthPct from the point cache's searches, equal to ``authpct(real, fake)``."""
+    d, i = cache.nearest_real()
+    return authpct_from_neighbours(cache.knn("real", 1)[:, 0], d, i)
+
+
+def cached_pca(cache: PointCache, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and the ``dim`` leading principal axes of the real rows (C_T's projection), kept."""
+    return cache.memo(
+        ("pca", dim), lambda: (cache.real_factor()[0], pca_axes(cache.real_cov(), dim))
+    )
+
+
 class AuthPctMetric(Metric):
     """AuthPct of the samples against the references, in the protocol's default feature space."""
 
@@ -156,9 +171,7 @@ class AuthPctMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        from varbench.metrics.shared import point_plan
-
-        return {KEY_AUTHPCT: point_plan(ctx).authpct()}
+        return {KEY_AUTHPCT: cached_authpct(point_cache(ctx))}
 
 
 class CTScoreMetric(Metric):
@@ -175,11 +188,9 @@ class CTScoreMetric(Metric):
         if not hashes:
             log.warning("C_T needs held-out real images and this run has none: ct_score is NaN")
             return {KEY_CT: math.nan}
-        from varbench.metrics.shared import point_plan
-
         test = ctx.features_of(hashes)
-        plan = point_plan(ctx)
-        pca = plan.pca(CT_PCA_DIM) if plan.real.shape[1] > CT_PCA_DIM else None
+        plan = point_cache(ctx)
+        pca = cached_pca(plan, CT_PCA_DIM) if plan.real.shape[1] > CT_PCA_DIM else None
         try:
             value = ct_score(plan.real, test, plan.fake, seed=int(ctx.seed), pca=pca)
         except CTCellError as exc:

@@ -14,18 +14,10 @@ import math
 import numpy as np
 
 from varbench.metrics.base import Metric
-from varbench.metrics.knn import (  # noqa: F401 (re-exported: the engine's public names)
-    BallCounts,
-    Prepared,
-    approx_sq_dists,
-    ball_counts,
-    coverage_mask,
-    exact_sq_dists,
-    knn_exact,
-    kth_nn_sq_radii,
-    prepare,
-    subset,
-)
+from varbench.metrics.knn.balls import ball_counts
+from varbench.metrics.knn.neighbours import approx_sq_dists, knn_exact, subset
+from varbench.metrics.knn.screening import ScreenSet, screen_sets
+from varbench.metrics.pointcache import PointCache, point_cache
 
 KEY_PRECISION = "precision"
 KEY_RECALL = "recall"
@@ -35,18 +27,18 @@ KEY_COVERAGE = "coverage"
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
     """Precision: fraction of fakes inside the real manifold; recall: reals inside the fake one."""
-    pr, pf = prepare(real, fake)
+    pr, pf = screen_sets(real, fake)
     return _pr_prepared(pr, pf, k)
 
 
-def _pr_prepared(pr: Prepared, pf: Prepared, k: int, drr=None, dff=None, drf=None):
+def _pr_prepared(pr: ScreenSet, pf: ScreenSet, k: int, drr=None, dff=None, drf=None):
     rr = knn_exact(pr.x, k, pr, drr)[0][:, k - 1]
     rf = knn_exact(pf.x, k, pf, dff)[0][:, k - 1]
     c = ball_counts(pr, pf, ra=rr, rb=rf, approx=drf)
     return {KEY_PRECISION: float((c.b_in_a > 0).mean()), KEY_RECALL: float((c.a_in_b > 0).mean())}
 
 
-class PrecisionRecallPlan:
+class SubsetPrecisionRecall:
     """Precision/recall of many row subsets of one (real, fake) pair, e.g. half-samples.
 
     The float32 distance matrices are computed once (when they fit ``max_bytes``) and each
@@ -59,17 +51,17 @@ class PrecisionRecallPlan:
         real: np.ndarray,
         fake: np.ndarray,
         max_bytes: float = 3 * 2**30,
-        shared=None,
+        cache: PointCache | None = None,
     ):
-        """``shared``: the point's ``PointPlan`` for these features, whose prepared sets and
-        real x fake matrix are reused (same values: the same ``prepare`` of the same rows)."""
-        self.pr, self.pf = prepare(real, fake) if shared is None else shared.prepared()
+        """``cache``: the point's ``PointCache`` for these features, whose prepared sets and
+        real x fake matrix are reused (same values: the same ``screen_sets`` of the same rows)."""
+        self.pr, self.pf = screen_sets(real, fake) if cache is None else cache.prepared()
         n, m = len(self.pr.x), len(self.pf.x)
         self.cached = 4.0 * (n * n + m * m + n * m) <= max_bytes
         if self.cached:
             self.drr = approx_sq_dists(self.pr)
             self.dff = approx_sq_dists(self.pf)
-            drf = None if shared is None else shared.screen()
+            drf = None if cache is None else cache.screen()
             self.drf = approx_sq_dists(self.pr, self.pf) if drf is None else drf
 
     def __call__(
@@ -88,7 +80,7 @@ class PrecisionRecallPlan:
 
 def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     """Density: mean number of real k-NN balls holding a fake, over k; coverage: real balls holding a fake."""
-    pr, pf = prepare(real, fake)
+    pr, pf = screen_sets(real, fake)
     rr = knn_exact(pr.x, k, pr)[0][:, k - 1]
     c = ball_counts(pr, pf, ra=rr)
     return {
@@ -140,9 +132,7 @@ class PrecisionRecallMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        from varbench.metrics.shared import point_plan
-
-        return point_plan(ctx).precision_recall(k=int(ctx.options.get("prc_k", 3)))
+        return point_cache(ctx).precision_recall(k=int(ctx.options.get("prc_k", 3)))
 
     def artifacts(self, ctx) -> dict[str, object]:
         k = int(ctx.options.get("prc_k", 3))
@@ -162,6 +152,4 @@ class DensityCoverageMetric(Metric):
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        from varbench.metrics.shared import point_plan
-
-        return point_plan(ctx).density_coverage(k=int(ctx.options.get("dc_k", 5)))
+        return point_cache(ctx).density_coverage(k=int(ctx.options.get("dc_k", 5)))

@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from varbench.metrics.base import Metric
-from varbench.metrics.knn import knn_exact, max_weighted_inverse
+from varbench.metrics.knn.cross import max_weighted_inverse
+from varbench.metrics.knn.neighbours import knn_exact
+from varbench.metrics.pointcache import PointCache, point_cache
 
 KEY_REALISM_MEDIAN = "realism_median"
 KEY_REALISM_MEAN = "realism_mean"
@@ -42,6 +44,20 @@ def realism_summary(scores: np.ndarray) -> dict[str, float]:
     }
 
 
+def cached_realism_scores(cache: PointCache, k: int = 3) -> np.ndarray:
+    """Realism score of each fake from the point cache, equal to ``realism_scores(real, fake, k)``."""
+
+    def make() -> np.ndarray:
+        pr, pf = cache.prepared()
+        w = realism_weights(cache.knn("real", k)[:, k - 1])
+        best, _ = max_weighted_inverse(
+            cache.fake, cache.real, w, (pf, pr), cache.fake_rows_screen()
+        )
+        return np.sqrt(best)
+
+    return cache.memo(("realism", k), make)
+
+
 class RealismMetric(Metric):
     """Per-sample realism (k = ``realism_k``, default 3) in the protocol's default feature space."""
 
@@ -51,9 +67,7 @@ class RealismMetric(Metric):
 
     def compute(self, ctx) -> dict[str, float]:
         self._k = int(ctx.options.get("realism_k", 3))
-        from varbench.metrics.shared import point_plan
-
-        self._scores = point_plan(ctx).realism_scores(self._k)
+        self._scores = cached_realism_scores(point_cache(ctx), self._k)
         return realism_summary(self._scores)
 
     def artifacts(self, ctx) -> dict[str, object]:

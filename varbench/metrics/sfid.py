@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from varbench.metrics.base import Metric
-from varbench.metrics.fid import fid_from_features
+from varbench.metrics.gaussian import fid_from_features
 
 KEY_SFID = "sfid"
 

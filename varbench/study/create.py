@@ -27,9 +27,9 @@ import numpy as np
 from PIL import Image
 
 from varbench import __version__
+from varbench.core.progress import progress_bar
 from varbench.errors import UsageError
-from varbench.progress import progress_bar
-from varbench.runview import PointView, RunView, finite, load_runs, only_run
+from varbench.runs.views import PointView, RunView, finite, load_runs, only_run
 from varbench.study.db import create_db
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,5 @@
+"""``python -m varbench.cli``."""
+
+from varbench.cli import main
+
+main()

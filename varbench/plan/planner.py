@@ -1,0 +1,110 @@
+"""Planning room: protocol + dataset -> manifest -> sample slots; shared by run, import and export.
+
+Everything here is a pure function of the protocol, the dataset and the seed, so `varbench
+export`, `varbench run` and an import of samples made elsewhere plan exactly the same slots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from varbench.core.hashing import sha256_json
+from varbench.errors import UsageError
+from varbench.plan.datasets import DatasetListing, list_dataset
+from varbench.plan.demo_data import demo_root
+from varbench.plan.manifest import Manifest, build_manifest, check_same, read_manifest
+from varbench.plan.protocol import ProtocolSpec
+from varbench.plan.slots import SampleSlot, generation_groups, sample_slots
+
+log = logging.getLogger(__name__)
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "b=x,y"]`` -> dict; malformed items are a usage error."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE (e.g. --set guidance=1,4)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> DatasetListing:
+    """The demo's generated folder, or the user's ``--data``."""
+    if spec.layout == "demo":
+        if data is not None:
+            log.warning(
+                "protocol %s uses the embedded demo images; --data %s is ignored", spec.name, data
+            )
+        return list_dataset(demo_root(cache_dir), "imagefolder")
+    if data is None:
+        raise UsageError(
+            f"protocol {spec.name!r} needs --data PATH ({spec.layout} layout); see `varbench list protocols`"
+        )
+    if spec.layout == "lsun":
+        from varbench.plan.lsun import list_lsun
+
+        return list_lsun(data, spec, cache_dir)
+    return list_dataset(data, spec.layout, spec.class_names)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The exact files and sample slots of one protocol on one dataset."""
+
+    spec: ProtocolSpec
+    listing: DatasetListing
+    manifest: Manifest
+    slots: tuple[SampleSlot, ...]
+
+    def groups(self, size: int, by_condition: bool) -> list[tuple[SampleSlot, ...]]:
+        """Generation groups of at most ``size`` consecutive slots (see ``generation_groups``)."""
+        return generation_groups(list(self.slots), size, by_condition)
+
+    @property
+    def conditioning(self) -> list[tuple[int, str]]:
+        """(class index, root-relative file) of every conditioning image, in manifest order."""
+        return [(c.index, f) for c in self.manifest.classes for f in c.conditioning]
+
+
+def make_plan(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> Plan:
+    """List and validate the dataset, select the manifest, and lay out every sample slot."""
+    listing = load_dataset(spec, data, cache_dir)
+    manifest, _ = build_manifest(spec, listing, cache_dir)
+    slots = tuple(sample_slots(manifest, spec.samples_per_cond, spec.seed))
+    return Plan(spec=spec, listing=listing, manifest=manifest, slots=slots)
+
+
+def run_id(name: str, spec: ProtocolSpec, base_key: Mapping[str, Any], manifest: Manifest) -> str:
+    """``<name>-<protocol>-<hash>`` of the run's identity (``base_key``) and manifest hash."""
+    digest = sha256_json({**base_key, "manifest": manifest.sha256})[:12]
+    return f"{name}-{spec.name}-{digest}"
+
+
+def check_drift(out: Path, base_key: Mapping[str, Any], manifest: Manifest, root: str) -> None:
+    """A changed dataset is an error: look for runs of the same identity on the same data root."""
+    key = sha256_json(dict(base_key))
+    out = Path(out)
+    if not out.is_dir():
+        return
+    for run_json in sorted(out.glob("*/run.json")):
+        try:
+            info = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            continue
+        if (
+            info.get("base_key") == key
+            and info.get("data_root") == root
+            and info.get("manifest_sha256") != manifest.sha256
+        ):
+            stored = read_manifest(run_json.parent / "manifest.json")
+            check_same(stored, manifest, run_json.parent)
+
+
+__all__ = ["Plan", "make_plan", "load_dataset", "parse_sets", "run_id", "check_drift"]
