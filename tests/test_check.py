@@ -122,3 +122,61 @@ def test_tolerance_ci_combines_with_explicit_values(tmp_path):
     findings = {f["metric"]: f for f in json.loads(proc.stdout)}
     assert findings["kid"]["status"] == "no_interval" and findings["recall"]["ok"]
     assert "kid_lo" in proc.stderr
+
+
+def _frame(**values):
+    import pandas as pd
+
+    return pd.DataFrame([{"model": "m", "protocol": "p", "params": "{}", **values}])
+
+
+def test_gate_reads_every_declared_key_and_its_direction():
+    """A regression in any declared key fails with an explicit tolerance (vendi, authpct: higher
+    is better; cmmd, fls: lower is better), never in the better direction; metric names stand for
+    their ranked keys; keys with no direction (ct_score) are gated two-sided."""
+    from varbench.metrics import metric_registry
+    from varbench.present.check import check, parse_tolerances
+
+    tol = parse_tolerances("vendi=0.2,authpct=1,cmmd=0.01,fls=0.5,ct_score=1")
+    assert {"vendi_cond_mean", "vendi_class_mean", "authpct", "cmmd", "fls", "ct_score"} <= set(tol)
+    base = dict(vendi_cond_mean=3.0, vendi_class_mean=5.0, authpct=80.0, cmmd=0.1, fls=10.0,
+                ct_score=0.0)  # fmt: skip
+    worse = dict(vendi_cond_mean=2.7, vendi_class_mean=5.0, authpct=78.5, cmmd=0.12, fls=10.6,
+                 ct_score=-1.5)  # fmt: skip
+    better = dict(vendi_cond_mean=4.0, vendi_class_mean=6.0, authpct=95.0, cmmd=0.0, fls=1.0,
+                  ct_score=0.5)  # fmt: skip
+    bad = {f.metric for f in check(_frame(**worse), _frame(**base), tol) if not f.ok}
+    assert bad == {"vendi_cond_mean", "authpct", "cmmd", "fls", "ct_score"}
+    assert all(f.ok for f in check(_frame(**better), _frame(**base), tol))
+    # ct_score has no better direction: a change either way beyond the margin is flagged
+    up = check(_frame(ct_score=1.5), _frame(ct_score=0.0), parse_tolerances("ct_score=1"))
+    assert [f.ok for f in up] == [False]
+    # every key any registered metric declares can be gated by name
+    for name in metric_registry.names():
+        for key in metric_registry.get(name).results:
+            assert key.name in parse_tolerances(f"{key.name}=0")
+
+
+def test_ci_tolerance_gates_every_key_with_an_interval():
+    from varbench.metrics.keys import has_interval, ranked_keys
+    from varbench.present.check import CI_AUTO, check, parse_tolerances
+
+    tol = parse_tolerances("ci")
+    assert set(tol) == set(ranked_keys()) and set(tol.values()) == {CI_AUTO}
+    interval = {k for k in tol if has_interval(k)}
+    assert interval == {"fid", "precision", "recall"}
+    base = _frame(fid=10.0, fid_lo=9.0, fid_hi=11.0, precision=0.8, precision_lo=0.7,
+                  precision_hi=0.9, recall=0.5, recall_lo=0.4, recall_hi=0.6, vendi_cond_mean=3.0)  # fmt: skip
+    meas = _frame(fid=11.5, precision=0.65, recall=0.45, vendi_cond_mean=1.0)
+    found = {f.metric: f.ok for f in check(meas, base, tol)}
+    assert found == {"fid": False, "precision": False, "recall": True}  # vendi: no interval
+
+
+def test_unknown_tolerance_key_names_the_flag_and_the_keys():
+    from varbench.errors import UsageError
+    from varbench.present.check import parse_tolerances
+
+    with pytest.raises(UsageError, match=r"--tolerance 'vendy=0\.2'.*vendi"):
+        parse_tolerances("vendy=0.2")
+    with pytest.raises(UsageError, match="margin >= 0"):
+        parse_tolerances("fid=-1")

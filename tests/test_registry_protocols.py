@@ -148,3 +148,31 @@ def test_plugin_installed_after_first_lookup_is_found(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert adapter_registry.target("late_plugin_model") == "late_plugin:CopyAdapter"
     del adapter_registry._targets["late_plugin_model"]  # leave the registry as it was
+
+
+def test_protocol_file_form_round_trips_and_runs_read_it_back():
+    """``to_dict`` is the spec's own serialisation: ``parse_protocol`` gives back an equal spec
+    (with its ``--set`` record), and ``protocol_of_run`` reads it from a run.json-shaped record
+    as JSON leaves it; a run made before the record is read from its identity."""
+    import json
+
+    from varbench.plan.protocol import (
+        RUN_KEY,
+        load_protocol_file,
+        parse_protocol,
+        protocol_files,
+        protocol_of_run,
+    )
+
+    for path in protocol_files().values():
+        spec = load_protocol_file(path)
+        for s in (spec, spec.with_overrides({"seed": "7", "k": "1"})):
+            data = json.loads(json.dumps(s.to_dict()))
+            back = parse_protocol(data, "x", recorded=("overrides",))
+            assert back == s and back.label == s.label and back.identity() == s.identity()
+            info = {RUN_KEY: data, "protocol": s.identity()}
+            assert protocol_of_run(info, "run.json") == s
+            legacy = protocol_of_run({"protocol": s.identity()}, "run.json", s.encoder)
+            assert legacy.identity() == s.identity()
+    with pytest.raises(UsageError, match="unknown key 'overrides'"):
+        parse_protocol({**spec.to_dict(), "overrides": {"k": 1}}, "file.toml")

@@ -27,7 +27,7 @@ from varbench.errors import ManifestMismatchError, UsageError
 from varbench.metrics import METRIC_OPTIONS, metric_options
 from varbench.plan.manifest import check_same, read_manifest, write_manifest
 from varbench.plan.planner import Plan, check_drift, load_dataset, make_plan, run_id
-from varbench.plan.protocol import OVERRIDABLE, load_protocol
+from varbench.plan.protocol import OVERRIDABLE, RUN_KEY, load_protocol
 from varbench.plan.slots import SampleSlot, point_id
 from varbench.runs.results import json_field, write_results
 from varbench.runs.store import RunStore, verify_samples
@@ -195,6 +195,7 @@ class _RunBase(ABC):
                     "model": self.name,
                     **self.run_info(),
                     "protocol": self.spec.identity(),
+                    RUN_KEY: self.spec.to_dict(),
                     "protocol_label": self.spec.label,
                     "manifest_sha256": plan.manifest.sha256,
                     "base_key": sha256_json(self.base_key()),

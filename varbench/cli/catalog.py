@@ -81,11 +81,17 @@ def list_(
             )
     elif what == ListWhat.metrics:
         from varbench.metrics import metric_registry
+        from varbench.metrics.keys import has_interval
 
         out = [
             {
                 "name": n,
                 "keys": list(metric_registry.get(n).keys),
+                "results": [
+                    {"key": k.name, "better": {1: "higher", -1: "lower"}.get(k.better, "neither"),
+                     "label": k.label, "unit": k.unit, "interval": has_interval(k.name)}
+                    for k in metric_registry.get(n).results
+                ],  # fmt: skip
                 "encoders": list(metric_registry.get(n).encoders),
             }
             for n in metric_registry.names()

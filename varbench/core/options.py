@@ -85,7 +85,7 @@ class Param:
                 return tuple(self._exact(v) for v in values)
             return self._exact(value) if value is not None else None
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"{origin}: {self.name}={value!r} is not a {self.kind}") from exc
+            raise UsageError(f"{origin}: {self.name}={value!r}: expected {self.kind}") from exc
 
     def _exact(self, value: Any) -> Any:
         if self.type is int and (isinstance(value, bool) or float(value) != int(value)):

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher
 
 KEY_ALIGN_DINO_MEAN = "align_dino_mean"
 KEY_ALIGN_DINO_MEDIAN = "align_dino_median"
@@ -49,7 +49,10 @@ class AlignmentMetric(_AlignmentMetric):
     """Alignment in the protocol's default feature space (e.g. the demo's weight-free encoder)."""
 
     name = "alignment"
-    keys = (KEY_ALIGN_MEAN, KEY_ALIGN_MEDIAN)
+    results = (
+        higher(KEY_ALIGN_MEAN, "alignment (mean cosine)"),
+        higher(KEY_ALIGN_MEDIAN, "alignment (median cosine)"),
+    )
 
     def artifacts(self, ctx) -> dict[str, object]:
         return {"encoder": ctx.default_encoder, "per_sample": self._values.tolist()}
@@ -60,7 +63,10 @@ class AlignmentDinoMetric(_AlignmentMetric):
 
     name = "alignment_dinov2"
     encoder = "dinov2"
-    keys = (KEY_ALIGN_DINO_MEAN, KEY_ALIGN_DINO_MEDIAN)
+    results = (
+        higher(KEY_ALIGN_DINO_MEAN, "DINOv2 alignment (mean)"),
+        higher(KEY_ALIGN_DINO_MEDIAN, "DINOv2 alignment (median)"),
+    )
     encoders = ("dinov2",)
 
 
@@ -69,5 +75,8 @@ class AlignmentClipMetric(_AlignmentMetric):
 
     name = "alignment_clip"
     encoder = "clip"
-    keys = (KEY_ALIGN_CLIP_MEAN, KEY_ALIGN_CLIP_MEDIAN)
+    results = (
+        higher(KEY_ALIGN_CLIP_MEAN, "CLIP alignment (mean)"),
+        higher(KEY_ALIGN_CLIP_MEDIAN, "CLIP alignment (median)"),
+    )
     encoders = ("clip",)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -33,12 +34,63 @@ class MetricContext(Protocol):
     def cond(self, encoder: str | None = None, output: str = "features") -> np.ndarray: ...
 
 
+HIGHER, LOWER, NEITHER = 1, -1, 0  # ResultKey.better
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    """One result column a metric fills, declared once where the metric is defined.
+
+    ``better`` is +1 (higher is better), -1 (lower is better) or 0 (a statistic to read, not to
+    rank: interval bounds, counts, two-sided scores); check, compare, report, leaderboard and
+    plots read it from here and nowhere else.
+    """
+
+    name: str
+    better: int
+    label: str = ""  # display name, e.g. "FID"
+    unit: str = ""  # e.g. "%", "" for unitless
+
+    def __post_init__(self) -> None:
+        if self.better not in (HIGHER, LOWER, NEITHER):
+            raise ValueError(f"result key {self.name}: better must be +1, -1 or 0")
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+
+    @property
+    def direction_text(self) -> str:
+        """ "lower is better" / "higher is better" / "" for figure and table captions."""
+        return {HIGHER: "higher is better", LOWER: "lower is better"}.get(self.better, "")
+
+
+def higher(name: str, label: str = "", unit: str = "") -> ResultKey:
+    """A result key where higher is better."""
+    return ResultKey(name, HIGHER, label, unit)
+
+
+def lower(name: str, label: str = "", unit: str = "") -> ResultKey:
+    """A result key where lower is better."""
+    return ResultKey(name, LOWER, label, unit)
+
+
+def neither(name: str, label: str = "", unit: str = "") -> ResultKey:
+    """A result key with no better direction (bounds, counts, two-sided scores)."""
+    return ResultKey(name, NEITHER, label, unit)
+
+
 class Metric(ABC):
-    """A registered metric family; ``keys`` are the result columns it fills."""
+    """A registered metric family; ``results`` declares the columns it fills, ``keys`` their names."""
 
     name: ClassVar[str] = ""
-    keys: ClassVar[tuple[str, ...]] = ()
+    results: ClassVar[tuple[ResultKey, ...]] = ()
+    keys: ClassVar[tuple[str, ...]] = ()  # derived from ``results``
     encoders: ClassVar[tuple[str, ...]] = ()  # encoders needed besides the protocol default
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "keys" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: declare ``results`` (ResultKey), not ``keys``")
+        cls.keys = tuple(k.name for k in cls.results)
 
     @abstractmethod
     def compute(self, ctx: MetricContext) -> dict[str, float]:

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, neither
 from varbench.metrics.gaussian import fid_from_features
 from varbench.metrics.pointcache import point_cache
 from varbench.metrics.prdc import SubsetPrecisionRecall, precision_recall
@@ -153,7 +153,13 @@ class BootstrapMetric(Metric):
     """95 % half-sampling intervals of FID, precision and recall (``bootstrap`` = B, 0 disables)."""
 
     name = "bootstrap"
-    keys = (*KEYS, KEY_REPLICATES)
+    results = (
+        *(
+            neither(k, k.replace("_lo", " (interval low)").replace("_hi", " (interval high)"))
+            for k in KEYS
+        ),
+        neither(KEY_REPLICATES, "interval replicates"),
+    )
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, object]:

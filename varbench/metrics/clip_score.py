@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from varbench.metrics.alignment import cosine_rows
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher
 
 KEY_CLIP_SCORE = "clip_score"
 SCALE = "cosine"  # plain cosine in [-1, 1] (RIVAL), not 100 x cosine
@@ -25,7 +25,7 @@ class ClipScoreMetric(Metric):
     """Mean CLIP score of the samples against their class label as the prompt."""
 
     name = "clip_score"
-    keys = (KEY_CLIP_SCORE,)
+    results = (higher(KEY_CLIP_SCORE, "CLIP score"),)
     encoders = (ENCODER,)
 
     def compute(self, ctx) -> dict[str, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, lower
 
 KEY_CMMD = "cmmd"
 ENCODER = "clip_l336"
@@ -88,7 +88,7 @@ class CMMDMetric(Metric):
     """CMMD between references and samples in CLIP ViT-L/14 336 px space."""
 
     name = "cmmd"
-    keys = (KEY_CMMD,)
+    results = (lower(KEY_CMMD, "CMMD"),)
     encoders = (ENCODER,)
 
     def compute(self, ctx) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, lower
 from varbench.metrics.gaussian import fid_from_features
 from varbench.metrics.pointcache import point_cache
 
@@ -15,7 +15,7 @@ class FIDMetric(Metric):
     """FID in the protocol's default feature space."""
 
     name = "fid"
-    keys = (KEY_FID,)
+    results = (lower(KEY_FID, "FID"),)
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
@@ -26,7 +26,7 @@ class FDDinoV2Metric(Metric):
     """Fréchet distance in DINOv2 ViT-L/14 space (FD-DINOv2 as dgm-eval; EDM2 with resize_mode="pil")."""
 
     name = "fd_dinov2"
-    keys = (KEY_FD_DINOV2,)
+    results = (lower(KEY_FD_DINOV2, "FD-DINOv2"),)
     encoders: tuple[str, ...] = ("dinov2_l",)
 
     def compute(self, ctx) -> dict[str, float]:
@@ -37,7 +37,7 @@ class FDInfinityMetric(Metric):
     """FD-infinity in the protocol's default feature space, seeded by the protocol seed."""
 
     name = "fd_infinity"
-    keys = (KEY_FD_INFINITY,)
+    results = (lower(KEY_FD_INFINITY, "FD-infinity"),)
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:

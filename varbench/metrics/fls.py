@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, lower
 
 KEY_FLS = "fls"
 KEY_FLS_OVERFIT = "fls_overfit"
@@ -148,7 +148,7 @@ class FLSMetric(Metric):
     """FLS and fls_overfit: references as training set, held-out real images as test set."""
 
     name = "fls"
-    keys = (KEY_FLS, KEY_FLS_OVERFIT)
+    results = (lower(KEY_FLS, "FLS"), lower(KEY_FLS_OVERFIT, "FLS overfit", "%"))
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_softmax
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher, neither
 
 KEY_ISC = "isc"
 KEY_ISC_STD = "isc_std"
@@ -42,7 +42,7 @@ class ISCMetric(Metric):
     """Inception Score of the samples (10 splits) from the inception encoder's logits."""
 
     name = "isc"
-    keys = (KEY_ISC, KEY_ISC_STD)
+    results = (higher(KEY_ISC, "Inception Score"), neither(KEY_ISC_STD, "Inception Score std"))
     encoders = ("inception",)
 
     def compute(self, ctx) -> dict[str, float]:

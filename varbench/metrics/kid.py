@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, lower, neither
 
 KEY_KID_MEAN = "kid"
 KEY_KID_STD = "kid_std"
@@ -67,7 +67,11 @@ class KIDMetric(Metric):
     """KID with torch-fidelity's defaults (100 subsets of 1000, capped at the set size)."""
 
     name = "kid"
-    keys = (KEY_KID_MEAN, KEY_KID_STD, KEY_KID_SUBSET_SIZE)
+    results = (
+        lower(KEY_KID_MEAN, "KID"),
+        neither(KEY_KID_STD, "KID std"),
+        neither(KEY_KID_SUBSET_SIZE, "KID subset size"),
+    )
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:

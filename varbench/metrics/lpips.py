@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher, neither
 
 KEY_LPIPS_TO_COND = "lpips_to_cond"
 KEY_LPIPS_DIVERSITY = "lpips_diversity"
@@ -34,7 +34,10 @@ class LpipsMetric(Metric):
     """LPIPS (AlexNet, v0.1) to the conditioning image and pairwise among its samples."""
 
     name = "lpips"
-    keys = (KEY_LPIPS_TO_COND, KEY_LPIPS_DIVERSITY)
+    results = (
+        neither(KEY_LPIPS_TO_COND, "LPIPS to the conditioning image"),
+        higher(KEY_LPIPS_DIVERSITY, "LPIPS diversity"),
+    )
     encoders = (ENCODER,)
 
     def compute(self, ctx) -> dict[str, float]:

@@ -42,7 +42,7 @@ import numpy as np
 
 from varbench.core.files import disk_full, is_disk_full
 from varbench.core.hashing import pixel_sha256
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher, lower, neither
 from varbench.metrics.knn.streamed import float64_eps, nearest_streamed
 
 KEY_NN_MEDIAN = "memorisation_nn_lpips_median"
@@ -234,7 +234,12 @@ class MemorisationMetric(Metric):
     """Nearest-neighbour LPIPS histograms of samples and of held-out reals, with summaries."""
 
     name = "memorisation"
-    keys = (KEY_NN_MEDIAN, KEY_HELDOUT_NN_MEDIAN, KEY_FRAC_BELOW_P1, KEY_AGREEMENT)
+    results = (
+        higher(KEY_NN_MEDIAN, "nearest-reference LPIPS (median)"),
+        neither(KEY_HELDOUT_NN_MEDIAN, "held-out nearest-reference LPIPS (median)"),
+        lower(KEY_FRAC_BELOW_P1, "fraction closer than held-out 1st percentile"),
+        neither(KEY_AGREEMENT, "brute-force agreement of the memorisation search"),
+    )
     encoders = (ENCODER,)
 
     def compute(self, ctx) -> dict[str, float]:

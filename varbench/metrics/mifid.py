@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher, lower
 from varbench.metrics.gaussian import fid_from_features
 from varbench.metrics.knn.cross import band_pairs, nearest_up_to_sign
 from varbench.metrics.knn.screening import U32, screen_eps
@@ -124,7 +124,7 @@ class MiFIDMetric(Metric):
     """MiFID in the protocol's default feature space (``mifid_eps``, default 0.1)."""
 
     name = "mifid"
-    keys = (KEY_MIFID, KEY_MEM_DISTANCE)
+    results = (lower(KEY_MIFID, "MiFID"), higher(KEY_MEM_DISTANCE, "MiFID memorisation distance"))
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:

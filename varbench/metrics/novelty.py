@@ -24,7 +24,7 @@ import math
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher, neither
 from varbench.metrics.kmeans import kmeans_sklearn, predict
 from varbench.metrics.knn.cross import knn_cross
 from varbench.metrics.knn.neighbours import knn_exact
@@ -167,7 +167,7 @@ class AuthPctMetric(Metric):
     """AuthPct of the samples against the references, in the protocol's default feature space."""
 
     name = "authpct"
-    keys = (KEY_AUTHPCT,)
+    results = (higher(KEY_AUTHPCT, "AuthPct", "%"),)
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
@@ -179,7 +179,7 @@ class CTScoreMetric(Metric):
     (``ct_heldout_per_class`` per class, default all), seeded by the protocol seed."""
 
     name = "ct"
-    keys = (KEY_CT,)
+    results = (neither(KEY_CT, "C_T (two-sided: < 0 copying, > 0 underfitting)"),)
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:

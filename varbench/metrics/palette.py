@@ -18,7 +18,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from varbench.errors import UsageError
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, lower
 from varbench.metrics.kmeans import kmeans_sklearn
 
 KEY_PALETTE_MEAN = "palette_distance_mean"
@@ -71,7 +71,10 @@ class PaletteMetric(Metric):
     """Palette distance of each sample to its conditioning image: mean, median, distribution."""
 
     name = "palette"
-    keys = (KEY_PALETTE_MEAN, KEY_PALETTE_MEDIAN)
+    results = (
+        lower(KEY_PALETTE_MEAN, "palette distance (mean)"),
+        lower(KEY_PALETTE_MEDIAN, "palette distance (median)"),
+    )
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher
 from varbench.metrics.knn.balls import ball_counts
 from varbench.metrics.knn.neighbours import approx_sq_dists, knn_exact, subset
 from varbench.metrics.knn.screening import ScreenSet, screen_sets
@@ -128,7 +128,7 @@ class PrecisionRecallMetric(Metric):
     """
 
     name = "precision_recall"
-    keys = (KEY_PRECISION, KEY_RECALL)
+    results = (higher(KEY_PRECISION, "precision"), higher(KEY_RECALL, "recall"))
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
@@ -148,7 +148,7 @@ class DensityCoverageMetric(Metric):
     """Density and coverage (k = ``dc_k``, default 5) in the protocol's default feature space."""
 
     name = "density_coverage"
-    keys = (KEY_DENSITY, KEY_COVERAGE)
+    results = (higher(KEY_DENSITY, "density"), higher(KEY_COVERAGE, "coverage"))
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:

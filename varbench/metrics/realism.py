@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher
 from varbench.metrics.knn.cross import max_weighted_inverse
 from varbench.metrics.knn.neighbours import knn_exact
 from varbench.metrics.pointcache import PointCache, point_cache
@@ -62,7 +62,11 @@ class RealismMetric(Metric):
     """Per-sample realism (k = ``realism_k``, default 3) in the protocol's default feature space."""
 
     name = "realism"
-    keys = (KEY_REALISM_MEDIAN, KEY_REALISM_MEAN, KEY_REALISM_FRAC)
+    results = (
+        higher(KEY_REALISM_MEDIAN, "realism (median)"),
+        higher(KEY_REALISM_MEAN, "realism (mean)"),
+        higher(KEY_REALISM_FRAC, "fraction with realism >= 1"),
+    )
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, lower
 from varbench.metrics.gaussian import fid_from_features
 
 KEY_SFID = "sfid"
@@ -12,7 +12,7 @@ class SFIDMetric(Metric):
     """Fréchet distance between reference and sample ``spatial`` outputs of the inception encoder."""
 
     name = "sfid"
-    keys = (KEY_SFID,)
+    results = (lower(KEY_SFID, "sFID"),)
     encoders = ("inception",)
 
     def compute(self, ctx) -> dict[str, float]:

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from varbench.metrics.base import Metric
+from varbench.metrics.base import Metric, higher
 
 
 def _normalised(features: np.ndarray) -> np.ndarray:
@@ -63,7 +63,10 @@ class VendiMetric(Metric):
 
     name = "vendi"
     space = ""  # encoder name; "" = the protocol's default
-    keys = ("vendi_cond_mean", "vendi_class_mean")
+    results = (
+        higher("vendi_cond_mean", "Vendi per conditioning image (mean)"),
+        higher("vendi_class_mean", "Vendi per class (mean)"),
+    )
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
@@ -99,7 +102,10 @@ class VendiInceptionMetric(VendiMetric):
 
     name = "vendi_inception"
     space = "inception"
-    keys = ("vendi_inception_cond_mean", "vendi_inception_class_mean")
+    results = (
+        higher("vendi_inception_cond_mean", "Vendi (Inception) per conditioning image"),
+        higher("vendi_inception_class_mean", "Vendi (Inception) per class"),
+    )
     encoders = ("inception",)
 
 
@@ -108,5 +114,8 @@ class VendiDinoV2Metric(VendiMetric):
 
     name = "vendi_dinov2"
     space = "dinov2_l"
-    keys = ("vendi_dinov2_cond_mean", "vendi_dinov2_class_mean")
+    results = (
+        higher("vendi_dinov2_cond_mean", "Vendi (DINOv2) per conditioning image"),
+        higher("vendi_dinov2_class_mean", "Vendi (DINOv2) per class"),
+    )
     encoders = ("dinov2_l",)

@@ -140,6 +140,21 @@ class ProtocolSpec:
         if problems:
             raise UsageError(f"protocol {self.name!r} is invalid: " + "; ".join(problems))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The spec in its file form (TOML-shaped, JSON-ready); ``parse_protocol`` reads it back
+        to an equal spec. Runs record it in run.json (``RUN_KEY``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = {k: dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
+            out[f.name] = value
+        return out
+
     def with_overrides(self, sets: Mapping[str, str]) -> ProtocolSpec:
         """Apply ``--set`` values (strings or typed) that name protocol keys; a new validated spec."""
         changes = parse_options(sets, OVERRIDABLE, "protocols")
@@ -158,9 +173,15 @@ def protocol_files() -> dict[str, Path]:
     return {p.stem: p for p in sorted(_protocol_dir().glob("*.toml"))}
 
 
-def parse_protocol(data: Mapping[str, Any], origin: str) -> ProtocolSpec:
-    """Build a spec from parsed TOML, naming the file in every error."""
-    known = {f.name for f in dataclasses.fields(ProtocolSpec)} - {"overrides"}
+def parse_protocol(
+    data: Mapping[str, Any], origin: str, recorded: tuple[str, ...] = ()
+) -> ProtocolSpec:
+    """Build a spec from parsed TOML (or a run's record), naming the file in every error.
+
+    ``recorded=("overrides",)`` accepts the ``--set`` record a run's ``to_dict`` carries (a
+    protocol file may not set it: overrides come from the command line).
+    """
+    known = {f.name for f in dataclasses.fields(ProtocolSpec)} - ({"overrides"} - set(recorded))
     unknown = set(data) - known
     if unknown:
         key = sorted(unknown)[0]
@@ -188,11 +209,32 @@ def parse_protocol(data: Mapping[str, Any], origin: str) -> ProtocolSpec:
             prepare=str(data.get("prepare", "none")),
             category=str(data["category"]) if data.get("category") is not None else None,
             full_set=str(data["full_set"]) if data.get("full_set") else None,
+            overrides=dict(data.get("overrides") or {}),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{origin}: {exc}") from None
     spec.validate()
     return spec
+
+
+RUN_KEY = "protocol_spec"  # run.json: the run's spec, ``ProtocolSpec.to_dict()``
+
+
+def protocol_of_run(info: Mapping[str, Any], origin: str, encoder: str = "") -> ProtocolSpec:
+    """The protocol a run used, read back from its run.json through ``parse_protocol``.
+
+    Runs made before run.json recorded the spec carry only its identity (the fields that choose
+    images): those are read through the same parser, with the encoder the run's results name and
+    ``metrics`` left at the parser's default (not recorded then; readers use the identity only).
+    """
+    if info.get(RUN_KEY) is not None:
+        return parse_protocol(info[RUN_KEY], origin, recorded=("overrides",))
+    ident = dict(info.get("protocol") or {})
+    if not ident:
+        raise UsageError(f"{origin}: no protocol recorded; re-run `varbench run` for this run")
+    ident["prepare"] = (ident.get("prepare") or {}).get("name", "none")
+    ident.setdefault("encoder", encoder)
+    return parse_protocol(ident, origin)
 
 
 def load_protocol_file(path: str | Path) -> ProtocolSpec:

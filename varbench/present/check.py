@@ -9,21 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from varbench.errors import UsageError
+from varbench.metrics import metric_registry
+from varbench.metrics.keys import ranked_keys, result_key
 from varbench.present.leaderboard import collect
 from varbench.runs.results import read_run_results
 
-# +1: higher is better; -1: lower is better.
-DIRECTIONS = {
-    "fid": -1,
-    "kid": -1,
-    "sfid": -1,
-    "fd_dinov2": -1,
-    "precision": 1,
-    "recall": 1,
-    "density": 1,
-    "coverage": 1,
-    "isc": 1,
-}
 DEFAULT_TOLERANCE: dict[str, float | str] = {
     "fid": 0.0,
     "kid": 0.0,
@@ -68,7 +58,7 @@ class Finding:
         if self.tolerance in (CI, CI_AUTO):
             bound = (
                 f"interval [{_g(self.baseline_lo)}, {_g(self.baseline_hi)}]"
-                f" ({'upper' if DIRECTIONS[self.metric] < 0 else 'lower'} bound)"
+                f" ({_bound_side(self.metric)})"
             )
         else:
             bound = f"tolerance {self.tolerance:g}"
@@ -76,6 +66,11 @@ class Finding:
             f"{verdict}: {where} {self.metric} {_g(self.measured)} vs baseline "
             f"{_g(self.baseline)} {bound}"
         )
+
+
+def _bound_side(metric: str) -> str:
+    better = result_key(metric).better
+    return "upper bound" if better < 0 else "lower bound" if better > 0 else "both bounds"
 
 
 def _g(value: float | None) -> str:
@@ -92,11 +87,22 @@ def _num(value) -> float | None:
     return None if math.isnan(out) else out
 
 
-def parse_tolerances(text: str | None) -> dict[str, float | str]:
-    """``"fid=0.5,recall=0.01"`` -> dict; ``"ci"`` -> every directed metric by its interval.
+def _tolerance_keys(name: str, item: str) -> list[str]:
+    """The result keys a --tolerance name stands for: a key, or every ranked key of a metric."""
+    if name in metric_registry and name not in ranked_keys():
+        keys = [k.name for k in metric_registry.get(name).results if k.better]
+        if keys:
+            return keys
+    return [result_key(name, f"--tolerance {item!r}: metric").name]
 
+
+def parse_tolerances(text: str | None) -> dict[str, float | str]:
+    """``"fid=0.5,recall=0.01"`` -> dict; ``"ci"`` -> every ranked key by its interval.
+
+    Names are result keys (``vendi_cond_mean``) or metric names (``vendi``: its ranked keys);
     ``ci`` may be combined with explicit values (``ci,kid=0.001``): explicit values win. Bare
-    ``ci`` checks the metrics whose baseline row has an interval; ``kid=ci`` reports a missing one.
+    ``ci`` checks the keys whose baseline row has an interval; ``kid=ci`` reports a missing one.
+    Keys without a better direction (``ct_score``) are checked two-sided.
     """
     if not text:
         return dict(DEFAULT_TOLERANCE)
@@ -105,22 +111,25 @@ def parse_tolerances(text: str | None) -> dict[str, float | str]:
     for item in text.split(","):
         item = item.strip()
         if item == CI:
-            out.update({m: CI_AUTO for m in DIRECTIONS})
+            out.update({m: CI_AUTO for m in ranked_keys()})
             continue
         name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in DIRECTIONS:
+        if not sep:
             raise UsageError(
-                f"--tolerance {item!r}: expected 'ci' or METRIC=VALUE with METRIC in "
-                f"{', '.join(DIRECTIONS)}"
+                f"--tolerance {item!r}: expected 'ci' or KEY=VALUE (e.g. fid=0.5, vendi=0.2, "
+                "recall=ci); keys: `varbench list metrics`"
             )
+        keys = _tolerance_keys(name.strip(), item)
         if value.strip() == CI:
-            explicit[name] = CI
+            explicit.update({k: CI for k in keys})
             continue
         try:
-            explicit[name] = float(value)
+            tol = float(value)
         except ValueError:
             raise UsageError(f"--tolerance {item!r}: {value!r} is not a number or 'ci'") from None
+        if not tol >= 0:
+            raise UsageError(f"--tolerance {item!r}: a tolerance is a margin >= 0")
+        explicit.update({k: tol for k in keys})
     out.update(explicit)
     return out
 
@@ -142,12 +151,18 @@ def load_rows(path: Path) -> pd.DataFrame:
 def _compare(metric: str, tol: float | str, ref: dict, m: float | None) -> tuple[str, bool]:
     """(status, ok) of one metric: ci uses the baseline's own interval, numbers a margin."""
     b = _num(ref.get(metric))
-    direction = DIRECTIONS[metric]
+    direction = result_key(metric).better
     if tol in (CI, CI_AUTO):
-        bound = _num(ref.get(f"{metric}_hi" if direction < 0 else f"{metric}_lo"))
-        if bound is None:
+        lo, hi = _num(ref.get(f"{metric}_lo")), _num(ref.get(f"{metric}_hi"))
+        bound = hi if direction < 0 else lo if direction > 0 else (lo if hi is None else hi)
+        if bound is None or (direction == 0 and (lo is None or hi is None)):
             return ("skip" if tol == CI_AUTO else "no_interval"), True
-        ok = m is not None and (m <= bound if direction < 0 else m >= bound)
+        if direction == 0:
+            ok = m is not None and lo <= m <= hi
+        else:
+            ok = m is not None and (m <= bound if direction < 0 else m >= bound)
+    elif direction == 0:  # no better direction: either way beyond the margin is a change
+        ok = m is not None and abs(b - m) <= float(tol)
     else:
         ok = m is not None and (b - m) * direction <= float(tol)
     return ("ok" if ok else "regression"), ok

@@ -33,6 +33,7 @@ from varbench.metrics.bootstrap import (
     statistics,
 )
 from varbench.metrics.gaussian import fid_from_features
+from varbench.metrics.keys import result_key
 from varbench.metrics.prdc import SubsetPrecisionRecall
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ METRICS = ("fid", "precision", "recall")  # the runs' own interval statistics (b
 # paired_comparison.py --extra coverage).
 SUPPORTED = (*METRICS, "density", "kid", "fd_dinov2")
 REFUSED = {"coverage": "its paired interval under-covers in small designs (56 % in simulation)"}
-DIRECTION = {  # +1: higher is better
-    "fid": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1, "kid": -1,
-    "fd_dinov2": -1,
-}  # fmt: skip
 FEATURE_SPACE = {"fd_dinov2": "dinov2_l"}  # metrics outside the run's default encoder
 A_BETTER, B_BETTER, UNDECIDED = "A better", "B better", "undecided"
 
@@ -101,9 +98,9 @@ def unpaired_interval(
 def verdict(metric: str, lo: float, hi: float) -> str:
     """A better / B better / undecided from the interval of A - B and the metric's direction."""
     if lo > 0:
-        return A_BETTER if DIRECTION[metric] > 0 else B_BETTER
+        return A_BETTER if result_key(metric).better > 0 else B_BETTER
     if hi < 0:
-        return B_BETTER if DIRECTION[metric] > 0 else A_BETTER
+        return B_BETTER if result_key(metric).better > 0 else A_BETTER
     return UNDECIDED
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from varbench.metrics.keys import sort_best_first
 from varbench.runs.results import published_results, read_run_results, rows_to_table, write_results
 
 DISPLAY_COLUMNS = [
@@ -74,15 +75,13 @@ def collect(runs_dir: Path, include_published: bool = True) -> pd.DataFrame:
 
 
 def select(df: pd.DataFrame, protocol: str | None = None, model: str | None = None) -> pd.DataFrame:
-    """Filter by protocol (name or label) and model; sort best first (lowest FID, then KID)."""
+    """Filter by protocol (name or label) and model; sort best first (``keys.RANK_BY``)."""
     if protocol:
         base = df["protocol"].str.split("[", n=1, regex=False).str[0]
         df = df[(df["protocol"] == protocol) | (base == protocol)]
     if model:
         df = df[df["model"] == model]
-    return df.sort_values(
-        ["protocol", "fid", "kid", "model"], na_position="last", kind="mergesort"
-    ).reset_index(drop=True)
+    return sort_best_first(df).reset_index(drop=True)
 
 
 def _fmt(value) -> str:

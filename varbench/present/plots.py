@@ -21,19 +21,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from varbench.metrics.keys import caption  # noqa: E402
 from varbench.runs.views import PointView, RunView, finite, grid_rows, parse_params  # noqa: E402
 
-# Metric column -> axis label, in display order; a panel is drawn when any row has a value.
-SWEEP_METRICS: dict[str, str] = {
-    "fid": "FID (lower is better)",
-    "kid": "KID (lower is better)",
-    "precision": "precision",
-    "recall": "recall",
-    "fd_dinov2": "FD-DINOv2 (lower is better)",
-    "align_mean": "alignment (mean cosine)",
-    "align_dino_mean": "alignment DINOv2",
-    "align_clip_mean": "alignment CLIP",
-}
+# Sweep panels in display order (a panel is drawn when any row has a value); titles come from
+# the metrics' declared keys (``varbench.metrics.keys.caption``).
+SWEEP_METRICS = (
+    "fid", "kid", "precision", "recall", "fd_dinov2", "align_mean", "align_dino_mean",
+    "align_clip_mean",
+)  # fmt: skip
 RC = {"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7}
 KINDS = ("sweep", "pr", "memorisation", "grid", "contrast", "vendi")
 
@@ -185,7 +181,7 @@ def sweep_figure(measured: pd.DataFrame, published: pd.DataFrame, protocol: str)
         for ax, values in ref_lines.items():
             _include_in_ylim(ax, values)
         for ax, metric in zip(axes, metrics, strict=False):
-            ax.set_title(SWEEP_METRICS[metric])
+            ax.set_title(caption(metric))
             ax.grid(alpha=0.3)
             if axis_names:
                 ax.set_xlabel(plain(" / ".join(axis_names)))

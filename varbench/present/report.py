@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from varbench.core.files import atomic_write_text
+from varbench.metrics.keys import rank_value
 from varbench.runs.views import (
     PointView,
     RunView,
@@ -47,7 +48,6 @@ LEADERBOARD_METRICS = [
     "lpips_to_cond",
     "memorisation_nn_lpips_median",
 ]
-LOWER_IS_BETTER = {"fid", "kid", "fd_dinov2", "sfid"}
 # Provenance shown once per run (first row); per-point values follow in their own table.
 PROVENANCE = [
     "run_id", "model", "protocol", "protocol_version", "options", "model_path", "device", "dtype",
@@ -187,7 +187,7 @@ def leaderboard_html(measured: pd.DataFrame, published: pd.DataFrame) -> str:
     out += [f"<th>{esc(h)}</th>" for h in head]
     out.append("</tr></thead><tbody>")
     records = both.to_dict("records")
-    records.sort(key=lambda r: (str(r.get("protocol")), finite(r.get("fid")) or float("inf")))
+    records.sort(key=lambda r: (str(r.get("protocol")), *rank_value(r)))
     for r in records:
         pub = str(r.get("source") or "varbench") != "varbench"
         out.append(f'<tr class="{"published" if pub else "measured"}">')

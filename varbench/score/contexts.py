@@ -25,7 +25,7 @@ from varbench.metrics import metric_options, metric_registry
 from varbench.plan.datasets import IMAGE_EXTENSIONS, check_image_file
 from varbench.plan.imageprep import ImagePrep, check_preparation
 from varbench.plan.manifest import Manifest
-from varbench.plan.protocol import ProtocolSpec
+from varbench.plan.protocol import ProtocolSpec, protocol_of_run
 from varbench.plan.slots import SampleSlot
 from varbench.runs.store import RunStore, sample_hashes
 from varbench.score.features import FeatureCache
@@ -279,21 +279,7 @@ class PointContext(FeatureContext):
                 f"{store.point_dir(pid)}: not a finished, scored point (no run.json or "
                 "result.json); re-run `varbench run` for this model to finish it"
             )
-        proto = info.get("protocol") or {}
-        spec = ProtocolSpec(
-            name=str(proto.get("name", "")),
-            version=int(proto.get("version", 1)),
-            description="",
-            layout=str(proto.get("layout", "")),
-            n_per_class=int(proto["n_per_class"]),
-            k=int(proto["k"]),
-            seed=int(proto.get("seed", 0)),
-            resolution=int(proto.get("resolution") or 0),
-            encoder=str(stored.get("encoder") or ""),
-            metrics=(),
-            n_classes=proto.get("n_classes"),
-            prepare=str((proto.get("prepare") or {}).get("name", "none")),
-        )
+        spec = protocol_of_run(info, str(run_dir / "run.json"), str(stored.get("encoder") or ""))
         if spec.encoder not in encoder_registry:
             raise UsageError(f"run {run_dir.name}: unknown encoder {spec.encoder!r} in its results")
         recorded = stored.get("_metric_options")
