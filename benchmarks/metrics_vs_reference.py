@@ -354,9 +354,11 @@ def section_novelty(
     from varbench.metrics.cmmd import cmmd
     from varbench.metrics.fls import fls_scores, fls_subsets
     from varbench.metrics.gaussian import fid_from_features
-    from varbench.metrics.novelty import CT_PCA_DIM, ct_score
+    from varbench.metrics.mifid import cached_mifid
+    from varbench.metrics.novelty import CT_PCA_DIM, cached_authpct, cached_pca, ct_score
     from varbench.metrics.pointcache import PointCache
     from varbench.metrics.prdc import precision_recall
+    from varbench.metrics.realism import cached_realism_scores
     from varbench.metrics.vendi import grouped_vendi
 
     heldout = synthetic_features(max(2, args.n // 10), args.dim, seed=2)
@@ -383,11 +385,11 @@ def section_novelty(
         out["fid"] = step("base_fid", plan.fid)
         out["prc"] = step("base_prc", lambda: plan.precision_recall(3))
         out["fd_infinity"] = step("fd_infinity", lambda: plan.fd_infinity(seed=0))
-        out["authpct"] = step("authpct", plan.authpct)
-        out["realism"] = step("realism", lambda: plan.realism_scores(3))
-        out["mifid"] = step("mifid", plan.mifid)
+        out["authpct"] = step("authpct", lambda: cached_authpct(plan))
+        out["realism"] = step("realism", lambda: cached_realism_scores(plan, 3))
+        out["mifid"] = step("mifid", lambda: cached_mifid(plan))
         out["ct"] = step(
-            "ct", lambda: ct_score(real, heldout, fake, seed=0, pca=plan.pca(CT_PCA_DIM))
+            "ct", lambda: ct_score(real, heldout, fake, seed=0, pca=cached_pca(plan, CT_PCA_DIM))
         )
         out["fls"] = step("fls", lambda: fls_scores(*fls_subsets(real, heldout, fake, seed=0)))
 

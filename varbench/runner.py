@@ -26,7 +26,7 @@ from varbench.core.registry import suggest
 from varbench.errors import ManifestMismatchError, UsageError
 from varbench.metrics import METRIC_OPTIONS, metric_options
 from varbench.plan.manifest import check_same, read_manifest, write_manifest
-from varbench.plan.planner import Plan, check_drift, load_dataset, make_plan, run_id
+from varbench.plan.planner import RunPlan, check_drift, load_dataset, make_plan, run_id
 from varbench.plan.protocol import OVERRIDABLE, RUN_KEY, load_protocol
 from varbench.plan.slots import SampleSlot, point_id
 from varbench.runs.results import json_field, write_results
@@ -167,10 +167,10 @@ class _RunBase(ABC):
             self.spec, self.metric_options, self.cache_dir, self.device, self.cfg.weights
         )
 
-    def run_id(self, plan: Plan) -> str:
+    def run_id(self, plan: RunPlan) -> str:
         return run_id(self.name, self.spec, self.base_key(), plan.manifest)
 
-    def prepare(self) -> tuple[Plan, RunStore]:
+    def plan_and_verify(self) -> tuple[RunPlan, RunStore]:
         """Plan the run, then verify the plan against the run folder's manifest."""
         plan = make_plan(self.spec, self.cfg.data, self.cache_dir)
         self.planned(plan)
@@ -180,10 +180,10 @@ class _RunBase(ABC):
             check_same(read_manifest(store.manifest_path), plan.manifest, store.root)
         return plan, store
 
-    def planned(self, plan: Plan) -> None:
+    def planned(self, plan: RunPlan) -> None:
         """Hook between planning and the run's identity (imports validate their samples here)."""
 
-    def write_run_files(self, plan: Plan, store: RunStore) -> None:
+    def write_run_files(self, plan: RunPlan, store: RunStore) -> None:
         """Create the run folder (manifest and configuration) once every check has passed."""
         if not store.manifest_path.is_file():
             write_manifest(store.manifest_path, plan.manifest)
@@ -262,7 +262,7 @@ class _RunBase(ABC):
         self.ranks.barrier()
 
     def score_finished(
-        self, plan: Plan, store: RunStore, encoders: dict[str, Any]
+        self, plan: RunPlan, store: RunStore, encoders: dict[str, Any]
     ) -> list[dict[str, Any]]:
         """Score every finished point once (a lock per point), then write results.parquet."""
         slots = list(plan.slots)
@@ -311,7 +311,7 @@ class _RunBase(ABC):
 
     def _row(
         self,
-        plan: Plan,
+        plan: RunPlan,
         store: RunStore,
         pid: str,
         point: dict[str, Any],
@@ -407,7 +407,7 @@ class Run(_RunBase):
     def _execute(self) -> list[dict[str, Any]]:
         from varbench.generate.sampling import GenerationJob, generate_groups
 
-        plan, store = self.prepare()
+        plan, store = self.plan_and_verify()
         encoders = self.check_encoders()  # fail within seconds, before generating anything
         groups = plan.groups(self.images_per_call, self.adapter_cls.group_by_condition)
         index, count = self.shard()
@@ -434,7 +434,7 @@ class Run(_RunBase):
         self.fill_points(store, mine, "generate", generate_point)
         return self.score_finished(plan, store, encoders)
 
-    def _adapter_context(self, plan: Plan) -> RunContext:
+    def _adapter_context(self, plan: RunPlan) -> RunContext:
         return RunContext(
             protocol=self.spec,
             manifest=plan.manifest,
@@ -488,7 +488,7 @@ class ExternalRun(_RunBase):
         self.samples_path = Path(path).expanduser()
         self.samples = None
 
-    def planned(self, plan: Plan) -> None:
+    def planned(self, plan: RunPlan) -> None:
         """Validate the samples against the plan: they decide the run id and the sweep points."""
         from varbench.generate.external import validate
 
@@ -509,7 +509,7 @@ class ExternalRun(_RunBase):
     def _execute(self) -> list[dict[str, Any]]:
         from varbench.generate.external import import_point
 
-        plan, store = self.prepare()  # validates every sample before anything is written
+        plan, store = self.plan_and_verify()  # validates every sample before anything is written
         samples = self.samples
         encoders = self.check_encoders()
         index, count = self.shard()

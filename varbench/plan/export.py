@@ -16,7 +16,7 @@ from typing import Any
 from varbench.core.files import atomic_write_bytes, atomic_write_png, atomic_write_text, read_rgb
 from varbench.core.progress import progress_bar
 from varbench.plan.manifest import write_manifest
-from varbench.plan.planner import Plan
+from varbench.plan.planner import RunPlan
 
 PLAN_COLUMNS = (
     "index",
@@ -38,7 +38,7 @@ def cond_file(cond_id: str) -> str:
     return f"conditioning/{cond_id}.png"
 
 
-def plan_rows(plan: Plan) -> list[dict[str, Any]]:
+def plan_rows(plan: RunPlan) -> list[dict[str, Any]]:
     """One row per sample slot, in plan order (the order of an ``.npz``'s ``arr_0``)."""
     return [
         {
@@ -58,7 +58,7 @@ def plan_rows(plan: Plan) -> list[dict[str, Any]]:
     ]
 
 
-def _readme(plan: Plan, n_cond: int) -> str:
+def _readme(plan: RunPlan, n_cond: int) -> str:
     spec, n = plan.spec, len(plan.slots)
     return f"""varbench plan: {spec.label} (protocol version {spec.version}, seed {spec.seed})
 manifest sha256: {plan.manifest.sha256}
@@ -85,7 +85,7 @@ Score them (the same --data and --set as this export):
 """
 
 
-def export_plan(plan: Plan, out: Path) -> dict[str, Any]:
+def export_plan(plan: RunPlan, out: Path) -> dict[str, Any]:
     """Write the plan's files under ``out``; returns a summary (JSON-ready)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

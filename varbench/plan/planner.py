@@ -55,7 +55,7 @@ def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> Data
 
 
 @dataclass(frozen=True)
-class Plan:
+class RunPlan:
     """The exact files and sample slots of one protocol on one dataset."""
 
     spec: ProtocolSpec
@@ -73,12 +73,12 @@ class Plan:
         return [(c.index, f) for c in self.manifest.classes for f in c.conditioning]
 
 
-def make_plan(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> Plan:
+def make_plan(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> RunPlan:
     """List and validate the dataset, select the manifest, and lay out every sample slot."""
     listing = load_dataset(spec, data, cache_dir)
     manifest, _ = build_manifest(spec, listing, cache_dir)
     slots = tuple(sample_slots(manifest, spec.samples_per_cond, spec.seed))
-    return Plan(spec=spec, listing=listing, manifest=manifest, slots=slots)
+    return RunPlan(spec=spec, listing=listing, manifest=manifest, slots=slots)
 
 
 def run_id(name: str, spec: ProtocolSpec, base_key: Mapping[str, Any], manifest: Manifest) -> str:
@@ -107,4 +107,4 @@ def check_drift(out: Path, base_key: Mapping[str, Any], manifest: Manifest, root
             check_same(stored, manifest, run_json.parent)
 
 
-__all__ = ["Plan", "make_plan", "load_dataset", "parse_sets", "run_id", "check_drift"]
+__all__ = ["RunPlan", "make_plan", "load_dataset", "parse_sets", "run_id", "check_drift"]
