@@ -117,7 +117,7 @@ def test_racing_breakers_never_hold_at_once(tmp_path, monkeypatch, token):
 
 BREAKER = (
     "import os, sys, time\n"
-    "from varbench import locks\n"
+    f"import {locks.__name__} as locks\n"
     "make = locks._create\n"
     "def create(p, token):\n"
     "    made = make(p, token)\n"
@@ -131,8 +131,8 @@ BREAKER = (
 
 def breaker(path: Path, how: str) -> subprocess.Popen:
     """A process that claims the right to break ``path``, then dies or hangs."""
-    src = str(Path(locks.__file__).parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's varbench
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", BREAKER, str(path), how], env=env)
     deadline = time.monotonic() + 60
     while not [p for p in path.parent.iterdir() if ".break-" in p.name]:
