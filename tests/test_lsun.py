@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import struct
 from pathlib import Path
 
 import lmdb
@@ -107,6 +108,58 @@ def test_tree_walk_refuses_layouts_it_does_not_know(tmp_path):
     env.close()
     with pytest.raises(LmdbLayoutError):
         list(iter_keys(tmp_path / "dup"))
+
+
+def _root_leaf(db: Path) -> tuple[bytearray, int, int]:
+    """The bytes of ``db``/data.mdb, its page size and the offset of its root page (a leaf)."""
+    raw = bytearray((db / "data.mdb").read_bytes())
+    psize = struct.unpack_from("<I", raw, 16 + 24)[0]  # the free db's md_pad holds the page size
+    # each meta page: header, magic .. mapsize, free db, main db (its root at 128), txnid at 144
+    _txnid, root = max(struct.unpack_from("<128xQ8xQ", raw, at)[::-1] for at in (0, psize))
+    assert raw[root * psize + 10] == 0x02  # P_LEAF: a few small entries fit in the root
+    return raw, psize, root * psize
+
+
+@pytest.mark.parametrize("reach", ["far", "page", "one_byte"])
+def test_corrupt_key_size_is_a_layout_error_naming_the_file(tmp_path, reach):
+    """A leaf node's key size pointing past its page is refused, not sliced into a short key."""
+    db = tmp_path / "db"
+    env = lmdb.open(str(db), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(5):
+            txn.put(lsun_key(i), b"v" * 10)
+    env.close()
+    assert list(iter_keys(db)) == sorted(lsun_key(i) for i in range(5))
+    raw, psize, at = _root_leaf(db)
+    lower, upper = struct.unpack_from("<HH", raw, at + 12)
+    assert lower == 16 + 2 * 5
+    (node,) = struct.unpack_from("<H", raw, at + 16 + 2 * 4)  # the last (largest) key's node
+    assert struct.unpack_from("<H", raw, at + node + 6) == (40,)  # its key size: 40 hex digits
+    ksize = {"far": 0xFFFF, "page": psize, "one_byte": psize - node - 8 + 1}[reach]
+    struct.pack_into("<H", raw, at + node + 6, ksize)
+    (db / "data.mdb").write_bytes(raw)
+    with pytest.raises(LmdbLayoutError, match="key size") as err:
+        list(iter_keys(db))
+    assert str(db / "data.mdb") in str(err.value)
+    assert "outside the page" in str(err.value)
+
+
+def test_key_out_of_order_is_a_layout_error(tmp_path):
+    """A key changed in place so the leaf is no longer sorted: refused, not yielded."""
+    db = tmp_path / "db"
+    env = lmdb.open(str(db), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for key in (b"aa", b"bb", b"cc"):
+            txn.put(key, b"1")
+    env.close()
+    raw, _psize, at = _root_leaf(db)
+    (node,) = struct.unpack_from("<H", raw, at + 16 + 2 * 1)  # b"bb"
+    assert raw[at + node + 8 : at + node + 10] == b"bb"
+    raw[at + node + 8 : at + node + 10] = b"zz"
+    (db / "data.mdb").write_bytes(raw)
+    with pytest.raises(LmdbLayoutError, match="out of order") as err:
+        list(iter_keys(db))
+    assert str(db / "data.mdb") in str(err.value)
 
 
 def test_cursor_fallback_selects_the_same(church, tmp_path, monkeypatch):

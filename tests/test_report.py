@@ -154,7 +154,7 @@ def test_closest_pairs_and_memorisation_render(runs, tmp_path):
 
 
 def test_report_in_headless_chromium(report, tmp_path):
-    from cdp import chromium_binary, open_page
+    from browser import chromium_binary, open_page
 
     if chromium_binary() is None:
         if os.environ.get("VARBENCH_REQUIRE_BROWSER"):  # set by .ci/run: never skip there

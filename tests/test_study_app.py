@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cdp import Browser, chromium_binary
+from browser import Browser, chromium_binary
 from conftest import run_cli
 from scipy import stats as sps
 from study_helpers import Server, next_trial, request, vote
