@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from varbench import locks
-from varbench.locks import FileLock, LockHeldError, read_holder
+from varbench.core import locks
+from varbench.core.locks import FileLock, LockHeldError, read_holder
 
 
 def plant_stale(path: Path, token: str | None = "old") -> None:
