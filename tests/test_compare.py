@@ -207,7 +207,7 @@ def test_point_scored_without_recorded_options_is_read_with_defaults_and_a_warni
 
 
 def test_leaderboard_json_and_report_show_best_against_best(two_runs):
-    from varbench.cli import Format  # noqa: F401 - the CLI's json path calls the same function
+    from varbench.cli.common import Format  # noqa: F401 - the CLI's json path calls the same function
     from varbench.present.compare import attach_to_leaderboard
     from varbench.present.leaderboard import collect, render, select
     from varbench.present.report import build_report
