@@ -229,12 +229,12 @@ def paired_html(runs: list[RunView]) -> str:
     return "".join(out)
 
 
-def _figure_html(fig: Any, caption: str) -> str:
-    from varbench.present import plots
+def _figure_html(fig: Any, caption: str, salt: str) -> str:
+    from varbench.present.report_templates import figure_svg
 
     if fig is None:
         return ""
-    svg = plots.to_svg(fig)
+    svg = figure_svg(fig, salt)
     return f'<figure>{svg}<figcaption class="note">{esc(caption)}</figcaption></figure>'
 
 
@@ -358,6 +358,7 @@ def contrast_html(measured: pd.DataFrame, protocols: list[str]) -> str:
             plots.contrast_figure(panels),
             "Recall on a one-shot protocol (solid) and on its full-set counterpart (dashed) "
             "against guidance, per model (Semantica Fig. 3); bars: intervals.",
+            "contrast",
         )
     if missing:
         html += (
@@ -379,7 +380,6 @@ def build_report(
     from varbench.runs.results import published_results
 
     opts = opts or ReportOptions()
-    t0 = time.perf_counter()
     runs = load_runs(runs_dir, protocols)
     measured = measured_frame(runs)
     published = published_results()
@@ -420,12 +420,14 @@ def build_report(
                 plots.sweep_figure(m, p, protocol),
                 "Metrics against the sweep parameter; bars/bands: intervals; "
                 "hollow diamonds: published values.",
+                f"sweep {protocol}",
             )
         )
         body.append(
             _figure_html(
                 plots.pr_figure(m, p, protocol),
                 "Precision-recall plane: every model and sweep point.",
+                f"pr {protocol}",
             )
         )
     body.append(contrast_html(measured, names))
@@ -435,13 +437,15 @@ def build_report(
         vendi = plots.vendi_figure(run)
         if vendi is not None:
             caption = "Vendi score of each conditioning image's variations (distribution)."
-            body.append("<h3>Diversity</h3>" + _figure_html(vendi, caption))
+            body.append("<h3>Diversity</h3>" + _figure_html(vendi, caption, f"vendi {run.run_id}"))
         fig = plots.memorisation_figure(run)
         body.append(
             "<h3>Memorisation</h3>"
             + (
                 _figure_html(
-                    fig, "Nearest-neighbour distance of samples vs held-out reals (2SDM Fig. 6)."
+                    fig,
+                    "Nearest-neighbour distance of samples vs held-out reals (2SDM Fig. 6).",
+                    f"memorisation {run.run_id}",
                 )
                 if fig is not None
                 else '<p class="note">No memorisation artifact in this run.</p>'
@@ -453,7 +457,6 @@ def build_report(
             body.append("<h4>Samples</h4>" + grid_html(point, opts, thumbs))
             body.append("<h4>Closest to a reference</h4>" + closest_html(point, opts, thumbs))
             body.append("<h4>Worst classes</h4>" + worst_classes_html(point, opts))
-    body.append(f'<p class="note">Built in {time.perf_counter() - t0:.1f} s.</p>')
     digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode("ascii")
     csp = (
         f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -474,7 +477,10 @@ def write_report(
     studies: list[Path] | None = None,
 ) -> Path:
     """Build the report and write it atomically to ``out`` (nothing else is written)."""
+    t0 = time.perf_counter()
     text = build_report(runs_dir, protocols, opts, studies)
     atomic_write_text(out, text)
-    log.info("wrote %s (%.1f MB)", out, len(text.encode()) / 1e6)
+    log.info(
+        "wrote %s (%.1f MB) in %.1f s", out, len(text.encode()) / 1e6, time.perf_counter() - t0
+    )
     return Path(out)

@@ -78,7 +78,7 @@ def study_html(studies: list[Path], measured: pd.DataFrame) -> str:
     """The report's "Human preference" section: table beside FID/recall, and the plot."""
     from html import escape
 
-    from varbench.present import plots
+    from varbench.present.report_templates import figure_svg
 
     rows = study_rows(studies)
     if rows.empty:
@@ -111,6 +111,6 @@ def study_html(studies: list[Path], measured: pd.DataFrame) -> str:
     out.append("</tbody></table>")
     fig = preference_figure(rows)
     if fig is not None:
-        out.append(f"<figure>{plots.to_svg(fig)}<figcaption class=\"note\">Human preference "
+        out.append(f"<figure>{figure_svg(fig, 'human preference')}<figcaption class=\"note\">Human preference "
                    "with its 95 % intervals; dashed: no preference.</figcaption></figure>")  # fmt: skip
     return "\n".join(out)
