@@ -86,7 +86,7 @@ class ReportOptions:
 class Thumbnails:
     """JPEG thumbnails as data URIs, each file encoded once."""
 
-    def __init__(self, size: int, quality: int):
+    def __init__(self, size: int, quality: int) -> None:
         self.size, self.quality = size, quality
         self._cache: dict[Path, Markup] = {}
 

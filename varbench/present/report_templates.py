@@ -68,12 +68,10 @@ class Figure:
 
 
 def figure_svg(fig: Any, salt: str) -> Markup:
-    """``fig`` as an inline ``<svg>`` element, closed after; deterministic for the same ``salt``.
-
-    Matplotlib names clip paths and markers by a hash salted with a fresh UUID and stamps the
-    date unless told otherwise; a fixed salt per figure (unique within the report, so ids never
-    collide across figures) and no date make two builds of the same runs byte-identical.
-    """
+    """``fig`` as an inline ``<svg>`` element (then closed), the same bytes for the same salt."""
+    # Matplotlib names clip paths and markers by a hash salted with a fresh UUID and stamps the
+    # date unless told otherwise: a fixed salt per figure (unique within the report, so ids never
+    # collide across figures) and no date make two builds of the same runs byte-identical.
     import matplotlib.pyplot as plt
 
     from varbench.present.plots import RC
