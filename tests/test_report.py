@@ -11,6 +11,7 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,84 @@ def test_closest_pairs_and_memorisation_render(runs, tmp_path):
     section = text[text.index("Closest to a reference") :]
     assert "d = 0.0125" in section and "d = 0.5<" in section and "d = 0.501<" in section
     assert "memorisation" in text.lower() and "held-out reals" in text
+
+
+# Hostile strings in a run's own results (model name, params, notes): markup, an attribute
+# break-out, an entity that must stay literal, and non-ASCII text that must stay verbatim.
+HOSTILE_MODEL = "copy<script>alert(1)</script>\"onmouseover=alert(2) x='&amp; ünïcødé ✓"
+HOSTILE_PARAMS = '{"note": "<script>alert(3)</script>", "q": "\\"onmouseover=alert(4) &amp;"}'
+HOSTILE_NOTES = '<script>alert(5)</script> "onmouseover=alert(6) &amp; 注意'
+
+
+class _Tags(HTMLParser):
+    """Every start tag with its attributes, and the text of each td (decoded by the parser)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.cells: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+        if tag == "td":
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None:
+            self.cells.append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _hostile_fixture(runs: Path, tmp_path: Path) -> Path:
+    """The copy and oracle runs, the copy run's model name, params and notes made hostile."""
+    import shutil
+
+    from varbench.runs.results import read_results, write_results
+
+    out = tmp_path / "runs"
+    for model in ("copy", "oracle"):
+        src = next(p.parent for p in runs.glob(f"{model}-*/run.json"))
+        shutil.copytree(src, out / src.name)
+    run = next(out.glob("copy-*"))
+    rows = read_results(run / "results.parquet").to_dict("records")
+    for row in rows:  # params are not JSON any more: the point keeps its folder ("default")
+        row.update(model=HOSTILE_MODEL, params=HOSTILE_PARAMS[1:], notes=HOSTILE_NOTES)
+    write_results(run / "results.parquet", rows)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "model": HOSTILE_MODEL}))
+    return out
+
+
+def test_hostile_results_strings_are_escaped_and_the_report_is_deterministic(runs, tmp_path):
+    from markupsafe import escape
+
+    from varbench.present.report import ReportOptions, build_report
+
+    opts = ReportOptions(grid_classes=1, grid_samples=1, closest=0, worst_classes=1)
+    folder = _hostile_fixture(runs, tmp_path)
+    text = build_report(folder, opts=opts)
+    assert build_report(folder, opts=opts) == text  # the same runs give the same bytes
+    assert "<script>alert" not in text.lower()
+    params = HOSTILE_PARAMS[1:]
+    for value in (HOSTILE_MODEL, params, HOSTILE_NOTES):
+        assert str(escape(value)) in text  # escaped once: &amp; arrives as &amp;amp;
+    assert "&amp;amp;" in text and "ünïcødé ✓" in text and "注意" in text  # UTF-8, not entities
+    parser = _Tags()
+    parser.feed(text)
+    assert [t for t, _ in parser.tags].count("script") == 1  # the page's own sorting script
+    assert not [(t, a) for t, attrs in parser.tags for a, _ in attrs if a.startswith("on")]
+    # Decoded, the cells show the data exactly: leaderboard (model, params), per-point notes.
+    assert HOSTILE_MODEL in parser.cells and params in parser.cells
+    assert HOSTILE_NOTES in parser.cells
+    heading = f"<h2>Run {next(folder.glob('copy-*')).name}</h2><p>{escape(HOSTILE_MODEL)} on "
+    assert heading in text
+    table = text[text.index('<table id="paired">') :]
+    assert str(escape(HOSTILE_MODEL)) in table[: table.index("</table>")]
 
 
 def test_report_in_headless_chromium(report, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -74,43 +75,35 @@ def _num(v, fmt: str = "{:.3g}") -> str:
     return "" if f != f else fmt.format(f)
 
 
-def study_html(studies: list[Path], measured: pd.DataFrame) -> str:
-    """The report's "Human preference" section: table beside FID/recall, and the plot."""
-    from html import escape
-
-    from varbench.present import plots
+def study_section(studies: list[Path], measured: pd.DataFrame) -> dict[str, Any] | None:
+    """The report's "Human preference" section (templates/study.html): rows beside FID/recall."""
+    from varbench.present.report_templates import figure
 
     rows = study_rows(studies)
     if rows.empty:
-        return ""
+        return None
     metrics = [c for c in ("fid", "recall") if c in measured]
     if not measured.empty and metrics:
         rows = rows.merge(measured[["run_id", "params", *metrics]], on=["run_id", "params"],
                           how="left")  # fmt: skip
     head = ["system", "params", "preferred %", "Wilson 95 %", "bootstrap 95 %", "Elo",
             "votes", "raters", *metrics]  # fmt: skip
-    out = ['<h2 id="human-preference">Human preference</h2>',
-           '<p class="note">Share of its comparisons each system won in the study (ties half). '
-           "Wilson: binomial interval on votes, the kind the Semantica paper reports; bootstrap: "
-           "raters and conditioning images resampled (wider when votes cluster). Elo: "
-           "Bradley-Terry, 95 % bootstrap over battles.</p>",
-           '<table id="human-preference-table"><thead><tr>']  # fmt: skip
-    out += [f"<th>{escape(h)}</th>" for h in head]
-    out.append("</tr></thead><tbody>")
     pct = "{:.1f}"
-    for r in rows.to_dict("records"):
-        cells = [
-            escape(str(r["system"])), escape(str(r["params"])), _num(100 * r["human_pref"], pct),
+    cells = [
+        [
+            str(r["system"]),
+            str(r["params"]),
+            _num(100 * r["human_pref"], pct),
             f"[{_num(100 * r['human_pref_wilson_lo'], pct)}, {_num(100 * r['human_pref_wilson_hi'], pct)}]",
             f"[{_num(100 * r['human_pref_bootstrap_lo'], pct)}, {_num(100 * r['human_pref_bootstrap_hi'], pct)}]",
             f"{_num(r['human_elo'], '{:.0f}')} [{_num(r['human_elo_lo'], '{:.0f}')}, "
             f"{_num(r['human_elo_hi'], '{:.0f}')}]",
-            str(r["human_votes"]), str(r["human_raters"]), *(_num(r.get(m)) for m in metrics),
+            str(r["human_votes"]),
+            str(r["human_raters"]),
+            *(_num(r.get(m)) for m in metrics),
         ]  # fmt: skip
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    out.append("</tbody></table>")
-    fig = preference_figure(rows)
-    if fig is not None:
-        out.append(f"<figure>{plots.to_svg(fig)}<figcaption class=\"note\">Human preference "
-                   "with its 95 % intervals; dashed: no preference.</figcaption></figure>")  # fmt: skip
-    return "\n".join(out)
+        for r in rows.to_dict("records")
+    ]
+    caption = "Human preference with its 95 % intervals; dashed: no preference."
+    fig = figure(preference_figure(rows), caption, "human preference")
+    return {"head": head, "rows": cells, "figure": fig}
