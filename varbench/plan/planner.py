@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +22,6 @@ from varbench.plan.protocol import ProtocolSpec
 from varbench.plan.slots import SampleSlot, generation_groups, sample_slots
 
 log = logging.getLogger(__name__)
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, str]:
-    """``["a=1", "b=x,y"]`` -> dict; malformed items are a usage error."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE (e.g. --set guidance=1,4)")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> DatasetListing:
@@ -107,4 +96,4 @@ def check_drift(out: Path, base_key: Mapping[str, Any], manifest: Manifest, root
             check_same(stored, manifest, run_json.parent)
 
 
-__all__ = ["RunPlan", "make_plan", "load_dataset", "parse_sets", "run_id", "check_drift"]
+__all__ = ["RunPlan", "make_plan", "load_dataset", "run_id", "check_drift"]

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from varbench.core.env import default_cache_dir
 from varbench.metrics import metric_options, metric_registry
 from varbench.score.contexts import FolderContext, folder_prep
 from varbench.score.point import check_weights, resolve_metric_names
@@ -32,8 +33,6 @@ def score_folders(
     ``prepare``/``resolution`` apply a named preparation to both folders' images first
     (default: none, so the numbers equal torch-fidelity's on the same folders).
     """
-    from varbench.core.env import default_cache_dir
-
     if Path(real_dir).is_file():  # a reference batch / statistics file (varbench.score.statsfile)
         return score_against_file(
             real_dir, fake_dir, metrics, encoder, weights, sets, device, cache_dir, prepare,

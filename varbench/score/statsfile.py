@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from varbench.core.env import default_cache_dir
 from varbench.core.files import atomic_write_bytes
 from varbench.core.hashing import pixel_sha256
 from varbench.core.images import read_dataset_image
@@ -326,8 +327,6 @@ def score_against_file(
     resolution: int | None = None,
 ) -> dict[str, Any]:
     """``varbench metrics`` with ``--real`` a reference file instead of a folder."""
-    from varbench.core.env import default_cache_dir
-
     prep = folder_prep(prepare, resolution)
     names = resolve_metric_names(metrics)
     options = metric_options(sets or {})
@@ -371,7 +370,6 @@ def reference_statistics(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(mu, sigma, provenance) of a folder's images in an encoder's feature space."""
     import varbench
-    from varbench.core.env import default_cache_dir
 
     prep = folder_prep(prepare, resolution)
     ctx = ReferenceContext(
