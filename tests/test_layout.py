@@ -151,3 +151,14 @@ def test_adapters_use_only_the_plugin_api():
     assert not wrong, "adapters import beyond varbench.adapter/varbench.errors:\n" + "\n".join(
         wrong
     )
+
+
+def test_every_package_is_in_pyprojects_explicit_list():
+    """A package missing from ``[tool.setuptools] packages`` would be absent from the wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {module_name(p) for p in PKG.rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject's packages: {sorted(found - listed)}"
