@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 TRIAL_RE = re.compile(r'name="trial" value="(\d+)"')
+TOKEN_RE = re.compile(r"/r/([A-Za-z0-9_-]+)")
 
 
 def free_port() -> int:
@@ -23,14 +24,15 @@ def free_port() -> int:
 class Server:
     """`varbench study serve FILE` in a subprocess on 127.0.0.1 (start, kill, restart)."""
 
-    def __init__(self, study: Path, port: int | None = None):
+    def __init__(self, study: Path, port: int | None = None, args: tuple[str, ...] = ()):
         self.study, self.port = Path(study), port or free_port()
+        self.args = tuple(args)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "varbench.cli", "study", "serve", str(self.study),
-             "--port", str(self.port)],
+             "--port", str(self.port), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ},
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -38,7 +40,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()}")
             try:
-                status, _, _ = request(self.port, "GET", "/")
+                status, _, _ = request(self.port, "GET", self.root + "/")
                 if status == 404:
                     return self
             except OSError:
@@ -61,8 +63,17 @@ class Server:
                 self.proc.wait()
 
     @property
+    def root(self) -> str:
+        return self.args[self.args.index("--root-path") + 1] if "--root-path" in self.args else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.root}"
 
     def __enter__(self) -> Server:
         return self.start()
@@ -86,20 +97,45 @@ def request(port: int, method: str, path: str, body: str | None = None,
         con.close()
 
 
-def next_trial(port: int, token: str) -> int | None:
-    """The trial the rater's page shows now (None on the thank-you page)."""
-    status, _, body = request(port, "GET", f"/r/{token}?start=1")
+def page(port: int, token: str, root: str = "") -> str:
+    """The rater's page now (after the instructions)."""
+    status, _, body = request(port, "GET", f"{root}/r/{token}?start=1")
     if status != 200:
         raise AssertionError(f"GET /r/<token>: {status}")
-    m = TRIAL_RE.search(body.decode())
+    return body.decode()
+
+
+def next_trial(port: int, token: str, root: str = "") -> int | None:
+    """The trial the rater's page shows now (None on an end page)."""
+    m = TRIAL_RE.search(page(port, token, root))
     return int(m.group(1)) if m else None
 
 
-def vote(port: int, token: str, trial: int, choice: str, ms: int = 1000) -> str:
+def vote(port: int, token: str, trial: int, choice: str, ms: int = 1000, root: str = "") -> str:
     """POST one vote like the page's form; returns the server's X-Vote (stored | duplicate)."""
     status, headers, _ = request(
-        port, "POST", f"/r/{token}/vote", f"token={token}&trial={trial}&choice={choice}&ms={ms}"
-    )
+        port, "POST", f"{root}/r/{token}/vote",
+        f"token={token}&trial={trial}&choice={choice}&ms={ms}",
+    )  # fmt: skip
     if status != 303:
         raise AssertionError(f"vote: HTTP {status}")
     return headers.get("x-vote", "")
+
+
+def join(port: int, query: str, root: str = "") -> str:
+    """Arrive through the public join link with ``query``; return the rater's token."""
+    status, headers, body = request(port, "GET", f"{root}/join?{query}")
+    if status != 303:
+        raise AssertionError(f"join: HTTP {status}: {body[:200]!r}")
+    m = TOKEN_RE.search(headers["location"])
+    assert m, headers["location"]
+    return m.group(1)
+
+
+def practice(port: int, token: str, expected: dict[int, str], root: str = "") -> int:
+    """Answer the practice trials correctly; return how many there were."""
+    n = 0
+    while (trial := next_trial(port, token, root)) in expected:
+        vote(port, token, trial, expected[trial], root=root)
+        n += 1
+    return n
