@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import http.client
 import os
+import random
 import re
 import socket
 import subprocess
@@ -139,3 +141,139 @@ def practice(port: int, token: str, expected: dict[int, str], root: str = "") ->
         vote(port, token, trial, expected[trial], root=root)
         n += 1
     return n
+
+
+CODE_RE = re.compile(r'id="code">([^<]+)<')
+REFRESH_RE = re.compile(r'http-equiv="refresh" content="\d+;url=([^"]+)"')
+
+
+def trial_info(study: Path) -> dict[int, tuple[str, str | None, str]]:
+    """trial id -> (kind, expected side, left system), read straight from the file."""
+    import sqlite3
+
+    with sqlite3.connect(study) as con:
+        rows = con.execute("SELECT id, kind, expected, left_model FROM trials").fetchall()
+    return {int(i): (k, e, lm) for i, k, e, lm in rows}
+
+
+class Crowd:
+    """Platform participants arriving through one join link, each in their own thread.
+
+    Kinds: ``good`` (answers checks right, prefers ``favourite`` 70 % of the time), ``left``
+    (always clicks left), ``abandon`` (votes ``abandon_after`` times, then closes the tab). A
+    participant who finds every place taken retries until ``deadline_s``, as a platform reopens
+    places when slices come back.
+    """
+
+    def __init__(self, port: int, study: Path, kinds: list[str], root: str = "",
+                 favourite: str = "oracle", abandon_after: int = 3, deadline_s: float = 240,
+                 query: str = "PROLIFIC_PID={pid}&STUDY_ID=s25&SESSION_ID=x{pid}"):  # fmt: skip
+        import threading
+
+        self.port, self.root, self.kinds = port, root, kinds
+        self.info = trial_info(study)
+        self.favourite, self.abandon_after, self.query = favourite, abandon_after, query
+        self.deadline = time.monotonic() + deadline_s
+        self.lock = threading.Lock()
+        self.sent: list[tuple[str, int]] = []  # (participant id, trial)
+        self.acked: list[tuple[str, int]] = []
+        self.latency_ms: list[float] = []
+        self.outcomes: dict[str, dict] = {}
+        self.errors: list[str] = []
+
+    def pid(self, i: int) -> str:
+        return f"5f{i:022x}"  # Prolific ids: 24 hex characters
+
+    def _get(self, path: str) -> str:
+        status, _, body = request(self.port, "GET", self.root + path)
+        if status != 200:
+            raise AssertionError(f"GET {path.split('?')[0][:10]}...: HTTP {status}")
+        return body.decode()
+
+    def _post(self, token: str, what: str, body: str) -> tuple[int, dict]:
+        status, headers, _ = request(self.port, "POST", f"{self.root}/r/{token}/{what}",
+                                     f"token={token}&{body}")  # fmt: skip
+        return status, headers
+
+    def _choice(self, i: int, kind: str, trial: int) -> str:
+        t_kind, expected, left = self.info[trial]
+        if kind == "left":
+            return "left"
+        if t_kind in ("check", "practice"):
+            return str(expected)
+        rng = random.Random(i * 1_000_003 + trial)
+        return "left" if (left == self.favourite) == (rng.random() < 0.7) else "right"
+
+    def participant(self, i: int) -> None:
+        kind, pid = self.kinds[i], self.pid(i)
+        try:
+            token = join(self.port, self.query.format(pid=pid), self.root)
+            page_ = self._get(f"/r/{token}")
+            if 'id="consent-page"' in page_:
+                assert self._post(token, "consent", "agree=yes&decision=agree")[0] == 303
+                page_ = self._get(f"/r/{token}")
+            if 'id="questions"' in page_:
+                assert self._post(token, "answers", "age=31&vision=yes")[0] == 303
+            assert 'id="duration"' in self._get(f"/r/{token}")
+            votes = 0
+            while time.monotonic() < self.deadline:
+                page_ = self._get(f"/r/{token}?start=1")
+                m = TRIAL_RE.search(page_)
+                if m is None:
+                    if "No places left" in page_:
+                        time.sleep(0.3)
+                        continue
+                    code = CODE_RE.search(page_)
+                    url = REFRESH_RE.search(page_)
+                    with self.lock:
+                        self.outcomes[pid] = {
+                            "kind": kind, "screened": 'id="screenout"' in page_,
+                            "code": code.group(1) if code else None,
+                            "redirect": html.unescape(url.group(1)) if url else None,
+                        }  # fmt: skip
+                    return
+                trial = int(m.group(1))
+                if kind == "abandon" and votes >= self.abandon_after:
+                    with self.lock:
+                        self.outcomes[pid] = {"kind": kind, "abandoned": True}
+                    return
+                pick = self._choice(i, kind, trial)
+                ms = 800 + (i * 37 + trial * 11) % 1500
+                with self.lock:
+                    self.sent.append((pid, trial))
+                t0 = time.perf_counter()
+                status, headers = self._post(token, "vote", f"trial={trial}&choice={pick}&ms={ms}")
+                took = (time.perf_counter() - t0) * 1000
+                if status != 303:
+                    raise AssertionError(f"vote: HTTP {status}")
+                with self.lock:
+                    if self.info[trial][0] != "practice":
+                        self.acked.append((pid, trial))
+                        self.latency_ms.append(took)
+                if self.info[trial][0] == "practice":
+                    assert "feedback=" in headers["location"]
+                    self._get(headers["location"][len(self.root):])
+                else:
+                    votes += 1
+            raise AssertionError("deadline passed")
+        except Exception as exc:  # collected, reported by the test
+            with self.lock:
+                self.errors.append(f"{kind} {pid}: {exc!r}")
+
+    def run(self, workers: int = 12, stagger_s: float = 0.02) -> Crowd:
+        """All participants, ``workers`` at a time, arriving ``stagger_s`` apart."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            for i in range(len(self.kinds)):
+                pool.submit(self.participant, i)
+                time.sleep(stagger_s)
+        return self
+
+
+def crowd_kinds(n: int = 60, abandon: float = 0.1, left: float = 0.1, seed: int = 0) -> list[str]:
+    """``n`` participant kinds; abandoners come early so their slices must be reclaimed."""
+    n_ab, n_left = round(n * abandon), round(n * left)
+    rest = ["left"] * n_left + ["good"] * (n - n_ab - n_left)
+    random.Random(seed).shuffle(rest)
+    return ["abandon"] * n_ab + rest
