@@ -277,3 +277,9 @@ def crowd_kinds(n: int = 60, abandon: float = 0.1, left: float = 0.1, seed: int 
     rest = ["left"] * n_left + ["good"] * (n - n_ab - n_left)
     random.Random(seed).shuffle(rest)
     return ["abandon"] * n_ab + rest
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m varbench.cli ARGS` cold (about 1 s: the study commands import no torch)."""
+    return subprocess.run([sys.executable, "-m", "varbench.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ})  # fmt: skip

@@ -14,8 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
-from study_helpers import Crowd, Server, crowd_kinds, join, next_trial, request, trial_info, vote
+from study_helpers import (
+    Crowd,
+    Server,
+    cli,
+    crowd_kinds,
+    join,
+    next_trial,
+    request,
+    trial_info,
+    vote,
+)
 
 PLANNED = 3
 SLICES = 16
@@ -279,8 +288,8 @@ def test_a_returning_rater_gets_their_own_slice_back(runs, tmp_path):
     (("--completion-code", "a b"), "--completion-code"),
 ])  # fmt: skip
 def test_bad_create_flags_are_one_clear_error(runs, tmp_path, extra, words):
-    proc = run_cli("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
-                   "copy,oracle", "--out", str(tmp_path / "x.sqlite"), *extra, check=False)  # fmt: skip
+    proc = cli("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
+               "copy,oracle", "--out", str(tmp_path / "x.sqlite"), *extra)  # fmt: skip
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.sqlite").exists()
 
@@ -288,7 +297,6 @@ def test_bad_create_flags_are_one_clear_error(runs, tmp_path, extra, words):
 def test_bad_questions_file_names_the_flag(runs, tmp_path):
     bad = tmp_path / "q.json"
     bad.write_text(json.dumps([{"id": "Age!", "text": "?", "type": "number"}]))
-    proc = run_cli("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
-                   "copy,oracle", "--out", str(tmp_path / "x.sqlite"), "--questions", str(bad),
-                   check=False)  # fmt: skip
+    proc = cli("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
+               "copy,oracle", "--out", str(tmp_path / "x.sqlite"), "--questions", str(bad))
     assert proc.returncode == 2 and "--questions" in proc.stderr and "lowercase" in proc.stderr
