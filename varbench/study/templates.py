@@ -58,7 +58,7 @@ START = """{% extends "base.html" %}{% block body %}
 <div class="box" id="instructions"><h1>Image variation study</h1>
 <p>{{ question }}</p>
 <p>Choose with a click on the image you prefer, or with the left and right arrow keys{%
- if allow_tie %} (down arrow: no preference){% endif %}. The buttons work once both images
+ if allow_tie %} (down arrow: no preference){% endif %}. The buttons work once all the images
 have loaded.</p>
 <p id="duration">{% if practice %}First {{ practice }} practice comparisons with feedback, then
 {% endif %}{{ total }} comparisons: about {{ minutes }} minute{{ "s" if minutes != 1 }}.
@@ -131,7 +131,7 @@ No preference (&darr;)</button>{% endif %}
 
 FEEDBACK = """{% extends "base.html" %}{% block body %}
 <div class="box" id="feedback"><h1>Practice</h1>
-{% if correct %}<p class="fb ok" id="correct">Right: the {{ expected }} image is the better
+{% if correct %}<p class="fb ok" id="correct">Correct: the {{ expected }} image is the better
 variation; the other one is scrambled.</p>{% else %}<p class="fb bad" id="wrong">Not quite: the
 {{ expected }} image is the better variation; the other one is scrambled. Some real
 comparisons are like this one and check attention.</p>{% endif %}
