@@ -382,6 +382,19 @@ def test_leaderboard_and_report_show_preference_beside_metrics(runs, small_study
         assert r["fid"] is not None and r["recall"] is not None
     assert by_model["copy"]["human_pref"] + by_model["oracle"]["human_pref"] == pytest.approx(1)
     assert by_model["augment"]["human_pref"] is None  # not in the study
+    # one rule everywhere: relax the stored rule and the leaderboard follows `results`
+    assert analyse(study)["excluded_raters"] == [3]
+    cli_json("study", "rule", str(study), "--max-side-share", "1", "--max-failed-checks", "9")
+    relaxed = {r["system"]: r for r in analyse(study)["per_system"]}
+    assert analyse(study)["excluded_raters"] == []
+    rows = cli_json("leaderboard", "--runs", str(runs), "--study", str(study), "--format",
+                    "json", "--no-published")  # fmt: skip
+    for r in rows:
+        if r["model"] in relaxed:
+            assert r["human_pref"] == pytest.approx(relaxed[r["model"]]["human_pref"])
+            assert r["human_votes"] == relaxed[r["model"]]["votes"]
+    assert relaxed["copy"]["votes"] > shares["copy"]["votes"]  # rater 3's votes count now
+    cli_json("study", "rule", str(study), "--max-side-share", "0.9", "--max-failed-checks", "1")
     html = tmp_path / "report.html"
     cli_json("report", "--runs", str(runs), "--study", str(study), "--out", str(html),
              "--grid-classes", "1", "--grid-samples", "1", "--closest", "0")  # fmt: skip
@@ -391,6 +404,27 @@ def test_leaderboard_and_report_show_preference_beside_metrics(runs, small_study
     assert table.count("<tr>") == 3  # header + copy + oracle
     assert f"{100 * shares['oracle']['human_pref']:.1f}" in table
     assert "<svg" in section[: section.index("</figure>")]
+
+
+def test_runs_of_different_sizes_are_stored_alike_with_a_warning(runs, tmp_path):
+    mixed = tmp_path / "runs"
+    shutil.copytree(runs, mixed)
+    for png in mixed.glob("oracle-*/points/*/samples/**/*.png"):
+        with Image.open(png) as im:
+            im.convert("RGB").resize((96, 80)).save(png)
+    out = cli_json("study", "create", "--runs", str(mixed), "-p", "demo_1shot", "--models",
+                   "copy,oracle", "--trials", "4", "--out", str(tmp_path / "m.sqlite"),
+                   "--image-px", "128", "--image-format", "png")  # fmt: skip
+    warning = next(w for w in out["warnings"] if "differ in size" in w)
+    assert "copy: 64x64" in warning and "oracle: 96x80" in warning
+    t = _trials(tmp_path / "m.sqlite")
+    ids = {i for col in ("left_images", "right_images") for x in t[col] for i in json.loads(x)}
+    with sqlite3.connect(tmp_path / "m.sqlite") as con:
+        rows = con.execute("SELECT id, mime, data FROM images").fetchall()
+    for i, mime, data in rows:
+        assert mime == "image/png"  # one format for every image
+        if i in ids:
+            assert Image.open(io.BytesIO(data)).size == (128, 128)
 
 
 def test_sets_of_samples_use_the_papers_prompt(runs, tmp_path):

@@ -135,6 +135,9 @@ def test_prolific_crowd_fills_every_slice_and_flags_the_clickers(prolific_study,
     for r in flagged.values():
         assert "attention checks" in r["reasons"] and "chose left" in r["reasons"]
         assert r["left_share"] == 1.0
+    se = cli_json("study", "results", str(study), "--format", "json", "--n-boot", "200",
+                  "--side-effect")["side_effect"]  # fmt: skip
+    assert se["lo"] <= se["left_elo_points"] <= se["hi"] and 0 < se["left_win_prob_even"] < 1
     pay = cli_json("study", "results", str(study), "--payments")
     assert set(pay["approve"]) == by_kind["good"] and set(pay["reject"]) == by_kind["left"]
     assert set(pay["unfinished"]) == by_kind["abandon"] and not pay["no_consent"]

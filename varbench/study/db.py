@@ -9,7 +9,6 @@ of the file carries no working link.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 import sqlite3
@@ -151,12 +150,6 @@ def open_study(path: Path, check: bool = True) -> sqlite3.Connection:
 def meta(con: sqlite3.Connection) -> dict[str, str]:
     """The study's key/value metadata."""
     return dict(con.execute("SELECT key, value FROM meta").fetchall())
-
-
-def meta_json(con: sqlite3.Connection, key: str, default=None):
-    """One metadata value stored as JSON (``default`` when absent)."""
-    row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return default if row is None else json.loads(row[0])
 
 
 def set_meta(con: sqlite3.Connection, key: str, value: str) -> None:
