@@ -267,8 +267,58 @@ def test_phone_width_participant(runs, tmp_path):
         page.wait_for_load_state()
         _ready(page)
         assert page.locator("#count").inner_text() == "1 / 7"
+        page.reload()  # a reload keeps the place
+        _ready(page)
+        assert page.locator("#count").inner_text() == "1 / 7"
+        ctx.close()  # the tab is gone; the platform's link resumes where the rater stopped
+        page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+        _watch(page, problems)
+        page.goto(f"{srv.base}/join?participant=phone1")
+        _ready(page)
+        assert page.locator("#count").inner_text() == "1 / 7"
         browser.close()
     assert not problems, problems
+
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def test_hostile_names_are_escaped(runs, tmp_path):
+    study = _create(runs, tmp_path / "hostile.sqlite", "--platform", "generic", "--practice", "0")
+    with sqlite3.connect(study) as con:
+        con.execute("UPDATE trials SET class_label = ?", (HOSTILE,))
+        con.execute("UPDATE meta SET value = ? WHERE key IN ('protocol', 'consent')", (HOSTILE,))
+    from typer.testing import CliRunner
+
+    from varbench.cli import app
+
+    out = CliRunner().invoke(app, ["study", "invite", str(study), "--raters", "1"])
+    admin = json.loads(out.stdout)["admin"].rsplit("/", 1)[1]
+    problems: list[str] = []
+    with Server(study) as srv, sync_playwright() as pw:
+        browser = _launch(pw)
+        page = browser.new_page()
+        _watch(page, problems)
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{srv.base}/join?participant=h1")
+        assert HOSTILE in page.locator("#consent-text").inner_text()
+        page.locator("#agree").check()
+        page.locator("#consent-yes").click()
+        page.locator("#q-age").fill("30")
+        page.locator("#q-vision").select_option("yes")
+        page.locator("#answers-send").click()
+        page.locator("#start").click()
+        _ready(page)
+        assert HOSTILE in page.locator("figcaption").inner_text()
+        page.locator("#left").click()
+        page.goto(f"{srv.base}/admin/{admin}")
+        assert HOSTILE in page.locator("body").inner_text() and "h1" in page.content()
+        for url in (f"{srv.base}/admin/{admin}",):
+            page.goto(url)
+            assert page.evaluate("document.querySelectorAll('img[onerror]').length") == 0
+        browser.close()
+    assert not dialogs and all("alert" not in p for p in problems), (dialogs, problems)
 
 
 def test_mturk_runs_in_its_iframe_and_posts_to_external_submit(runs, tmp_path):

@@ -165,6 +165,8 @@ def test_tokens_are_stored_hashed_and_odd_tokens_are_404(study, tmp_path):
         trial = next_trial(p, token)
         body = f"token={token[:-1]}%C3%A9&trial={trial}&choice=left&ms=9"
         assert request(p, "POST", f"/r/{token}/vote", body)[0] == 403  # never 500
+        many = "&".join(f"f{i}=1" for i in range(100))
+        assert request(p, "POST", f"/r/{token}/vote", f"token={token}&{many}")[0] == 413
         assert request(p, "GET", f"/admin/{admin}")[0] == 200
 
 

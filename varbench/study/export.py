@@ -3,7 +3,8 @@ anonymised copy of the study file.
 
 Votes: one row per vote, ready for a mixed model (rater and conditioning image as random
 effects). Raters: the exclusion rule's verdict and reasons per rater. Payments: the platform
-ids to approve (finished slice) and to reject (screened out by the study's rule).
+ids to approve (finished slice) and to reject (screened out by the study's rule); ``review``
+lists those who finished under an earlier rule that `study rule` has since tightened.
 """
 
 from __future__ import annotations
@@ -87,15 +88,16 @@ def payments(path: Path) -> dict:
     """Platform ids to approve and to reject, by the study's recorded rule."""
     _, raters = tables(path)
     public = raters[raters["external_id"].notna()]
-    out: dict[str, list] = {"approve": [], "reject": [], "no_consent": [], "unfinished": []}
+    out: dict[str, list] = {"approve": [], "reject": [], "review": [], "no_consent": [],
+                            "unfinished": []}  # fmt: skip
     details = []
     for r in public.to_dict("records"):
         ids = json.loads(r["platform_ids"] or "{}")
         if r["consent"] == "no":
             group = "no_consent"
-        elif r["slice_status"] == "finished" and not r["excluded"]:
-            group = "approve"
-        elif r["slice_status"] == "screened_out" or (r["excluded"] and r["slice_status"]):
+        elif r["slice_status"] == "finished":
+            group = "review" if r["excluded"] else "approve"
+        elif r["slice_status"] == "screened_out":
             group = "reject"
         else:
             group = "unfinished"

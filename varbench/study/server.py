@@ -90,7 +90,10 @@ async def read_form(request: Request, cap: int) -> dict[str, str]:
         if len(body) > cap:
             raise _TooLarge
     text = body.decode("utf-8", "replace")
-    return {k: v[0] for k, v in parse_qs(text, max_num_fields=64).items()}
+    try:
+        return {k: v[0] for k, v in parse_qs(text, max_num_fields=64).items()}
+    except ValueError:  # more fields than any of our forms has
+        raise _TooLarge from None
 
 
 def _same(a: str, b: str) -> bool:
