@@ -232,3 +232,16 @@ def test_run_index_paths_must_stay_inside_the_run(runs, tmp_path):
     proc = cli("study", "create", "--runs", str(evil), "-p", "demo_1shot", "--models",
                "copy,oracle", "--out", str(tmp_path / "x.sqlite"))  # fmt: skip
     assert proc.returncode == 2 and "outside the run's folder" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("opts,words", [
+    ({"slice_timeout_min": 0}, "--slice-timeout 0"),
+    ({"root_path": "study"}, "--root-path 'study'"),
+    ({"public_url": "lab.example.org"}, "--public-url 'lab.example.org'"),
+])  # fmt: skip
+def test_bad_serve_flags_name_the_flag(study, opts, words):
+    from varbench.errors import UsageError
+    from varbench.study.server import ServeOptions, make_app
+
+    with pytest.raises(UsageError, match=words.replace("'", ".")):
+        make_app(study, ServeOptions(**opts))

@@ -43,7 +43,6 @@ class StudyDB:
         self.systems = [s["label"] for s in json.loads(self.info.get("systems", "[]"))]
         self.layout = slices.layout_of(self.info)
         self.exit = Exit(**json.loads(self.info.get("exit", "{}")))
-        self.rule = ExclusionRule.from_json(self.info.get("rule"))
         self.consent = self.info.get("consent", "")
         self.questions = json.loads(self.info.get("questions", "[]"))
         self._local = threading.local()
@@ -193,7 +192,9 @@ class StudyDB:
             return "duplicate"
         if aid is not None:
             con.execute("UPDATE assignments SET last_seen = ? WHERE id = ?", (time.time(), aid))
-            slices.finish_if_complete(con, aid, rid, self.rule)
+            # the rule as stored now: `varbench study rule` may change it while serving
+            rule = con.execute("SELECT value FROM meta WHERE key = 'rule'").fetchone()
+            slices.finish_if_complete(con, aid, rid, ExclusionRule.from_json(rule and rule[0]))
         return "stored"
 
     # -- admin -----------------------------------------------------------------------------
