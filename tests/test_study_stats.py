@@ -103,14 +103,87 @@ def test_bradley_terry_recovers_a_known_ranking():
     a = rng.integers(0, n, 3000)
     b = (a + rng.integers(1, n, 3000)) % n
     y = (rng.random(3000) < _sigmoid(true[a] - true[b])).astype(float)
-    elo, lo, hi = stats.bt_bootstrap(y, a, b, n, n_boot=100, seed=0)
-    assert list(np.argsort(-elo)) == list(np.argsort(-true))
-    true_elo = stats.to_elo(true - true.mean())
-    assert np.all(lo <= elo) and np.all(elo <= hi)
-    assert np.mean((lo <= true_elo) & (true_elo <= hi)) >= 0.8
+    rater, image = rng.integers(0, 40, 3000), rng.integers(0, 25, 3000)
+    est, lo, hi = stats.bt_bootstrap(y, a, b, n, rater, image, n_boot=200, seed=0)
+    assert list(np.argsort(-est)) == list(np.argsort(-true))
+    assert np.all(lo <= est) and np.all(est <= hi)
+    centred = true - true.mean()
+    assert np.mean((lo <= centred) & (centred <= hi)) >= 0.8
     wm = stats.win_matrix(y, a, b, n)
     np.testing.assert_allclose(wm + wm.T, np.where(np.eye(n) > 0, np.nan, 1.0))
     assert wm[3, 4] > 0.75  # strongest beats weakest most of the time
+
+
+def test_bradley_terry_side_term_matches_direct_likelihood():
+    """P(left wins) = sigmoid(beta_left - beta_right + gamma), fitted against scipy."""
+    rng = np.random.default_rng(8)
+    n, m = 3, 900
+    true, gamma = np.array([0.0, 0.5, -0.3]), 0.6
+    a = rng.integers(0, n, m)  # the left system
+    b = (a + rng.integers(1, n, m)) % n
+    y = (rng.random(m) < _sigmoid(true[a] - true[b] + gamma)).astype(float)
+
+    def nll(free):
+        beta = np.concatenate([[0.0], free[: n - 1]])
+        z = beta[a] - beta[b] + free[-1]
+        return -np.sum(y * z - np.logaddexp(0, z))
+
+    ref = optimize.minimize(nll, np.zeros(n), method="BFGS", options={"gtol": 1e-10}).x
+    got = stats.bt_fit(y, a, b, n, ridge=0, side=True)
+    ref_beta = np.concatenate([[0.0], ref[: n - 1]])
+    np.testing.assert_allclose(got[:n], ref_beta - ref_beta.mean(), atol=1e-5)
+    assert got[-1] == pytest.approx(ref[-1], abs=1e-5)
+    assert abs(got[-1] - gamma) < 0.3  # recovers the planted left bonus
+
+
+def test_bt_two_way_intervals_cover_known_strengths():
+    """Battles from known strengths, labelled by rater and image: coverage >= 85 %."""
+    rng = np.random.default_rng(21)
+    true = np.array([0.0, 0.5, 1.0])
+    n, n_sim, hits, total = 3, 60, 0, 0
+    for i in range(n_sim):
+        n_r, per = 24, 20
+        rater = np.repeat(np.arange(n_r), per)
+        image = rng.integers(0, 15, rater.size)
+        a = rng.integers(0, n, rater.size)
+        b = (a + rng.integers(1, n, rater.size)) % n
+        y = (rng.random(rater.size) < _sigmoid(true[a] - true[b])).astype(float)
+        est, lo, hi = stats.bt_bootstrap(y, a, b, n, rater, image, n_boot=150, seed=i)
+        assert np.all(lo <= est) and np.all(est <= hi)  # an interval holds its own estimate
+        c = true - true.mean()
+        hits += int(np.sum((lo <= c) & (c <= hi)))
+        total += n
+    assert hits / total >= 0.85, hits / total
+
+
+def test_undefeated_systems_are_found():
+    y = np.array([1.0, 1.0, 0.5, 0.0])
+    a = np.array([0, 0, 1, 2])
+    b = np.array([1, 2, 2, 0])  # 0 beats 1, beats 2, and 2 loses to 0 again (right won)
+    never_lost, never_won = stats.undefeated(y, a, b, 3)
+    assert never_lost == [0] and never_won == []
+
+
+def test_fleiss_kappa_textbook_example():
+    """Fleiss (1971) as tabulated on Wikipedia: 10 subjects, 14 raters, 5 categories: 0.210."""
+    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0],
+             [2, 2, 8, 1, 1], [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2],
+             [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]  # fmt: skip
+    units = [[c for c, k in enumerate(row) for _ in range(k)] for row in table]
+    assert stats.fleiss_kappa(units) == pytest.approx(0.2099, abs=5e-4)
+
+
+def test_fleiss_kappa_matches_pairwise_agreement_by_brute_force():
+    """Variable raters per unit: P_i is the share of agreeing ordered pairs within the unit."""
+    rng = np.random.default_rng(4)
+    units = [list(rng.choice(["a", "b", "tie"], size=rng.integers(2, 7), p=[0.5, 0.4, 0.1]))
+             for _ in range(50)]  # fmt: skip
+    p_i = [np.mean([u[i] == u[j] for i, j in itertools.permutations(range(len(u)), 2)])
+           for u in units]  # fmt: skip
+    values = [v for u in units for v in u]
+    p_e = sum((values.count(c) / len(values)) ** 2 for c in set(values))
+    want = (np.mean(p_i) - p_e) / (1 - p_e)
+    assert stats.fleiss_kappa(units) == pytest.approx(want, abs=1e-12)
 
 
 def test_krippendorff_textbook_example():

@@ -11,13 +11,17 @@ from varbench.study.analysis import analyse, system_rows
 
 HUMAN_COLUMNS = [
     "human_pref", "human_pref_wilson_lo", "human_pref_wilson_hi", "human_pref_bootstrap_lo",
-    "human_pref_bootstrap_hi", "human_elo", "human_elo_lo", "human_elo_hi", "human_votes",
-    "human_raters", "study",
+    "human_pref_bootstrap_hi", "human_elo", "human_elo_lo", "human_elo_hi", "human_elo_flag",
+    "human_votes", "human_raters", "study",
 ]  # fmt: skip
 
 
 def study_rows(studies: list[Path]) -> pd.DataFrame:
-    """One row per (study, system): the run and sweep point it came from and its preference."""
+    """One row per (study, system): the run and sweep point it came from and its preference.
+
+    Each study is analysed under its own stored exclusion rule, so these are exactly the
+    numbers `varbench study results` prints.
+    """
     frames = [system_rows(analyse(Path(s))) for s in studies]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -96,8 +100,12 @@ def study_section(studies: list[Path], measured: pd.DataFrame) -> dict[str, Any]
             _num(100 * r["human_pref"], pct),
             f"[{_num(100 * r['human_pref_wilson_lo'], pct)}, {_num(100 * r['human_pref_wilson_hi'], pct)}]",
             f"[{_num(100 * r['human_pref_bootstrap_lo'], pct)}, {_num(100 * r['human_pref_bootstrap_hi'], pct)}]",
-            f"{_num(r['human_elo'], '{:.0f}')} [{_num(r['human_elo_lo'], '{:.0f}')}, "
-            f"{_num(r['human_elo_hi'], '{:.0f}')}]",
+            (
+                f"{_num(r['human_elo'], '{:.0f}')} [{_num(r['human_elo_lo'], '{:.0f}')}, "
+                f"{_num(r['human_elo_hi'], '{:.0f}')}]"
+            )
+            if not r.get("human_elo_flag")
+            else str(r["human_elo_flag"]).replace("_", " "),
             str(r["human_votes"]),
             str(r["human_raters"]),
             *(_num(r.get(m)) for m in metrics),

@@ -1,36 +1,31 @@
-"""Build a study file from finished runs: balanced pairs, seeded sides, checks, repeats, images.
+"""Build a study file from finished runs: counterbalanced slices, checks, repeats, images.
 
 Each main trial is one conditioning image and the same sample indices of two systems (a model
-at one sweep point). Pairs cycle through every (model pair, conditioning image) combination in
-seeded order, so pairs and images stay balanced; left/right is a seeded coin. Attention checks
-put a heavily corrupted sample on one side (the other side is the known answer); repeats show a
-main trial again later with the sides swapped. Images are copied in as thumbnails, so the file
-alone is the study.
+at one sweep point); ``plan`` lays them out in counterbalanced twins and slices, ``images``
+stores every candidate at one size and format. The entry (platform, codes, consent,
+questions) and the exclusion rule are stored with the study, so the file alone is the study.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import os
 import secrets
-import sqlite3
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from itertools import combinations
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 from varbench import __version__
 from varbench.core.progress import progress_bar
 from varbench.errors import UsageError
 from varbench.runs.views import PointView, RunView, finite, load_runs, only_run
 from varbench.study.db import create_db
+from varbench.study.images import ImageStore
+from varbench.study.plan import Layout, plan
+from varbench.study.platforms import Exit
+from varbench.study.rules import ExclusionRule
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +52,16 @@ class StudySpec:
     protocol: str
     models: tuple[str, ...]
     points: str = "best"  # best | all | JSON {"model": {param: value}}
-    trials: int = 200
-    seed: int = 0
-    check_share: float = 0.1
-    repeat_share: float = 0.1
+    layout: Layout = field(default_factory=Layout)
     set_size: int = 1
-    thumb_px: int = 512
+    image_px: int = 512
+    image_format: str = "jpeg"
     allow_tie: bool = False
+    exit: Exit = field(default_factory=Exit)
+    rule: ExclusionRule = field(default_factory=ExclusionRule)
+    consent: str = ""
+    questions: tuple[dict, ...] = ()
+    seconds_per_trial: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def find_systems(spec: StudySpec) -> list[System]:
             samples = {
                 (str(e.get("cond")), int(e.get("sample_index", 0))): (
                     str(e.get("class", "")),
-                    point.sample_path(e),
+                    _inside(run.folder, point, e),
                 )
                 for e in point.index
             }
@@ -133,70 +131,19 @@ def find_systems(spec: StudySpec) -> list[System]:
     return systems
 
 
-def corrupt(image: Image.Image, seed: int) -> Image.Image:
-    """A heavily corrupted copy: 4x4 tiles shuffled, colours inverted, strong noise."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    h, w = arr.shape[0] // 4 * 4, arr.shape[1] // 4 * 4
-    tiles = [
-        arr[i : i + h // 4, j : j + w // 4]
-        for i in range(0, h, h // 4)
-        for j in range(0, w, w // 4)
-    ]
-    order = rng.permutation(len(tiles))
-    rows = [np.concatenate([tiles[order[r * 4 + c]] for c in range(4)], axis=1) for r in range(4)]
-    out = 255.0 - np.concatenate(rows, axis=0)
-    out += rng.normal(0, 90, out.shape)
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
-
-
-class ImageStore:
-    """Thumbnails written into the study's ``images`` table, each distinct image once."""
-
-    def __init__(self, con: sqlite3.Connection, size: int):
-        self.con, self.size = con, size
-        self._ids: dict[tuple[str, int], int] = {}
-
-    def _put(self, image: Image.Image) -> int:
-        image = image.convert("RGB")
-        if max(image.size) > self.size:
-            image.thumbnail((self.size, self.size), Image.LANCZOS)
-        buf = io.BytesIO()
-        if max(image.size) <= 256:
-            image.save(buf, format="PNG")
-            mime = "image/png"
-        else:
-            image.save(buf, format="JPEG", quality=92)
-            mime = "image/jpeg"
-        data = buf.getvalue()
-        digest = hashlib.sha256(data).hexdigest()
-        row = self.con.execute("SELECT id FROM images WHERE sha256 = ?", (digest,)).fetchone()
-        if row:
-            return int(row[0])
-        return int(
-            self.con.execute(
-                "INSERT INTO images (sha256, mime, data) VALUES (?, ?, ?)", (digest, mime, data)
-            ).lastrowid
+def _inside(folder: Path, point: PointView, entry: dict) -> Path:
+    """The sample file an index entry names, refused unless it lies under the run's folder."""
+    path = point.sample_path(entry)
+    if not path.resolve().is_relative_to(Path(folder).resolve()):
+        raise UsageError(
+            f"{point.folder}/index.json names {entry.get('file')!r}, outside the run's folder "
+            f"{folder}; the index is damaged or hand-edited: re-run the run"
         )
-
-    def file(self, path: Path, corrupt_seed: int = -1) -> int:
-        """Id of the thumbnail of ``path`` (corrupted with ``corrupt_seed`` when >= 0)."""
-        key = (str(path), corrupt_seed)
-        if key not in self._ids:
-            try:
-                with Image.open(path) as im:
-                    im.load()
-                    image = corrupt(im, corrupt_seed) if corrupt_seed >= 0 else im.copy()
-            except (OSError, ValueError) as exc:
-                raise UsageError(
-                    f"{path}: cannot read this image ({exc}); re-run the run that made it"
-                ) from None
-            self._ids[key] = self._put(image)
-        return self._ids[key]
+    return path
 
 
-def _plan(spec: StudySpec, systems: list[System]) -> tuple[list[dict], list[str]]:
-    """The trials (dicts of names and sample paths) and any warnings, from the seed alone."""
+def _groups(spec: StudySpec, systems: list[System]) -> dict[str, list[list[int]]]:
+    """Per conditioning image, the groups of ``set_size`` sample indices every system has."""
     common = set.intersection(*(set(s.samples) for s in systems))
     by_cond: dict[str, list[int]] = defaultdict(list)
     for cond, idx in sorted(common):
@@ -211,115 +158,110 @@ def _plan(spec: StudySpec, systems: list[System]) -> tuple[list[dict], list[str]
             f"--set-size {spec.set_size}: the runs share no conditioning image with that many "
             "samples; lower --set-size"
         )
-    conds = sorted(groups)
-    pairs = list(combinations(range(len(systems)), 2))
-    combos = [(p, c) for p in pairs for c in conds]
-    rng = np.random.default_rng(spec.seed)
-    seen: dict[tuple, int] = defaultdict(int)
-    warnings: list[str] = []
-    trials: list[dict] = []
-    while len(trials) < spec.trials:
-        for i in rng.permutation(len(combos)):
-            if len(trials) >= spec.trials:
-                break
-            (ia, ib), cond = combos[i]
-            k = seen[(ia, ib, cond)]
-            seen[(ia, ib, cond)] += 1
-            group = groups[cond][k % len(groups[cond])]
-            if k == len(groups[cond]):
-                warnings.append("more trials than distinct (pair, image, sample) combinations")
-            if rng.random() < 0.5:
-                ia, ib = ib, ia
-            trials.append({"kind": "main", "cond": cond, "group": group, "left": ia, "right": ib})
-    n_checks = int(round(spec.check_share * spec.trials))
-    for _ in range(n_checks):
-        base = trials[int(rng.integers(len(trials)))]
-        bad = "left" if rng.random() < 0.5 else "right"
-        good = "right" if bad == "left" else "left"
-        trials.append({**base, "kind": "check", "corrupt": bad, "expected": good,
-                       "corrupt_seed": int(rng.integers(2**31))})  # fmt: skip
-    n_main = spec.trials
-    n_rep = int(round(spec.repeat_share * n_main))
-    for j in sorted(rng.choice(n_main, size=min(n_rep, n_main), replace=False).tolist()):
-        base = trials[j]
-        trials.append({**base, "kind": "repeat", "left": base["right"], "right": base["left"],
-                       "repeat_of": j})  # fmt: skip
-    return trials, sorted(set(warnings))
+    return groups
+
+
+def _validate(spec: StudySpec, out: Path) -> StudySpec:
+    """``spec`` with its parts validated (exit URLs filled in), or a UsageError."""
+    if spec.set_size < 1:
+        raise UsageError(f"--set-size {spec.set_size}: must be >= 1")
+    if not 64 <= spec.image_px <= 2048:
+        raise UsageError(f"--image-px {spec.image_px}: must be between 64 and 2048")
+    if not 1 <= spec.seconds_per_trial <= 600:
+        raise UsageError(f"--seconds-per-trial {spec.seconds_per_trial}: must be 1-600")
+    spec.layout.validate()
+    spec.rule.validate()
+    if Path(out).exists():
+        raise UsageError(f"--out {out}: already exists; pick a new file or delete it")
+    return replace(spec, exit=spec.exit.validate())
+
+
+def _write_trials(con, spec: StudySpec, systems: list[System], trials: list[dict],
+                  images: ImageStore) -> None:  # fmt: skip
+    """Insert the planned trials with their stored images (ids of originals for repeats)."""
+    cond_run = systems[0].run
+    ids: list[int] = []
+    with progress_bar("study images", len(trials)) as advance:
+        for t in trials:
+            cls, _ = systems[t["left"]].samples[(t["cond"], t["group"][0])]
+            cond_path = cond_run.data_path(t["cond"])
+            if cond_path is None:
+                raise UsageError(
+                    f"conditioning image {t['cond']} is not under the run's data root "
+                    f"{cond_run.data_root}; make that data available (the path in "
+                    f"{cond_run.folder}/run.json) and re-run `varbench study create`"
+                )
+            sides = {}
+            for side in ("left", "right"):
+                sysm = systems[t[side]]
+                seed = t["corrupt_seed"] if t.get("corrupt") == side else -1
+                sides[side] = [images.candidate(sysm.samples[(t["cond"], i)][1], sysm.label, seed)
+                               for i in t["group"]]  # fmt: skip
+            repeat_of = ids[t["repeat_of"]] if "repeat_of" in t else None
+            slice_id = None if t["slice"] is None else t["slice"] + 1
+            cur = con.execute(
+                "INSERT INTO trials (kind, slice_id, class_label, cond, sample_index, samples, "
+                "cond_image, left_model, right_model, left_images, right_images, expected, "
+                "repeat_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (t["kind"], slice_id, cond_run.class_label_of.get(cls, cls), t["cond"],
+                 t["group"][0], json.dumps(t["group"]), images.conditioning(cond_path),
+                 systems[t["left"]].label, systems[t["right"]].label,
+                 json.dumps(sides["left"]), json.dumps(sides["right"]), t.get("expected"),
+                 repeat_of),
+            )  # fmt: skip
+            ids.append(int(cur.lastrowid))
+            advance(1)
+
+
+def _info(spec: StudySpec, systems: list[System]) -> dict[str, str]:
+    """The study's metadata rows: provenance, layout, entry and exit, and the exclusion rule."""
+    run = systems[0].run
+    main, checks, repeats = spec.layout.per_slice()
+    return {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "varbench_version": __version__,
+        "protocol": spec.protocol,
+        "manifest_sha256": str(run.info.get("manifest_sha256")),
+        "seed": str(spec.layout.seed),
+        "set_size": str(spec.set_size),
+        "allow_tie": "1" if spec.allow_tie else "0",
+        "question": QUESTION_SETS if spec.set_size > 1 else QUESTION_SINGLE,
+        "layout": json.dumps({**asdict(spec.layout), "main_per_slice": main,
+                              "checks_per_slice": checks, "repeats_per_slice": repeats}),
+        "images": json.dumps({"px": spec.image_px, "format": spec.image_format}),
+        "exit": json.dumps(spec.exit.as_dict()),
+        "rule": spec.rule.to_json(),
+        "consent": spec.consent,
+        "questions": json.dumps(list(spec.questions)),
+        "seconds_per_trial": str(spec.seconds_per_trial),
+        "closed": "0",
+        "systems": json.dumps([{"label": s.label, "model": s.run.model, "run_id": s.run.run_id,
+                                "params": s.point.params} for s in systems]),
+    }  # fmt: skip
 
 
 def create_study(spec: StudySpec, out: Path) -> dict:
     """Write the study file ``out`` (atomically: a temp file renamed at the end)."""
-    if spec.trials < 1:
-        raise UsageError(f"--trials {spec.trials}: must be >= 1")
-    if spec.set_size < 1:
-        raise UsageError(f"--set-size {spec.set_size}: must be >= 1")
-    for name, v in (("--check-share", spec.check_share), ("--repeat-share", spec.repeat_share)):
-        if not 0 <= v <= 1:
-            raise UsageError(f"{name} {v}: must be between 0 and 1")
     out = Path(out)
-    if out.exists():
-        raise UsageError(f"--out {out}: already exists; pick a new file or delete it")
+    spec = _validate(spec, out)
     systems = find_systems(spec)
-    trials, warnings = _plan(spec, systems)
-    for w in warnings:
-        log.warning("study: %s; some trials repeat the same images", w)
-    cond_run = systems[0].run
+    trials, n_slices, warnings = plan(spec.layout, len(systems), _groups(spec, systems))
+    main, checks, repeats = spec.layout.per_slice()
+    if checks and checks <= spec.rule.max_failed_checks:
+        warnings.append(f"{checks} checks per slice and --max-failed-checks "
+                        f"{spec.rule.max_failed_checks}: no rater can fail the checks rule; "
+                        "raise --check-share or lower --max-failed-checks")  # fmt: skip
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     con = create_db(tmp)
     try:
         con.execute("BEGIN")
-        images = ImageStore(con, spec.thumb_px)
-        ids: list[int] = []
-        with progress_bar("study images", len(trials)) as advance:
-            for t in trials:
-                cls, _ = systems[t["left"]].samples[(t["cond"], t["group"][0])]
-                cond_path = cond_run.data_path(t["cond"])
-                if cond_path is None:
-                    raise UsageError(
-                        f"conditioning image {t['cond']} is not under the run's data root "
-                        f"{cond_run.data_root}; make that data available (the path in "
-                        f"{cond_run.folder}/run.json) and re-run `varbench study create`"
-                    )
-                sides = {}
-                for side in ("left", "right"):
-                    sysm = systems[t[side]]
-                    seed = t["corrupt_seed"] if t.get("corrupt") == side else -1
-                    sides[side] = [images.file(sysm.samples[(t["cond"], i)][1], seed)
-                                   for i in t["group"]]  # fmt: skip
-                repeat_of = ids[t["repeat_of"]] if "repeat_of" in t else None
-                cur = con.execute(
-                    "INSERT INTO trials (kind, class_label, cond, sample_index, cond_image, "
-                    "left_model, right_model, left_images, right_images, expected, repeat_of) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (t["kind"], cond_run.class_label_of.get(cls, cls), t["cond"], t["group"][0],
-                     images.file(cond_path), systems[t["left"]].label,
-                     systems[t["right"]].label, json.dumps(sides["left"]),
-                     json.dumps(sides["right"]), t.get("expected"), repeat_of),
-                )  # fmt: skip
-                ids.append(int(cur.lastrowid))
-                advance(1)
-        info = {
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "varbench_version": __version__,
-            "protocol": spec.protocol,
-            "manifest_sha256": str(cond_run.info.get("manifest_sha256")),
-            "seed": str(spec.seed),
-            "set_size": str(spec.set_size),
-            "allow_tie": "1" if spec.allow_tie else "0",
-            "question": QUESTION_SETS if spec.set_size > 1 else QUESTION_SINGLE,
-            "systems": json.dumps(
-                [
-                    {
-                        "label": s.label,
-                        "model": s.run.model,
-                        "run_id": s.run.run_id,
-                        "params": s.point.params,
-                    }
-                    for s in systems
-                ]  # fmt: skip
-            ),
-        }
-        con.executemany("INSERT INTO meta VALUES (?, ?)", list(info.items()))
+        con.executemany("INSERT INTO slices (id, planned) VALUES (?, ?)",
+                        [(s + 1, spec.layout.raters_per_slice) for s in range(n_slices)])  # fmt: skip
+        images = ImageStore(con, spec.image_px, spec.image_format)
+        _write_trials(con, spec, systems, trials, images)
+        if (size_note := images.size_warning()) is not None:
+            warnings.append(size_note)
+        con.executemany("INSERT INTO meta VALUES (?, ?)", list(_info(spec, systems).items()))
         n_images = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
         con.execute("COMMIT")
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -332,8 +274,13 @@ def create_study(spec: StudySpec, out: Path) -> dict:
         raise
     for suffix in ("-wal", "-shm"):
         Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+    for w in warnings:
+        log.warning("study: %s", w)
     counts = defaultdict(int)
     for t in trials:
         counts[t["kind"]] += 1
     return {"study": str(out), "systems": [s.label for s in systems], "trials": dict(counts),
-            "images": int(n_images), "warnings": warnings}  # fmt: skip
+            "slices": n_slices, "per_slice": {"main": main, "checks": checks,
+                                              "repeats": repeats},
+            "raters_per_slice": spec.layout.raters_per_slice, "images": int(n_images),
+            "warnings": warnings}  # fmt: skip

@@ -1,22 +1,23 @@
 """The rater web app (Starlette on uvicorn): token-checked pages, one transaction per vote.
 
-Routes: ``/r/{token}`` (instructions, next trial, or thank-you), ``POST /r/{token}/vote``,
-``/img/{token}/{id}`` (thumbnails from the database by integer id, nothing from disk) and
-``/admin/{admin_token}``. Tokens live only in the rater's link and the vote form's body, never
-in cookies, so another site cannot vote on a rater's behalf; pages send no referrer.
+Routes: ``/join`` (the one public entry link: creates or resumes the rater of a platform id),
+``/r/{token}`` (consent, questions, instructions, practice, next trial, or the end page),
+``POST /r/{token}/{consent,answers,vote}``, ``/img/{token}/{id}`` (images from the database by
+integer id, nothing from disk) and ``/admin/{admin_token}``. Tokens live only in links and
+form bodies, never in cookies; a token is checked before any body is read, and bodies are
+capped before and while reading. Pages send ``same-origin`` referrers, so the browser sends the
+real ``Origin`` on their own forms and ``Origin: null`` (refused) from anywhere opaque.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+import math
 import secrets
-import sqlite3
-import threading
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,258 +25,342 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from varbench.study.db import meta, open_study
+from varbench.errors import UsageError
+from varbench.study.platforms import MTURK_PREVIEW, PLATFORMS, external_id
+from varbench.study.questions import parse_answers
+from varbench.study.service import Rater, StudyDB
 from varbench.study.templates import render
 
 log = logging.getLogger(__name__)
-MAX_BODY = 4096
+MAX_VOTE_BODY = 4096
+MAX_FORM_BODY = 16384
 MAX_MS = 24 * 3600 * 1000
+REDIRECT_DELAY_S = 3
 
 
-class StudyDB:
-    """Per-thread connections to one study file (SQLite connections are not shared)."""
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `varbench study serve` runs: slice timeout and the public address behind a proxy."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        con = open_study(self.path, check=True)
-        self.info = meta(con)
-        con.close()
-        self.admin_token = self.info["admin_token"]
-        self.allow_tie = self.info.get("allow_tie") == "1"
-        self.systems = [s["label"] for s in json.loads(self.info.get("systems", "[]"))]
-        self._local = threading.local()
-        # Writers queue here, woken the moment the previous commit ends, rather than in
-        # SQLite's busy handler, which sleeps in growing steps (tail latency under load).
-        self._write_lock = threading.Lock()
+    slice_timeout_min: float = 60.0
+    root_path: str = ""  # e.g. /study when a proxy serves the study under that prefix
+    public_url: str = ""  # e.g. https://lab.example.org/study: the origin votes must come from
+
+    def validate(self) -> ServeOptions:
+        """Self normalised, or a UsageError naming the flag and the fix."""
+        if not 0 < self.slice_timeout_min <= 7 * 24 * 60:
+            raise UsageError(f"--slice-timeout {self.slice_timeout_min}: minutes, > 0 and at "
+                             "most a week")  # fmt: skip
+        root = self.root_path.rstrip("/")
+        if root and (not root.startswith("/") or any(c in root for c in "?#\"'<> ")):
+            raise UsageError(f"--root-path {self.root_path!r}: expected a path such as /study")
+        public = self.public_url.rstrip("/")
+        if public:
+            parts = urlsplit(public)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise UsageError(f"--public-url {self.public_url!r}: expected the address "
+                                 "raters open, e.g. https://lab.example.org/study")  # fmt: skip
+            if not root and parts.path.rstrip("/"):
+                root = parts.path.rstrip("/")
+        return ServeOptions(self.slice_timeout_min, root, public)
 
     @property
-    def con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = open_study(self.path, check=False)
-            self._local.con = con
-        return con
-
-    def rater(self, token: str) -> int | None:
-        """The rater id of ``token``, or None."""
-        if not token or len(token) > 200:
+    def public_origin(self) -> str | None:
+        if not self.public_url:
             return None
-        row = self.con.execute("SELECT id, token FROM raters WHERE token = ?", (token,)).fetchone()
-        if row is None or not hmac.compare_digest(row[1], token):
-            return None
-        return int(row[0])
-
-    def progress(self, rid: int) -> tuple[int, int]:
-        done = self.con.execute("SELECT COUNT(*) FROM votes WHERE rater_id = ?", (rid,)).fetchone()
-        total = self.con.execute(
-            "SELECT COUNT(*) FROM assignments WHERE rater_id = ?", (rid,)
-        ).fetchone()
-        return int(done[0]), int(total[0])
-
-    def next_trial(self, rid: int) -> dict | None:
-        row = self.con.execute(
-            "SELECT t.id, t.class_label, t.cond_image, t.left_images, t.right_images "
-            "FROM assignments a JOIN trials t ON t.id = a.trial_id "
-            "LEFT JOIN votes v ON v.rater_id = a.rater_id AND v.trial_id = a.trial_id "
-            "WHERE a.rater_id = ? AND v.id IS NULL ORDER BY a.pos LIMIT 1",
-            (rid,),
-        ).fetchone()
-        if row is None:
-            return None
-        return {"id": row[0], "class_label": row[1], "cond_image": row[2],
-                "left": json.loads(row[3]), "right": json.loads(row[4])}  # fmt: skip
-
-    def vote(self, rid: int, trial_id: int, choice: str, ms: int | None) -> str:
-        """Store one vote in its own transaction: 'stored', 'duplicate' or 'unknown'."""
-        con = self.con
-        with self._write_lock:
-            return self._vote(con, rid, trial_id, choice, ms)
-
-    def _vote(self, con, rid: int, trial_id: int, choice: str, ms: int | None) -> str:
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            row = con.execute(
-                "SELECT t.left_model, t.right_model FROM assignments a "
-                "JOIN trials t ON t.id = a.trial_id WHERE a.rater_id = ? AND a.trial_id = ?",
-                (rid, trial_id),
-            ).fetchone()
-            if row is None:
-                con.execute("ROLLBACK")
-                return "unknown"
-            now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            cur = con.execute(
-                "INSERT OR IGNORE INTO votes (rater_id, trial_id, choice, left_model, "
-                "right_model, ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (rid, trial_id, choice, row[0], row[1], ms, now),
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        return "stored" if cur.rowcount == 1 else "duplicate"
-
-    def image(self, image_id: int) -> tuple[bytes, str] | None:
-        row = self.con.execute("SELECT data, mime FROM images WHERE id = ?", (image_id,)).fetchone()
-        return (bytes(row[0]), str(row[1])) if row else None
-
-    def admin_rows(self) -> tuple[list[dict], list[tuple], int]:
-        raters = []
-        for rid, votes, assigned, checks, failures, last in self.con.execute(
-            "SELECT r.id, "
-            "(SELECT COUNT(*) FROM votes v WHERE v.rater_id = r.id), "
-            "(SELECT COUNT(*) FROM assignments a WHERE a.rater_id = r.id), "
-            "(SELECT COUNT(*) FROM votes v JOIN trials t ON t.id = v.trial_id "
-            " WHERE v.rater_id = r.id AND t.kind = 'check'), "
-            "(SELECT COUNT(*) FROM votes v JOIN trials t ON t.id = v.trial_id "
-            " WHERE v.rater_id = r.id AND t.kind = 'check' AND v.choice != t.expected), "
-            "(SELECT MAX(created_at) FROM votes v WHERE v.rater_id = r.id) "
-            "FROM raters r ORDER BY r.id"
-        ):
-            raters.append({"id": rid, "votes": votes, "assigned": assigned, "checks": checks,
-                           "failures": failures, "last": last})  # fmt: skip
-        pairs = self.con.execute(
-            "SELECT left_model, right_model, COUNT(*) FROM votes GROUP BY 1, 2 ORDER BY 1, 2"
-        ).fetchall()
-        n = self.con.execute("SELECT COUNT(*) FROM votes").fetchone()[0]
-        return raters, pairs, int(n)
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
 
-SECURITY = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-}
+class _TooLarge(Exception):
+    pass
 
 
-def _page(name: str, status: int = 200, **ctx) -> HTMLResponse:
-    nonce = secrets.token_urlsafe(16)
-    csp = (
-        f"default-src 'none'; img-src 'self'; style-src 'nonce-{nonce}'; "
-        f"script-src 'nonce-{nonce}'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    )
-    return HTMLResponse(
-        render(name, nonce=nonce, **ctx),
-        status_code=status,
-        headers={**SECURITY, "Content-Security-Policy": csp},
-    )
+async def read_form(request: Request, cap: int) -> dict[str, str]:
+    """The urlencoded body as a dict, refused (``_TooLarge``) past ``cap`` bytes.
+
+    Content-Length is checked before reading; chunked bodies are streamed and cut at the cap.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > cap):
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise _TooLarge
+    text = body.decode("utf-8", "replace")
+    try:
+        return {k: v[0] for k, v in parse_qs(text, max_num_fields=64).items()}
+    except ValueError:  # more fields than any of our forms has
+        raise _TooLarge from None
 
 
-def _not_found() -> HTMLResponse:
-    return _page("message.html", 404, title="Not found",
-                 text="This link is not valid. Ask the study organiser for your link.")  # fmt: skip
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
 
 
-def make_app(path: Path) -> Starlette:
+class RootPath:
+    """Serve under a prefix whether the proxy strips it or passes it through."""
+
+    def __init__(self, app, root: str):
+        self.app, self.root = app, root
+
+    async def __call__(self, scope, receive, send):
+        if self.root and scope["type"] == "http":
+            path = scope["path"]
+            if path == self.root or path.startswith(self.root + "/"):
+                scope = {**scope, "path": path[len(self.root) :] or "/"}
+        await self.app(scope, receive, send)
+
+
+def make_app(path: Path, options: ServeOptions | None = None):
     """The ASGI app serving the study file at ``path``."""
-    db = StudyDB(path)
+    opts = (options or ServeOptions()).validate()
+    db = StudyDB(path, opts.slice_timeout_min * 60)
+    root = opts.root_path
     question = db.info.get("question", "")
     cols = 2 if int(db.info.get("set_size", "1")) > 1 else 1
+    frame = db.exit.frame_origin()
+    security = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+                "Cache-Control": "no-store"}  # fmt: skip
+    if frame is None:
+        security["X-Frame-Options"] = "DENY"
+    ancestors = frame or "'none'"
+    actions = "'self'" + (f" {db.exit.completion_url}" if frame else "")
+    spt = float(db.info.get("seconds_per_trial", "6"))
+
+    def page(name: str, status: int = 200, **ctx) -> HTMLResponse:
+        nonce = secrets.token_urlsafe(16)
+        csp = (f"default-src 'none'; img-src 'self'; style-src 'nonce-{nonce}'; "
+               f"script-src 'nonce-{nonce}'; form-action {actions}; base-uri 'none'; "
+               f"frame-ancestors {ancestors}")  # fmt: skip
+        return HTMLResponse(render(name, nonce=nonce, root=root, **ctx), status_code=status,
+                            headers={**security, "Content-Security-Policy": csp})  # fmt: skip
+
+    def plain(text: str, status: int, **extra) -> Response:
+        return Response(text, status_code=status, headers={**security, **extra})
+
+    def message(title: str, text: str, status: int = 200) -> HTMLResponse:
+        return page("message.html", status, title=title, text=text)
+
+    def not_found() -> HTMLResponse:
+        return message("Not found", "This link is not valid. Ask the study organiser for your "
+                       "link.", 404)  # fmt: skip
+
+    def closed() -> HTMLResponse:
+        return message("Study closed", "This study is closed. Thank you for your interest.", 410)
+
+    def to_rater(token: str, query: str = "", **headers) -> RedirectResponse:
+        return RedirectResponse(f"{root}/r/{token}{query}", status_code=303,
+                                headers={**security, **headers})  # fmt: skip
+
+    def origin_ok(request: Request) -> bool:
+        origin = request.headers.get("origin")
+        if origin is None:  # not a browser form (browsers send Origin on every POST)
+            return True
+        if opts.public_origin is not None:
+            return origin == opts.public_origin
+        host = request.headers.get("host", "")
+        return origin in (f"http://{host}", f"https://{host}")
+
+    def end_page(r: Rater, screened: bool, text: str) -> HTMLResponse:
+        ex = db.exit
+        code = ex.screenout_code if screened else ex.completion_code
+        url = ex.screenout_url if screened else ex.completion_url
+        mturk = None
+        if ex.platform == "mturk" and r.external_id is not None:
+            mturk = {"url": url, "assignment": r.platform_ids.get("assignmentId", "")}
+        redirect = url if url and r.external_id is not None and mturk is None else ""
+        return page("done.html", screened=screened, code=code, text=text, mturk=mturk,
+                    redirect=redirect, delay=REDIRECT_DELAY_S)  # fmt: skip
+
+    def estimate() -> tuple[int, int, int]:
+        n, practice = db.slice_length(), db.practice_count()
+        return n, practice, max(1, math.ceil((n + practice) * spt / 60))
+
+    def rater_state(token: str, query) -> Response:
+        r = db.rater(token)
+        if r is None:
+            return not_found()
+        if db.closed():
+            return closed()
+        if db.consent and r.consent is None:
+            return page("consent.html", consent=db.consent, token=token, error="")
+        if r.consent == "no":
+            return end_page(r, True, "You chose not to take part, so the study ends here.")
+        if db.questions and not r.answered:
+            return page("questions.html", questions=db.questions, token=token, error="")
+        ctx = dict(token=token, question=question, allow_tie=db.allow_tie)
+        fb = query.get("feedback", "")
+        if fb.isdigit():
+            answer = db.voted(r.id, int(fb))
+            t = db.trial(int(fb)) if answer else None
+            if t is not None and t["kind"] == "practice":
+                return page("feedback.html", correct=answer == t["expected"],
+                            expected=t["expected"], token=token)  # fmt: skip
+        practice = db.practice_left(r.id)
+        if "start" not in query and not db.has_votes(r.id):
+            total, n_practice, minutes = estimate()
+            return page("start.html", total=total, practice=n_practice, minutes=minutes,
+                        preview=False, **ctx)  # fmt: skip
+        if practice:
+            n = db.practice_count()
+            return page("trial.html", trial=practice[0], cols=cols, done=n - len(practice),
+                        total=n, **ctx)  # fmt: skip
+        status, aid = db.claim(r.id, overflow=r.external_id is None)
+        if status == "full":
+            return message("No places left", "Every place in this study is taken right now. "
+                           "Please return the study on your platform (no penalty).", 200)  # fmt: skip
+        if status in ("done", "screened_out"):
+            screened = status == "screened_out"
+            text = ("Your answers did not pass the study's attention checks, so the study ends "
+                    "here." if screened else "You made all the comparisons; your answers are "
+                    "saved.")  # fmt: skip
+            return end_page(r, screened, text)
+        trial, done, total = db.next_in(aid, r.id)
+        if trial is None:  # finished by the vote just stored
+            return rater_state(token, {})
+        return page("trial.html", trial=trial, cols=cols, done=done, total=total, **ctx)
 
     async def rater_page(request: Request) -> Response:
         token = request.path_params["token"]
+        query = dict(request.query_params)
+        return await run_in_threadpool(rater_state, token, query)
 
-        def work():
-            rid = db.rater(token)
-            if rid is None:
-                return _not_found()
-            done, total = db.progress(rid)
-            trial = db.next_trial(rid)
-            if trial is None:
-                return _page("done.html", total=total)
-            ctx = dict(token=token, question=question, total=total, done=done,
-                       allow_tie=db.allow_tie)  # fmt: skip
-            if done == 0 and "start" not in request.query_params:
-                return _page("start.html", **ctx)
-            return _page("trial.html", trial=trial, cols=cols, **ctx)
-
-        return await run_in_threadpool(work)
-
-    async def vote(request: Request) -> Response:
+    async def post_form(request: Request, cap: int, handle) -> Response:
+        """Token first (no body read for a bad one), then origin, then the capped body."""
         token = request.path_params["token"]
-        origin = request.headers.get("origin")
-        host = request.headers.get("host", "")
-        # "null": our own pages send no referrer, so Chromium sends Origin: null on their
-        # forms; the token in the body is what keeps other sites out.
-        if origin and origin not in (f"http://{host}", f"https://{host}", "null"):
-            return Response("cross-site vote refused", status_code=403, headers=SECURITY)
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return Response("request too large", status_code=413, headers=SECURITY)
-        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-        if not hmac.compare_digest(form.get("token", ""), token):
-            return Response("token missing from the vote", status_code=403, headers=SECURITY)
+        r = await run_in_threadpool(db.rater, token)
+        if r is None:
+            return not_found()
+        if db.closed():
+            return closed()
+        if not origin_ok(request):
+            return plain("cross-site request refused", 403)
+        try:
+            form = await read_form(request, cap)
+        except _TooLarge:
+            return plain("request too large", 413, Connection="close")
+        if not _same(form.get("token", ""), token):
+            return plain("token missing from the form", 403)
+        return await run_in_threadpool(handle, r, token, form)
+
+    def handle_vote(r: Rater, token: str, form: dict[str, str]) -> Response:
         choice = form.get("choice", "")
         if choice not in ("left", "right") and not (choice == "tie" and db.allow_tie):
-            return Response("choice must be left or right", status_code=400, headers=SECURITY)
+            return plain("choice must be left or right", 400)
         try:
             trial_id = int(form.get("trial", ""))
-            ms = min(max(int(form["ms"]), 0), MAX_MS) if form.get("ms") else None
+            ms = min(max(int(form.get("ms", "")), 0), MAX_MS)
         except ValueError:
-            return Response("trial and ms must be integers", status_code=400, headers=SECURITY)
+            return plain("trial and ms must be integers (ms: time since the images loaded)", 400)
+        status = db.vote(r.id, trial_id, choice, ms)
+        if status == "unknown":
+            return not_found()
+        t = db.trial(trial_id)
+        query = f"?feedback={trial_id}" if t["kind"] == "practice" and status == "stored" else ""
+        return to_rater(token, query, **{"X-Vote": status})
 
-        def work():
-            rid = db.rater(token)
-            if rid is None:
-                return _not_found()
-            status = db.vote(rid, trial_id, choice, ms)
-            if status == "unknown":
-                return _not_found()
-            return RedirectResponse(
-                f"/r/{token}", status_code=303, headers={**SECURITY, "X-Vote": status}
-            )
+    def handle_consent(r: Rater, token: str, form: dict[str, str]) -> Response:
+        if form.get("decision") == "decline":
+            db.save_consent(r.id, False)
+        elif form.get("agree") == "yes":
+            db.save_consent(r.id, True)
+        else:
+            return page("consent.html", consent=db.consent, token=token,
+                        error="Tick the box to agree, or choose 'I do not agree'.")  # fmt: skip
+        return to_rater(token)
 
-        return await run_in_threadpool(work)
+    def handle_answers(r: Rater, token: str, form: dict[str, str]) -> Response:
+        answers, error = parse_answers(db.questions, form)
+        if error:
+            return page("questions.html", questions=db.questions, token=token, error=error)
+        db.save_answers(r.id, answers)
+        return to_rater(token)
+
+    async def vote(request: Request) -> Response:
+        return await post_form(request, MAX_VOTE_BODY, handle_vote)
+
+    async def consent(request: Request) -> Response:
+        return await post_form(request, MAX_FORM_BODY, handle_consent)
+
+    async def answers(request: Request) -> Response:
+        return await post_form(request, MAX_FORM_BODY, handle_answers)
+
+    def do_join(query: dict[str, str]) -> Response:
+        if db.closed():
+            return closed()
+        platform = db.exit.platform
+        if platform == "mturk" and query.get("assignmentId") == MTURK_PREVIEW:
+            total, n_practice, minutes = estimate()
+            return page("start.html", total=total, practice=n_practice, minutes=minutes,
+                        preview=True, token="", question=question, allow_tie=db.allow_tie)  # fmt: skip
+        found = external_id(platform, query)
+        if found is None:
+            name = PLATFORMS[platform].id_param
+            return message("Participant id missing", f"This link needs your participant id "
+                           f"({name}). Open the study from your platform's page.", 400)  # fmt: skip
+        token, revoked = db.join(*found)
+        if revoked:
+            return message("Link withdrawn", "The organiser withdrew this participation.", 403)
+        return to_rater(token)
+
+    async def join(request: Request) -> Response:
+        return await run_in_threadpool(do_join, dict(request.query_params))
+
+    def do_image(token: str, image_id: int) -> Response:
+        if db.rater(token) is None and not db.is_admin(token):
+            return plain("not found", 404)
+        found = db.image(image_id)
+        if found is None:
+            return plain("not found", 404)
+        headers = {**security, "Cache-Control": "private, max-age=3600"}
+        return Response(found[0], media_type=found[1], headers=headers)
 
     async def image(request: Request) -> Response:
-        token = request.path_params["token"]
-        image_id = request.path_params["image_id"]
+        p = request.path_params
+        return await run_in_threadpool(do_image, p["token"], p["image_id"])
 
-        def work():
-            if db.rater(token) is None and not hmac.compare_digest(token, db.admin_token):
-                return Response("not found", status_code=404, headers=SECURITY)
-            found = db.image(image_id)
-            if found is None:
-                return Response("not found", status_code=404, headers=SECURITY)
-            headers = {**SECURITY, "Cache-Control": "private, max-age=3600"}
-            return Response(found[0], media_type=found[1], headers=headers)
-
-        return await run_in_threadpool(work)
+    def do_admin(token: str) -> Response:
+        if not db.is_admin(token):
+            return not_found()
+        raters, pairs, n, cover = db.admin_rows()
+        return page("admin.html", info=db.info, systems=db.systems, raters=raters, pairs=pairs,
+                    n_votes=n, cover=cover, closed=db.closed())  # fmt: skip
 
     async def admin(request: Request) -> Response:
-        if not hmac.compare_digest(request.path_params["token"], db.admin_token):
-            return _not_found()
-        raters, pairs, n = await run_in_threadpool(db.admin_rows)
-        return _page("admin.html", info=db.info, systems=db.systems, raters=raters,
-                     pairs=pairs, n_votes=n)  # fmt: skip
+        return await run_in_threadpool(do_admin, request.path_params["token"])
 
-    async def root(request: Request) -> Response:
-        return _not_found()
+    async def root_page(request: Request) -> Response:
+        return not_found()
 
     async def favicon(request: Request) -> Response:
-        return Response(status_code=204, headers=SECURITY)
+        return Response(status_code=204, headers=security)
 
     routes = [
-        Route("/", root),
+        Route("/", root_page),
         Route("/favicon.ico", favicon),
+        Route("/join", join, methods=["GET"]),
         Route("/r/{token}", rater_page, methods=["GET"]),
         Route("/r/{token}/vote", vote, methods=["POST"]),
+        Route("/r/{token}/consent", consent, methods=["POST"]),
+        Route("/r/{token}/answers", answers, methods=["POST"]),
         Route("/img/{token}/{image_id:int}", image, methods=["GET"]),
         Route("/admin/{token}", admin, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    return RootPath(app, root) if root else app
 
 
-def serve(path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(path: Path, host: str = "127.0.0.1", port: int = 8000,
+          options: ServeOptions | None = None) -> None:  # fmt: skip
     """Serve the study until interrupted (access log off: request paths carry tokens)."""
     import socket
 
     import uvicorn
 
-    from varbench.errors import UsageError
-
-    app = make_app(path)
+    app = make_app(path, options)
     try:
         with socket.create_server((host, port)):
             pass
@@ -288,4 +373,5 @@ def serve(path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
         log.warning("listening on %s: anyone who can reach this machine can open the links "
                     "(plain HTTP; put it behind HTTPS to share it)", host)  # fmt: skip
     log.info("serving %s on http://%s:%d (links: `varbench study invite`)", path, host, port)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning",
+                proxy_headers=False)  # fmt: skip

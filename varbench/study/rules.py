@@ -1,0 +1,80 @@
+"""The study's one exclusion rule: stored with the study, applied by the server and analysis.
+
+A rater is excluded (screened out at the end of their slice, left out of every number and
+listed to reject in ``study results --payments``) when any part of the rule fails: more failed
+attention checks than ``max_failed_checks``, a median vote time under ``min_median_ms``, or a
+share of one side above ``max_side_share`` over at least ``min_side_votes`` votes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from varbench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ExclusionRule:
+    """When a rater's votes are left out (and their submission gets the screen-out code)."""
+
+    max_failed_checks: int = 1  # Prolific allows rejecting on two failed checks, not one
+    min_median_ms: int = 0  # 0: no speed limit
+    max_side_share: float = 0.9  # always-left / always-right clickers
+    min_side_votes: int = 10  # the side rule needs this many main and repeat votes
+
+    def validate(self) -> ExclusionRule:
+        """Self, or a UsageError naming the flag and the fix."""
+        if self.max_failed_checks < 0:
+            raise UsageError(f"--max-failed-checks {self.max_failed_checks}: must be >= 0")
+        if self.min_median_ms < 0:
+            raise UsageError(f"--min-median-ms {self.min_median_ms}: must be >= 0 (0: off)")
+        if not 0.5 < self.max_side_share <= 1:
+            raise UsageError(
+                f"--max-side-share {self.max_side_share}: must be above 0.5 and at most 1 "
+                "(1: off)"
+            )
+        if self.min_side_votes < 1:
+            raise UsageError(f"--min-side-votes {self.min_side_votes}: must be >= 1")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ExclusionRule:
+        return cls(**json.loads(text)) if text else cls()
+
+    def reasons(self, checks_failed: int, median_ms: float, left: int, right: int) -> list[str]:
+        """Why a rater with these counts is excluded (empty: kept)."""
+        out = []
+        if checks_failed > self.max_failed_checks:
+            out.append(f"failed {checks_failed} attention checks (max {self.max_failed_checks})")
+        if self.min_median_ms and not math.isnan(median_ms) and median_ms < self.min_median_ms:
+            out.append(f"median vote time {median_ms:.0f} ms (min {self.min_median_ms})")
+        n = left + right
+        if n >= self.min_side_votes and self.max_side_share < 1:
+            share = max(left, right) / n
+            if share > self.max_side_share:
+                side = "left" if left >= right else "right"
+                out.append(f"chose {side} in {100 * share:.0f} % of {n} votes "
+                           f"(max {100 * self.max_side_share:.0f} %)")  # fmt: skip
+        return out
+
+
+def tally(rows) -> tuple[int, float, int, int]:
+    """(failed checks, median ms, left, right) of one rater's (kind, choice, expected, ms) rows.
+
+    Left and right count main and repeat votes; the median is over every scored vote's time.
+    """
+    failed = sum(1 for k, c, e, _ in rows if k == "check" and c != e)
+    times = sorted(float(ms) for _, _, _, ms in rows if ms is not None)
+    if times:
+        mid = len(times) // 2
+        median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    else:
+        median = math.nan
+    left = sum(1 for k, c, _, _ in rows if k in ("main", "repeat") and c == "left")
+    right = sum(1 for k, c, _, _ in rows if k in ("main", "repeat") and c == "right")
+    return failed, median, left, right
