@@ -33,7 +33,7 @@ from varbench.metrics.bootstrap import (
     statistics,
 )
 from varbench.metrics.gaussian import fid_from_features
-from varbench.metrics.keys import result_key
+from varbench.metrics.keys import rank_value, result_key
 from varbench.metrics.prdc import SubsetPrecisionRecall
 
 log = logging.getLogger(__name__)
@@ -369,8 +369,8 @@ def best_point_comparisons(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """(run_id, params) -> paired comparison of that run's best point against the best model's.
 
-    Per protocol and manifest: each run's best point is its lowest-FID point, the best model is
-    the run whose best point has the lowest FID. A run whose features cannot be read (weights
+    Per protocol and manifest: each run's best point is its best by ``keys.RANK_BY`` (lowest FID,
+    then KID), the best model is the run whose best point ranks first. A run whose features cannot be read (weights
     or data missing here) gets an ``error`` entry instead of numbers.
     """
     from varbench.runs.views import finite
@@ -380,13 +380,13 @@ def best_point_comparisons(
     for run in runs:
         pts = [p for p in run.points if finite(p.row.get("fid")) is not None]
         if pts:
-            best = min(pts, key=lambda p: float(p.row["fid"]))
+            best = min(pts, key=lambda p: rank_value(p.row))
             key = (run.protocol, str(best.row.get("manifest_sha256", "")))
             groups.setdefault(key, []).append((run, best))
     for members in groups.values():
         if len(members) < 2:
             continue
-        top_run, top = min(members, key=lambda m: float(m[1].row["fid"]))
+        top_run, top = min(members, key=lambda m: rank_value(m[1].row))
         try:
             ft = point_features(top_run.folder, top.pid, top.row, cache_dir, weights)
         except Exception as exc:  # noqa: BLE001 - a display aid must not break the leaderboard
