@@ -132,21 +132,28 @@ def _frame(**values):
 
 def test_gate_reads_every_declared_key_and_its_direction():
     """A regression in any declared key fails with an explicit tolerance (vendi, authpct: higher
-    is better; cmmd, fls: lower is better), never in the better direction; metric names stand for
+    is better; cmmd, fls_overfit: lower is better), never in the better direction; metric names stand for
     their ranked keys; keys with no direction (ct_score) are gated two-sided."""
     from varbench.metrics import metric_registry
     from varbench.present.check import check, parse_tolerances
 
-    tol = parse_tolerances("vendi=0.2,authpct=1,cmmd=0.01,fls=0.5,ct_score=1")
-    assert {"vendi_cond_mean", "vendi_class_mean", "authpct", "cmmd", "fls", "ct_score"} <= set(tol)
-    base = dict(vendi_cond_mean=3.0, vendi_class_mean=5.0, authpct=80.0, cmmd=0.1, fls=10.0,
+    tol = parse_tolerances("vendi=0.2,authpct=1,cmmd=0.01,fls_overfit=0.5,ct_score=1")
+    assert {
+        "vendi_cond_mean",
+        "vendi_class_mean",
+        "authpct",
+        "cmmd",
+        "fls_overfit",
+        "ct_score",
+    } <= set(tol)
+    base = dict(vendi_cond_mean=3.0, vendi_class_mean=5.0, authpct=80.0, cmmd=0.1, fls_overfit=10.0,
                 ct_score=0.0)  # fmt: skip
-    worse = dict(vendi_cond_mean=2.7, vendi_class_mean=5.0, authpct=78.5, cmmd=0.12, fls=10.6,
+    worse = dict(vendi_cond_mean=2.7, vendi_class_mean=5.0, authpct=78.5, cmmd=0.12, fls_overfit=10.6,
                  ct_score=-1.5)  # fmt: skip
-    better = dict(vendi_cond_mean=4.0, vendi_class_mean=6.0, authpct=95.0, cmmd=0.0, fls=1.0,
+    better = dict(vendi_cond_mean=4.0, vendi_class_mean=6.0, authpct=95.0, cmmd=0.0, fls_overfit=1.0,
                   ct_score=0.5)  # fmt: skip
     bad = {f.metric for f in check(_frame(**worse), _frame(**base), tol) if not f.ok}
-    assert bad == {"vendi_cond_mean", "authpct", "cmmd", "fls", "ct_score"}
+    assert bad == {"vendi_cond_mean", "authpct", "cmmd", "fls_overfit", "ct_score"}
     assert all(f.ok for f in check(_frame(**better), _frame(**base), tol))
     # ct_score has no better direction: a change either way beyond the margin is flagged
     up = check(_frame(ct_score=1.5), _frame(ct_score=0.0), parse_tolerances("ct_score=1"))

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from varbench.metrics.base import Metric, lower
+from varbench.metrics.base import Metric, higher, lower
 
 KEY_FLS = "fls"
 KEY_FLS_OVERFIT = "fls_overfit"
@@ -148,7 +148,10 @@ class FLSMetric(Metric):
     """FLS and fls_overfit: references as training set, held-out real images as test set."""
 
     name = "fls"
-    results = (lower(KEY_FLS, "FLS"), lower(KEY_FLS_OVERFIT, "FLS overfit", "%"))
+    # dgm-eval's FLS is 100 exp(-2 (NLL_gen - NLL_baseline) / d): above 100 the samples explain
+    # held-out data better than the held-back references do, so higher is better; fls_overfit is
+    # the share of samples closer to training than to test points beyond half: lower is better
+    results = (higher(KEY_FLS, "FLS"), lower(KEY_FLS_OVERFIT, "FLS overfit", "%"))
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
