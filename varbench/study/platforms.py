@@ -94,6 +94,7 @@ class Exit:
         return Exit(self.platform, self.completion_code, done, self.screenout_code, out)
 
     def as_dict(self) -> dict[str, str]:
+        """The exit settings as stored in the study's metadata."""
         return asdict(self)
 
     def frame_origin(self) -> str | None:

@@ -40,10 +40,12 @@ class ExclusionRule:
         return self
 
     def to_json(self) -> str:
+        """The rule as stored in the study's metadata."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> ExclusionRule:
+        """The stored rule (the defaults when a study has none)."""
         return cls(**json.loads(text)) if text else cls()
 
     def reasons(self, checks_failed: int, median_ms: float, left: int, right: int) -> list[str]:
