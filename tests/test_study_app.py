@@ -128,7 +128,9 @@ def test_create_balances_pairs_and_is_self_contained(runs, tmp_path):
     tokens, _ = _invite(moved, 1)
     with sqlite3.connect(moved) as con:
         ids = [r[0] for r in con.execute("SELECT id FROM images")]
-    candidates = {i for col in ("left_images", "right_images") for x in t[col] for i in json.loads(x)}
+    candidates = {
+        i for col in ("left_images", "right_images") for x in t[col] for i in json.loads(x)
+    }
     with Server(moved) as srv:
         for i in ids:
             status, headers, body = request(srv.port, "GET", f"/img/{tokens[0]}/{i}")
@@ -320,7 +322,8 @@ def test_results_match_hand_counts(small_study, tmp_path):
     assert raters[3]["consistency"] == 0.0  # left, then left again with sides swapped
     assert res["agreement"]["trials_seen_by_several"] == 8
     assert res["left_share"] == pytest.approx(
-        (main["choice"] == "left").sum() / (main["choice"] != "tie").sum())
+        (main["choice"] == "left").sum() / (main["choice"] != "tie").sum()
+    )
     assert res["warnings"] and "20" in res["warnings"][0]  # 3 raters: the bootstrap under-covers
     proc = run_cli("study", "results", str(study), "--exclude-failed-checks", check=False)
     assert proc.returncode == 2 and "--max-failed-checks" in proc.stderr

@@ -173,7 +173,9 @@ def _launch(pw, *extra: str):
 
 # A public page (MTurk's) may not frame a loopback address under Chromium's Local Network Access
 # checks; the real study server is public, the test's is 127.0.0.1, so the MTurk test lifts them.
-LOOPBACK_FROM_PUBLIC = "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests"
+LOOPBACK_FROM_PUBLIC = (
+    "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests"
+)
 
 
 def test_prolific_participant_walks_to_the_completion_redirect(runs, tmp_path):

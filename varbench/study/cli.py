@@ -43,12 +43,15 @@ def create(
     trials: int = typer.Option(200, "--trials", help="main comparison trials"),
     out: Path = typer.Option(..., "--out", "-o", help="the study file to write (.sqlite)"),
     seed: int = typer.Option(0, "--seed", help="seed of pairs, sides and orders"),
-    slice_trials: int = typer.Option(None, "--slice-trials",
-                                     help="main trials per rater slice (default: all in one)"),
-    raters_per_slice: int = typer.Option(1, "--raters-per-slice",
-                                         help="planned raters for every slice"),
-    check_share: float = typer.Option(0.1, "--check-share",
-                                      help="attention checks per main trial of a slice (>= 2)"),
+    slice_trials: int = typer.Option(
+        None, "--slice-trials", help="main trials per rater slice (default: all in one)"
+    ),
+    raters_per_slice: int = typer.Option(
+        1, "--raters-per-slice", help="planned raters for every slice"
+    ),
+    check_share: float = typer.Option(
+        0.1, "--check-share", help="attention checks per main trial of a slice (>= 2)"
+    ),
     repeat_share: float = typer.Option(0.1, "--repeat-share", help="repeats (sides swapped)"),
     repeat_gap: int = typer.Option(5, "--repeat-gap", help="min. trials from original to repeat"),
     practice: int = typer.Option(2, "--practice", help="unscored practice trials with feedback"),
@@ -56,23 +59,29 @@ def create(
     image_px: int = typer.Option(512, "--image-px", help="every candidate stored at PX x PX"),
     image_format: ImageFormat = typer.Option(ImageFormat.jpeg, "--image-format"),
     allow_tie: bool = typer.Option(False, "--allow-tie", help="offer 'no preference'"),
-    platform: PlatformName = typer.Option(PlatformName.generic, "--platform",
-                                          help="where participants come from"),
+    platform: PlatformName = typer.Option(
+        PlatformName.generic, "--platform", help="where participants come from"
+    ),
     completion_code: str = typer.Option("", "--completion-code", help="shown at the end"),
     completion_url: str = typer.Option("", "--completion-url", help="redirect at the end"),
-    screenout_code: str = typer.Option("", "--screenout-code",
-                                       help="shown to raters excluded by the rule"),
+    screenout_code: str = typer.Option(
+        "", "--screenout-code", help="shown to raters excluded by the rule"
+    ),
     screenout_url: str = typer.Option("", "--screenout-url", help="their redirect"),
     consent: Path = typer.Option(None, "--consent", help="consent text file (shown first)"),
     questions: Path = typer.Option(None, "--questions", help="screening questions (JSON)"),
-    seconds_per_trial: float = typer.Option(6.0, "--seconds-per-trial",
-                                            help="for the duration shown to raters"),
-    max_failed_checks: int = typer.Option(1, "--max-failed-checks",
-                                          help="exclude raters failing more checks"),
-    min_median_ms: int = typer.Option(0, "--min-median-ms",
-                                      help="exclude raters faster than this (0: off)"),
-    max_side_share: float = typer.Option(0.9, "--max-side-share",
-                                         help="exclude raters choosing one side more often"),
+    seconds_per_trial: float = typer.Option(
+        6.0, "--seconds-per-trial", help="for the duration shown to raters"
+    ),
+    max_failed_checks: int = typer.Option(
+        1, "--max-failed-checks", help="exclude raters failing more checks"
+    ),
+    min_median_ms: int = typer.Option(
+        0, "--min-median-ms", help="exclude raters faster than this (0: off)"
+    ),
+    max_side_share: float = typer.Option(
+        0.9, "--max-side-share", help="exclude raters choosing one side more often"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Build a self-contained study file from finished runs of one protocol.
@@ -105,10 +114,12 @@ def invite(
     study: Path = typer.Argument(..., help="the study file"),
     raters: int = typer.Option(None, "--raters", help="how many new lab rater links"),
     public: bool = typer.Option(False, "--public", help="the one join link for a platform"),
-    platform: PlatformName = typer.Option(None, "--platform",
-                                          help="link form (default: the study's platform)"),
-    base_url: str = typer.Option("http://127.0.0.1:8000", "--base-url",
-                                 help="the address raters open (with any --root-path)"),
+    platform: PlatformName = typer.Option(
+        None, "--platform", help="link form (default: the study's platform)"
+    ),
+    base_url: str = typer.Option(
+        "http://127.0.0.1:8000", "--base-url", help="the address raters open (with any --root-path)"
+    ),
 ) -> None:
     """Lab: one link per rater (--raters N). Crowd: the join link to paste (--public).
 
@@ -158,11 +169,13 @@ def serve(
     study: Path = typer.Argument(..., help="the study file"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8000, "--port", help="TCP port"),
-    slice_timeout: float = typer.Option(60.0, "--slice-timeout",
-                                        help="minutes without a vote before a slice is reclaimed"),
+    slice_timeout: float = typer.Option(
+        60.0, "--slice-timeout", help="minutes without a vote before a slice is reclaimed"
+    ),
     root_path: str = typer.Option("", "--root-path", help="URL prefix behind a proxy: /study"),
-    public_url: str = typer.Option("", "--public-url",
-                                   help="https://HOST/ROOT raters open (origin check)"),
+    public_url: str = typer.Option(
+        "", "--public-url", help="https://HOST/ROOT raters open (origin check)"
+    ),
 ) -> None:
     """Serve the study to raters until Ctrl-C (votes are saved as they arrive)."""
     setup_logging(False)
@@ -185,8 +198,9 @@ def results(
     fmt: ResultFormat = typer.Option(ResultFormat.table, "--format", "-f"),
     out: Path = typer.Option(None, "--out", "-o", help="folder for votes/raters (csv, parquet)"),
     payments: bool = typer.Option(False, "--payments", help="ids to approve and to reject"),
-    side_effect: bool = typer.Option(False, "--side-effect",
-                                     help="Bradley-Terry with a left-side term"),
+    side_effect: bool = typer.Option(
+        False, "--side-effect", help="Bradley-Terry with a left-side term"
+    ),
     n_boot: int = typer.Option(1000, "--n-boot", help="two-way bootstrap resamples"),
     seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
     exclude_failed_checks: bool = typer.Option(False, "--exclude-failed-checks", hidden=True),

@@ -111,8 +111,10 @@ def check_url(flag: str, url: str) -> None:
         return
     parts = urlsplit(url)
     local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme not in ("https", "http") or not parts.netloc or (
-        parts.scheme == "http" and not local
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.netloc
+        or (parts.scheme == "http" and not local)
     ):
         raise UsageError(f"{flag} {url!r}: expected an https:// URL (the platform's page)")
 

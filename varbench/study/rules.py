@@ -32,8 +32,7 @@ class ExclusionRule:
             raise UsageError(f"--min-median-ms {self.min_median_ms}: must be >= 0 (0: off)")
         if not 0.5 < self.max_side_share <= 1:
             raise UsageError(
-                f"--max-side-share {self.max_side_share}: must be above 0.5 and at most 1 "
-                "(1: off)"
+                f"--max-side-share {self.max_side_share}: must be above 0.5 and at most 1 (1: off)"
             )
         if self.min_side_votes < 1:
             raise UsageError(f"--min-side-votes {self.min_side_votes}: must be >= 1")
