@@ -442,8 +442,12 @@ def test_sets_of_samples_use_the_papers_prompt(runs, tmp_path):
 
 
 def test_lab_raters_take_slices_on_demand(runs, tmp_path):
-    study = _create(runs, tmp_path / "sl.sqlite", ("copy", "oracle"), 8, "--slice-trials", "4",
-                    "--raters-per-slice", "2", "--practice", "0", "--repeat-share", "0")  # fmt: skip
+    study = tmp_path / "sl.sqlite"
+    out = cli_json("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
+                   "copy,oracle", "--trials", "8", "--slice-trials", "4", "--raters-per-slice",
+                   "2", "--practice", "0", "--repeat-share", "0", "--out", str(study))  # fmt: skip
+    # 2 checks and 4 side votes per slice: an always-left rater would slip through; it says so
+    assert any("fails 1 of 2 checks" in w and "cannot catch" in w for w in out["warnings"])
     tokens, _ = _invite(study, 5)
     expected = _trials(study).set_index("id")["expected"].to_dict()
     with Server(study) as srv:
