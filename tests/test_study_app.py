@@ -65,9 +65,9 @@ def _create(runs: Path, out: Path, models=("copy", "oracle"), trials=8, *extra: 
 
 @pytest.fixture(scope="module")
 def small_study(runs, tmp_path_factory) -> Path:
-    """Two models, 8 main trials, 2 checks, 2 repeats (gap 3), ties allowed, no practice."""
+    """Two models, 8 main trials, 4 checks, 2 repeats (gap 3), ties allowed, no practice."""
     return _create(runs, tmp_path_factory.mktemp("study") / "s.sqlite", ("copy", "oracle"), 8,
-                   "--check-share", "0.25", "--repeat-share", "0.25", "--allow-tie",
+                   "--check-share", "0.5", "--repeat-share", "0.25", "--allow-tie",
                    "--practice", "0", "--repeat-gap", "3")  # fmt: skip
 
 
@@ -209,11 +209,16 @@ def test_tokens_and_paths(small_study, tmp_path):
     assert v[(v["rater_id"] == 1) & (v["trial_id"] == trial)]["choice"].tolist() == ["left"]
 
 
-def _choice(rater: int, trial: int, left: str) -> str:
-    """A simulated rater: deterministic in (rater, trial), prefers oracle 70 % of the time."""
+def _choice(rater: int, trial: int, left: str, expected=None) -> str:
+    """A simulated rater: deterministic in (rater, trial), prefers oracle 70 % of the time.
+
+    Raters answer attention checks (``expected``) right, except rater 3, who always clicks left.
+    """
     rng = random.Random(rater * 100_003 + trial)
     if rater == 3:  # a random clicker who always clicks left
         return "left"
+    if isinstance(expected, str):
+        return expected
     want_oracle = rng.random() < 0.7
     return "left" if (left == "oracle") == want_oracle else "right"
 
@@ -221,6 +226,7 @@ def _choice(rater: int, trial: int, left: str) -> str:
 def _rate_all(port: int, tokens: list[str], study: Path, stop_after: int | None = None) -> int:
     """Raters vote concurrently through their pages until done (or ``stop_after`` votes)."""
     lefts = _trials(study).set_index("id")["left_model"].to_dict()
+    expected = _trials(study).set_index("id")["expected"].to_dict()
     count = [0]
 
     def one(i_token):
@@ -230,7 +236,8 @@ def _rate_all(port: int, tokens: list[str], study: Path, stop_after: int | None 
             trial = next_trial(port, token)
             if trial is None:
                 break
-            vote(port, token, trial, _choice(i + 1, trial, lefts[trial]), ms=100 + trial)
+            pick = _choice(i + 1, trial, lefts[trial], expected[trial])
+            vote(port, token, trial, pick, ms=100 + trial)
             n += 1
         count[0] += n
 
@@ -258,11 +265,13 @@ def test_sigkill_loses_no_acknowledged_vote_and_restart_matches_uninterrupted(
     srv = Server(interrupted).start()
     acked: list[tuple[str, int]] = []
     lefts = _trials(interrupted).set_index("id")["left_model"].to_dict()
+    expected = _trials(interrupted).set_index("id")["expected"].to_dict()
     try:
         for _ in range(5):  # acknowledged votes, then SIGKILL straight after the last one
             for i, token in enumerate(tokens_i):
                 trial = next_trial(srv.port, token)
-                vote(srv.port, token, trial, _choice(i + 1, trial, lefts[trial]), ms=100 + trial)
+                pick = _choice(i + 1, trial, lefts[trial], expected[trial])
+                vote(srv.port, token, trial, pick, ms=100 + trial)
                 acked.append((token, trial))
         srv.kill()
         with sqlite3.connect(interrupted) as con:  # read straight after the kill, WAL included
@@ -292,15 +301,18 @@ def test_results_match_hand_counts(small_study, tmp_path):
     res = cli_json("study", "results", str(study), "--format", "json")
     v = _votes(study).merge(_trials(study)[["id", "kind", "expected", "repeat_of", "cond"]],
                             left_on="trial_id", right_on="id")  # fmt: skip
-    # the study's default rule, by hand: > 1 failed check, or one side > 90 % of >= 10 votes
+    # the study's default rule, by hand: > 1 failed check, or one side in > 90 % of the votes
+    # with a fair-coin probability under 1e-4 (scipy's exact binomial test)
     out = set()
     for rid, g in v.groupby("rater_id"):
         failed = ((g["kind"] == "check") & (g["choice"] != g["expected"])).sum()
         side = g[g["kind"].isin(["main", "repeat"]) & (g["choice"] != "tie")]
-        share = max((side["choice"] == "left").mean(), (side["choice"] == "right").mean())
-        if failed > 1 or (len(side) >= 10 and share > 0.9):
+        n_left = int((side["choice"] == "left").sum())
+        share = max(n_left, len(side) - n_left) / len(side)
+        p = sps.binomtest(n_left, len(side), 0.5).pvalue
+        if failed > 1 or (share > 0.9 and p < 1e-4):
             out.add(int(rid))
-    assert 3 in out and res["excluded_raters"] == sorted(out)  # the always-left clicker
+    assert out == {3} and res["excluded_raters"] == [3]  # the always-left clicker
     main = v[(v["kind"] == "main") & ~v["rater_id"].isin(out)]
     won = ((main["choice"] == "left") & (main["left_model"] == "copy")) | (
         (main["choice"] == "right") & (main["right_model"] == "copy"))  # fmt: skip
@@ -318,7 +330,8 @@ def test_results_match_hand_counts(small_study, tmp_path):
         assert r["check_failures"] == int((mine["choice"] != mine["expected"]).sum())
         assert r["votes"] == len(_trials(study))
         assert r["excluded"] == (rid in out) and bool(r["reasons"]) == (rid in out)
-    assert raters[3]["left_share"] == 1.0 and "chose left" in raters[3]["reasons"]
+    assert raters[3]["left_share"] == 1.0 and "failed 2 attention checks" in raters[3]["reasons"]
+    assert "chose left" not in raters[3]["reasons"]  # 10 votes: a fair coin's 1 in 512
     assert raters[3]["consistency"] == 0.0  # left, then left again with sides swapped
     assert res["agreement"]["trials_seen_by_several"] == 8
     assert res["left_share"] == pytest.approx(

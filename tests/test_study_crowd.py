@@ -62,7 +62,7 @@ def make_study(runs: Path, out: Path, *extra: str, slices: int = SLICES) -> Path
     questions = out.with_suffix(".questions.json")
     questions.write_text(json.dumps(QUESTIONS))
     cli_json("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
-             "copy,oracle", "--trials", str(10 * slices), "--slice-trials", "10",
+             "copy,oracle", "--trials", str(14 * slices), "--slice-trials", "14",
              "--raters-per-slice", str(PLANNED), "--check-share", "0.4", "--repeat-share", "0.2",
              "--consent", str(consent), "--questions", str(questions), "--out", str(out),
              *extra)  # fmt: skip

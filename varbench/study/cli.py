@@ -82,6 +82,9 @@ def create(
     max_side_share: float = typer.Option(
         0.9, "--max-side-share", help="exclude raters choosing one side more often"
     ),
+    side_alpha: float = typer.Option(
+        1e-4, "--side-alpha", help="... and less likely than this under a fair coin"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Build a self-contained study file from finished runs of one protocol.
@@ -102,7 +105,7 @@ def create(
     layout = Layout(trials, slice_trials, raters_per_slice, check_share, repeat_share, repeat_gap,
                     practice, seed)  # fmt: skip
     exit_ = Exit(platform.value, completion_code, completion_url, screenout_code, screenout_url)
-    rule = ExclusionRule(max_failed_checks, min_median_ms, max_side_share)
+    rule = ExclusionRule(max_failed_checks, min_median_ms, max_side_share, side_alpha)
     spec = StudySpec(runs, protocol, names, points, layout, set_size, image_px,
                      image_format.value, allow_tie, exit_, rule, load_consent(consent),
                      tuple(load_questions(questions)), seconds_per_trial)  # fmt: skip
@@ -245,6 +248,7 @@ def rule(
     max_failed_checks: int = typer.Option(None, "--max-failed-checks"),
     min_median_ms: int = typer.Option(None, "--min-median-ms"),
     max_side_share: float = typer.Option(None, "--max-side-share"),
+    side_alpha: float = typer.Option(None, "--side-alpha"),
 ) -> None:
     """Show or change the study's one exclusion rule (used by results, leaderboard, report)."""
     from dataclasses import asdict, replace
@@ -257,7 +261,8 @@ def rule(
         current = ExclusionRule.from_json(meta(con).get("rule"))
         changes = {k: v for k, v in (("max_failed_checks", max_failed_checks),
                                      ("min_median_ms", min_median_ms),
-                                     ("max_side_share", max_side_share)) if v is not None}  # fmt: skip
+                                     ("max_side_share", max_side_share),
+                                     ("side_alpha", side_alpha)) if v is not None}  # fmt: skip
         new = replace(current, **changes).validate()
         if changes:
             con.execute("BEGIN IMMEDIATE")

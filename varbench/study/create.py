@@ -247,13 +247,11 @@ def create_study(spec: StudySpec, out: Path) -> dict:
     systems = find_systems(spec)
     trials, n_slices, warnings = plan(spec.layout, len(systems), _groups(spec, systems))
     main, checks, repeats = spec.layout.per_slice()
-    one_side_fails = checks // 2  # a one-side clicker fails the checks expecting the other
-    if (one_side_fails <= spec.rule.max_failed_checks
-            and main + repeats < spec.rule.min_side_votes):  # fmt: skip
-        warnings.append(f"a rater who always clicks one side fails {one_side_fails} of {checks} "
-                        f"checks per slice and gives {main + repeats} side votes (the side rule "
-                        f"needs {spec.rule.min_side_votes}): the rule cannot catch them; raise "
-                        "--check-share or --slice-trials")  # fmt: skip
+    if not spec.rule.catches_one_side_clicker(checks, main + repeats):
+        warnings.append(f"a rater who always clicks one side fails {checks // 2} of {checks} "
+                        f"checks per slice and gives {main + repeats} side votes, too few for the "
+                        "side rule: the rule cannot catch them; raise --check-share or "
+                        "--slice-trials")  # fmt: skip
     if checks and checks <= spec.rule.max_failed_checks:
         warnings.append(f"{checks} checks per slice and --max-failed-checks "
                         f"{spec.rule.max_failed_checks}: no rater can fail the checks rule; "

@@ -56,7 +56,8 @@ def print_tables(result: dict) -> None:
     if rule["min_median_ms"]:
         parts.append(f"median under {rule['min_median_ms']} ms")
     if rule["max_side_share"] < 1:
-        parts.append(f"one side above {100 * rule['max_side_share']:.0f} %")
+        parts.append(f"one side above {100 * rule['max_side_share']:.0f} % with fair-coin "
+                     f"p < {rule['side_alpha']:g}")  # fmt: skip
     t = Table(title=f"Raters (excluded: {', '.join(parts)})")
     for c in ("rater", "external id", "votes", "checks", "failed", "consistency", "left %",
               "median ms", "excluded"):  # fmt: skip
