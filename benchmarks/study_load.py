@@ -192,7 +192,7 @@ def prolific(participants: int, slice_timeout_s: float, limit_s: float) -> dict:
     try:
         runs = make_runs(folder)
         kinds = crowd_kinds(participants, 0.1, 0.1, seed=0)
-        planned, per_slice = 3, 10
+        planned, per_slice = 3, 14
         n_slices = kinds.count("good") // planned
         consent, questions = folder / "consent.txt", folder / "questions.json"
         consent.write_text("You will compare images for about five minutes.")

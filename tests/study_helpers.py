@@ -252,7 +252,7 @@ class Crowd:
                         self.latency_ms.append(took)
                 if self.info[trial][0] == "practice":
                     assert "feedback=" in headers["location"]
-                    self._get(headers["location"][len(self.root):])
+                    self._get(headers["location"][len(self.root) :])
                 else:
                     votes += 1
             raise AssertionError("deadline passed")

@@ -65,9 +65,9 @@ def _create(runs: Path, out: Path, models=("copy", "oracle"), trials=8, *extra: 
 
 @pytest.fixture(scope="module")
 def small_study(runs, tmp_path_factory) -> Path:
-    """Two models, 8 main trials, 2 checks, 2 repeats (gap 3), ties allowed, no practice."""
+    """Two models, 8 main trials, 4 checks, 2 repeats (gap 3), ties allowed, no practice."""
     return _create(runs, tmp_path_factory.mktemp("study") / "s.sqlite", ("copy", "oracle"), 8,
-                   "--check-share", "0.25", "--repeat-share", "0.25", "--allow-tie",
+                   "--check-share", "0.5", "--repeat-share", "0.25", "--allow-tie",
                    "--practice", "0", "--repeat-gap", "3")  # fmt: skip
 
 
@@ -128,7 +128,9 @@ def test_create_balances_pairs_and_is_self_contained(runs, tmp_path):
     tokens, _ = _invite(moved, 1)
     with sqlite3.connect(moved) as con:
         ids = [r[0] for r in con.execute("SELECT id FROM images")]
-    candidates = {i for col in ("left_images", "right_images") for x in t[col] for i in json.loads(x)}
+    candidates = {
+        i for col in ("left_images", "right_images") for x in t[col] for i in json.loads(x)
+    }
     with Server(moved) as srv:
         for i in ids:
             status, headers, body = request(srv.port, "GET", f"/img/{tokens[0]}/{i}")
@@ -207,11 +209,16 @@ def test_tokens_and_paths(small_study, tmp_path):
     assert v[(v["rater_id"] == 1) & (v["trial_id"] == trial)]["choice"].tolist() == ["left"]
 
 
-def _choice(rater: int, trial: int, left: str) -> str:
-    """A simulated rater: deterministic in (rater, trial), prefers oracle 70 % of the time."""
+def _choice(rater: int, trial: int, left: str, expected=None) -> str:
+    """A simulated rater: deterministic in (rater, trial), prefers oracle 70 % of the time.
+
+    Raters answer attention checks (``expected``) right, except rater 3, who always clicks left.
+    """
     rng = random.Random(rater * 100_003 + trial)
     if rater == 3:  # a random clicker who always clicks left
         return "left"
+    if isinstance(expected, str):
+        return expected
     want_oracle = rng.random() < 0.7
     return "left" if (left == "oracle") == want_oracle else "right"
 
@@ -219,6 +226,7 @@ def _choice(rater: int, trial: int, left: str) -> str:
 def _rate_all(port: int, tokens: list[str], study: Path, stop_after: int | None = None) -> int:
     """Raters vote concurrently through their pages until done (or ``stop_after`` votes)."""
     lefts = _trials(study).set_index("id")["left_model"].to_dict()
+    expected = _trials(study).set_index("id")["expected"].to_dict()
     count = [0]
 
     def one(i_token):
@@ -228,7 +236,8 @@ def _rate_all(port: int, tokens: list[str], study: Path, stop_after: int | None 
             trial = next_trial(port, token)
             if trial is None:
                 break
-            vote(port, token, trial, _choice(i + 1, trial, lefts[trial]), ms=100 + trial)
+            pick = _choice(i + 1, trial, lefts[trial], expected[trial])
+            vote(port, token, trial, pick, ms=100 + trial)
             n += 1
         count[0] += n
 
@@ -256,11 +265,13 @@ def test_sigkill_loses_no_acknowledged_vote_and_restart_matches_uninterrupted(
     srv = Server(interrupted).start()
     acked: list[tuple[str, int]] = []
     lefts = _trials(interrupted).set_index("id")["left_model"].to_dict()
+    expected = _trials(interrupted).set_index("id")["expected"].to_dict()
     try:
         for _ in range(5):  # acknowledged votes, then SIGKILL straight after the last one
             for i, token in enumerate(tokens_i):
                 trial = next_trial(srv.port, token)
-                vote(srv.port, token, trial, _choice(i + 1, trial, lefts[trial]), ms=100 + trial)
+                pick = _choice(i + 1, trial, lefts[trial], expected[trial])
+                vote(srv.port, token, trial, pick, ms=100 + trial)
                 acked.append((token, trial))
         srv.kill()
         with sqlite3.connect(interrupted) as con:  # read straight after the kill, WAL included
@@ -290,15 +301,18 @@ def test_results_match_hand_counts(small_study, tmp_path):
     res = cli_json("study", "results", str(study), "--format", "json")
     v = _votes(study).merge(_trials(study)[["id", "kind", "expected", "repeat_of", "cond"]],
                             left_on="trial_id", right_on="id")  # fmt: skip
-    # the study's default rule, by hand: > 1 failed check, or one side > 90 % of >= 10 votes
+    # the study's default rule, by hand: > 1 failed check, or one side in > 90 % of the votes
+    # with a fair-coin probability under 1e-4 (scipy's exact binomial test)
     out = set()
     for rid, g in v.groupby("rater_id"):
         failed = ((g["kind"] == "check") & (g["choice"] != g["expected"])).sum()
         side = g[g["kind"].isin(["main", "repeat"]) & (g["choice"] != "tie")]
-        share = max((side["choice"] == "left").mean(), (side["choice"] == "right").mean())
-        if failed > 1 or (len(side) >= 10 and share > 0.9):
+        n_left = int((side["choice"] == "left").sum())
+        share = max(n_left, len(side) - n_left) / len(side)
+        p = sps.binomtest(n_left, len(side), 0.5).pvalue
+        if failed > 1 or (share > 0.9 and p < 1e-4):
             out.add(int(rid))
-    assert 3 in out and res["excluded_raters"] == sorted(out)  # the always-left clicker
+    assert out == {3} and res["excluded_raters"] == [3]  # the always-left clicker
     main = v[(v["kind"] == "main") & ~v["rater_id"].isin(out)]
     won = ((main["choice"] == "left") & (main["left_model"] == "copy")) | (
         (main["choice"] == "right") & (main["right_model"] == "copy"))  # fmt: skip
@@ -316,11 +330,13 @@ def test_results_match_hand_counts(small_study, tmp_path):
         assert r["check_failures"] == int((mine["choice"] != mine["expected"]).sum())
         assert r["votes"] == len(_trials(study))
         assert r["excluded"] == (rid in out) and bool(r["reasons"]) == (rid in out)
-    assert raters[3]["left_share"] == 1.0 and "chose left" in raters[3]["reasons"]
+    assert raters[3]["left_share"] == 1.0 and "failed 2 attention checks" in raters[3]["reasons"]
+    assert "chose left" not in raters[3]["reasons"]  # 10 votes: a fair coin's 1 in 512
     assert raters[3]["consistency"] == 0.0  # left, then left again with sides swapped
     assert res["agreement"]["trials_seen_by_several"] == 8
     assert res["left_share"] == pytest.approx(
-        (main["choice"] == "left").sum() / (main["choice"] != "tie").sum())
+        (main["choice"] == "left").sum() / (main["choice"] != "tie").sum()
+    )
     assert res["warnings"] and "20" in res["warnings"][0]  # 3 raters: the bootstrap under-covers
     proc = run_cli("study", "results", str(study), "--exclude-failed-checks", check=False)
     assert proc.returncode == 2 and "--max-failed-checks" in proc.stderr
@@ -439,8 +455,12 @@ def test_sets_of_samples_use_the_papers_prompt(runs, tmp_path):
 
 
 def test_lab_raters_take_slices_on_demand(runs, tmp_path):
-    study = _create(runs, tmp_path / "sl.sqlite", ("copy", "oracle"), 8, "--slice-trials", "4",
-                    "--raters-per-slice", "2", "--practice", "0", "--repeat-share", "0")  # fmt: skip
+    study = tmp_path / "sl.sqlite"
+    out = cli_json("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
+                   "copy,oracle", "--trials", "8", "--slice-trials", "4", "--raters-per-slice",
+                   "2", "--practice", "0", "--repeat-share", "0", "--out", str(study))  # fmt: skip
+    # 2 checks and 4 side votes per slice: an always-left rater would slip through; it says so
+    assert any("fails 1 of 2 checks" in w and "cannot catch" in w for w in out["warnings"])
     tokens, _ = _invite(study, 5)
     expected = _trials(study).set_index("id")["expected"].to_dict()
     with Server(study) as srv:

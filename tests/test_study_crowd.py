@@ -62,7 +62,7 @@ def make_study(runs: Path, out: Path, *extra: str, slices: int = SLICES) -> Path
     questions = out.with_suffix(".questions.json")
     questions.write_text(json.dumps(QUESTIONS))
     cli_json("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
-             "copy,oracle", "--trials", str(10 * slices), "--slice-trials", "10",
+             "copy,oracle", "--trials", str(14 * slices), "--slice-trials", "14",
              "--raters-per-slice", str(PLANNED), "--check-share", "0.4", "--repeat-share", "0.2",
              "--consent", str(consent), "--questions", str(questions), "--out", str(out),
              *extra)  # fmt: skip
@@ -160,8 +160,9 @@ def test_mturk_mode_frames_only_mturk_and_posts_to_external_submit(runs, tmp_pat
                    "https://lab.example.org/study")  # fmt: skip
     assert out["join"] == "https://lab.example.org/study/join"  # MTurk appends its own ids
     assert out["parameters"] == ["workerId", "assignmentId", "hitId", "turkSubmitTo"]
-    assert "<ExternalURL>https://lab.example.org/study/join</ExternalURL>" in out[
-        "external_question"]
+    assert (
+        "<ExternalURL>https://lab.example.org/study/join</ExternalURL>" in out["external_question"]
+    )
     info = trial_info(study)
     with Server(study) as srv:
         p = srv.port
@@ -170,7 +171,8 @@ def test_mturk_mode_frames_only_mturk_and_posts_to_external_submit(runs, tmp_pat
         assert status == 200 and b'id="preview"' in body and b"/r/" not in body
         csp = h["content-security-policy"]
         assert "frame-ancestors https://www.mturk.com;" in csp + ";" or csp.endswith(
-            "frame-ancestors https://www.mturk.com")
+            "frame-ancestors https://www.mturk.com"
+        )
         assert "form-action 'self' https://www.mturk.com/mturk/externalSubmit;" in csp
         assert "x-frame-options" not in h
         token = join(p, "workerId=A1B2C3&assignmentId=3XYZ&hitId=H1&turkSubmitTo=https%3A%2F%2F"
@@ -205,8 +207,11 @@ def test_other_platforms_forbid_framing_and_decline_ends_with_the_screenout_code
         token = join(p, "PROLIFIC_PID=abc123&STUDY_ID=S&SESSION_ID=X")
         status, h, body = request(p, "GET", f"/r/{token}")
         assert b"You will compare images" in body and b'id="agree"' in body
-        assert h["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in h[
-            "content-security-policy"] and h["referrer-policy"] == "same-origin"
+        assert (
+            h["x-frame-options"] == "DENY"
+            and "frame-ancestors 'none'" in h["content-security-policy"]
+            and h["referrer-policy"] == "same-origin"
+        )
         form = f"token={token}&decision=agree"  # no tick: asked again
         assert b"Tick the box" in request(p, "POST", f"/r/{token}/consent", form)[2]
         status, h, _ = request(p, "POST", f"/r/{token}/consent", f"token={token}&decision=decline")
@@ -300,6 +305,18 @@ def test_bad_create_flags_are_one_clear_error(runs, tmp_path, extra, words):
 def test_bad_questions_file_names_the_flag(runs, tmp_path):
     bad = tmp_path / "q.json"
     bad.write_text(json.dumps([{"id": "Age!", "text": "?", "type": "number"}]))
-    proc = cli("study", "create", "--runs", str(runs), "-p", "demo_1shot", "--models",
-               "copy,oracle", "--out", str(tmp_path / "x.sqlite"), "--questions", str(bad))
+    proc = cli(
+        "study",
+        "create",
+        "--runs",
+        str(runs),
+        "-p",
+        "demo_1shot",
+        "--models",
+        "copy,oracle",
+        "--out",
+        str(tmp_path / "x.sqlite"),
+        "--questions",
+        str(bad),
+    )
     assert proc.returncode == 2 and "--questions" in proc.stderr and "lowercase" in proc.stderr

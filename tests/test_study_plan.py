@@ -7,10 +7,11 @@ from itertools import product
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from varbench.errors import UsageError
 from varbench.study.plan import Layout, order_slice, plan
-from varbench.study.rules import ExclusionRule, tally
+from varbench.study.rules import ExclusionRule, fair_coin_p, tally
 
 CASES = list(product((2, 3, 4), (1, 2, 4), (4, 10), (None, 6)))  # systems, groups, conds, slice
 
@@ -97,5 +98,24 @@ def test_exclusion_rule_counts_by_hand():
     assert median == float(np.median([r[3] for r in rows]))
     reasons = rule.reasons(failed, median, left, right)
     assert len(reasons) == 2  # 2 failed checks, median 400 ms; 9 of 10 left is not above 90 %
-    assert rule.reasons(0, 600, 10, 0) == ["chose left in 100 % of 10 votes (max 90 %)"]
-    assert rule.reasons(0, 600, 9, 0) == []  # under --min-side-votes
+    for n_left, n_right in [(15, 0), (14, 0), (20, 1), (21, 1), (30, 3), (9, 9), (0, 16)]:
+        p = sps.binomtest(n_left, n_left + n_right, 0.5).pvalue
+        assert fair_coin_p(n_left, n_right) == pytest.approx(p, rel=1e-12)
+        share = max(n_left, n_right) / (n_left + n_right)
+        flagged = bool(rule.reasons(0, 600, n_left, n_right))
+        assert flagged == (share > 0.9 and p < 1e-4), (n_left, n_right)
+    assert rule.reasons(0, 600, 15, 0) == [
+        "chose left in 100 % of 15 votes (max 90 %, fair-coin p = 6e-05)"
+    ]
+    assert rule.catches_one_side_clicker(checks=4, side_votes=2)  # fails 2 checks
+    assert rule.catches_one_side_clicker(checks=2, side_votes=15)  # by side
+    assert not rule.catches_one_side_clicker(checks=2, side_votes=14)
+
+
+def test_honest_raters_are_rarely_excluded_by_the_side_rule():
+    """Counterbalanced sides make an honest rater's left count Binomial(n, 1/2): <= 1e-4."""
+    rule = ExclusionRule()
+    for n in range(1, 60):
+        rate = sum(sps.binom.pmf(k, n, 0.5) for k in range(n + 1)
+                   if rule.reasons(0, 1000, k, n - k))  # fmt: skip
+        assert rate <= 1e-4, (n, rate)

@@ -43,12 +43,15 @@ def create(
     trials: int = typer.Option(200, "--trials", help="main comparison trials"),
     out: Path = typer.Option(..., "--out", "-o", help="the study file to write (.sqlite)"),
     seed: int = typer.Option(0, "--seed", help="seed of pairs, sides and orders"),
-    slice_trials: int = typer.Option(None, "--slice-trials",
-                                     help="main trials per rater slice (default: all in one)"),
-    raters_per_slice: int = typer.Option(1, "--raters-per-slice",
-                                         help="planned raters for every slice"),
-    check_share: float = typer.Option(0.1, "--check-share",
-                                      help="attention checks per main trial of a slice (>= 2)"),
+    slice_trials: int = typer.Option(
+        None, "--slice-trials", help="main trials per rater slice (default: all in one)"
+    ),
+    raters_per_slice: int = typer.Option(
+        1, "--raters-per-slice", help="planned raters for every slice"
+    ),
+    check_share: float = typer.Option(
+        0.1, "--check-share", help="attention checks per main trial of a slice (>= 2)"
+    ),
     repeat_share: float = typer.Option(0.1, "--repeat-share", help="repeats (sides swapped)"),
     repeat_gap: int = typer.Option(5, "--repeat-gap", help="min. trials from original to repeat"),
     practice: int = typer.Option(2, "--practice", help="unscored practice trials with feedback"),
@@ -56,23 +59,32 @@ def create(
     image_px: int = typer.Option(512, "--image-px", help="every candidate stored at PX x PX"),
     image_format: ImageFormat = typer.Option(ImageFormat.jpeg, "--image-format"),
     allow_tie: bool = typer.Option(False, "--allow-tie", help="offer 'no preference'"),
-    platform: PlatformName = typer.Option(PlatformName.generic, "--platform",
-                                          help="where participants come from"),
+    platform: PlatformName = typer.Option(
+        PlatformName.generic, "--platform", help="where participants come from"
+    ),
     completion_code: str = typer.Option("", "--completion-code", help="shown at the end"),
     completion_url: str = typer.Option("", "--completion-url", help="redirect at the end"),
-    screenout_code: str = typer.Option("", "--screenout-code",
-                                       help="shown to raters excluded by the rule"),
+    screenout_code: str = typer.Option(
+        "", "--screenout-code", help="shown to raters excluded by the rule"
+    ),
     screenout_url: str = typer.Option("", "--screenout-url", help="their redirect"),
     consent: Path = typer.Option(None, "--consent", help="consent text file (shown first)"),
     questions: Path = typer.Option(None, "--questions", help="screening questions (JSON)"),
-    seconds_per_trial: float = typer.Option(6.0, "--seconds-per-trial",
-                                            help="for the duration shown to raters"),
-    max_failed_checks: int = typer.Option(1, "--max-failed-checks",
-                                          help="exclude raters failing more checks"),
-    min_median_ms: int = typer.Option(0, "--min-median-ms",
-                                      help="exclude raters faster than this (0: off)"),
-    max_side_share: float = typer.Option(0.9, "--max-side-share",
-                                         help="exclude raters choosing one side more often"),
+    seconds_per_trial: float = typer.Option(
+        6.0, "--seconds-per-trial", help="for the duration shown to raters"
+    ),
+    max_failed_checks: int = typer.Option(
+        1, "--max-failed-checks", help="exclude raters failing more checks"
+    ),
+    min_median_ms: int = typer.Option(
+        0, "--min-median-ms", help="exclude raters faster than this (0: off)"
+    ),
+    max_side_share: float = typer.Option(
+        0.9, "--max-side-share", help="exclude raters choosing one side more often"
+    ),
+    side_alpha: float = typer.Option(
+        1e-4, "--side-alpha", help="... and less likely than this under a fair coin"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Build a self-contained study file from finished runs of one protocol.
@@ -93,7 +105,7 @@ def create(
     layout = Layout(trials, slice_trials, raters_per_slice, check_share, repeat_share, repeat_gap,
                     practice, seed)  # fmt: skip
     exit_ = Exit(platform.value, completion_code, completion_url, screenout_code, screenout_url)
-    rule = ExclusionRule(max_failed_checks, min_median_ms, max_side_share)
+    rule = ExclusionRule(max_failed_checks, min_median_ms, max_side_share, side_alpha)
     spec = StudySpec(runs, protocol, names, points, layout, set_size, image_px,
                      image_format.value, allow_tie, exit_, rule, load_consent(consent),
                      tuple(load_questions(questions)), seconds_per_trial)  # fmt: skip
@@ -105,10 +117,12 @@ def invite(
     study: Path = typer.Argument(..., help="the study file"),
     raters: int = typer.Option(None, "--raters", help="how many new lab rater links"),
     public: bool = typer.Option(False, "--public", help="the one join link for a platform"),
-    platform: PlatformName = typer.Option(None, "--platform",
-                                          help="link form (default: the study's platform)"),
-    base_url: str = typer.Option("http://127.0.0.1:8000", "--base-url",
-                                 help="the address raters open (with any --root-path)"),
+    platform: PlatformName = typer.Option(
+        None, "--platform", help="link form (default: the study's platform)"
+    ),
+    base_url: str = typer.Option(
+        "http://127.0.0.1:8000", "--base-url", help="the address raters open (with any --root-path)"
+    ),
 ) -> None:
     """Lab: one link per rater (--raters N). Crowd: the join link to paste (--public).
 
@@ -158,11 +172,13 @@ def serve(
     study: Path = typer.Argument(..., help="the study file"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8000, "--port", help="TCP port"),
-    slice_timeout: float = typer.Option(60.0, "--slice-timeout",
-                                        help="minutes without a vote before a slice is reclaimed"),
+    slice_timeout: float = typer.Option(
+        60.0, "--slice-timeout", help="minutes without a vote before a slice is reclaimed"
+    ),
     root_path: str = typer.Option("", "--root-path", help="URL prefix behind a proxy: /study"),
-    public_url: str = typer.Option("", "--public-url",
-                                   help="https://HOST/ROOT raters open (origin check)"),
+    public_url: str = typer.Option(
+        "", "--public-url", help="https://HOST/ROOT raters open (origin check)"
+    ),
 ) -> None:
     """Serve the study to raters until Ctrl-C (votes are saved as they arrive)."""
     setup_logging(False)
@@ -185,8 +201,9 @@ def results(
     fmt: ResultFormat = typer.Option(ResultFormat.table, "--format", "-f"),
     out: Path = typer.Option(None, "--out", "-o", help="folder for votes/raters (csv, parquet)"),
     payments: bool = typer.Option(False, "--payments", help="ids to approve and to reject"),
-    side_effect: bool = typer.Option(False, "--side-effect",
-                                     help="Bradley-Terry with a left-side term"),
+    side_effect: bool = typer.Option(
+        False, "--side-effect", help="Bradley-Terry with a left-side term"
+    ),
     n_boot: int = typer.Option(1000, "--n-boot", help="two-way bootstrap resamples"),
     seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
     exclude_failed_checks: bool = typer.Option(False, "--exclude-failed-checks", hidden=True),
@@ -231,6 +248,7 @@ def rule(
     max_failed_checks: int = typer.Option(None, "--max-failed-checks"),
     min_median_ms: int = typer.Option(None, "--min-median-ms"),
     max_side_share: float = typer.Option(None, "--max-side-share"),
+    side_alpha: float = typer.Option(None, "--side-alpha"),
 ) -> None:
     """Show or change the study's one exclusion rule (used by results, leaderboard, report)."""
     from dataclasses import asdict, replace
@@ -243,7 +261,8 @@ def rule(
         current = ExclusionRule.from_json(meta(con).get("rule"))
         changes = {k: v for k, v in (("max_failed_checks", max_failed_checks),
                                      ("min_median_ms", min_median_ms),
-                                     ("max_side_share", max_side_share)) if v is not None}  # fmt: skip
+                                     ("max_side_share", max_side_share),
+                                     ("side_alpha", side_alpha)) if v is not None}  # fmt: skip
         new = replace(current, **changes).validate()
         if changes:
             con.execute("BEGIN IMMEDIATE")

@@ -247,6 +247,11 @@ def create_study(spec: StudySpec, out: Path) -> dict:
     systems = find_systems(spec)
     trials, n_slices, warnings = plan(spec.layout, len(systems), _groups(spec, systems))
     main, checks, repeats = spec.layout.per_slice()
+    if not spec.rule.catches_one_side_clicker(checks, main + repeats):
+        warnings.append(f"a rater who always clicks one side fails {checks // 2} of {checks} "
+                        f"checks per slice and gives {main + repeats} side votes, too few for the "
+                        "side rule: the rule cannot catch them; raise --check-share or "
+                        "--slice-trials")  # fmt: skip
     if checks and checks <= spec.rule.max_failed_checks:
         warnings.append(f"{checks} checks per slice and --max-failed-checks "
                         f"{spec.rule.max_failed_checks}: no rater can fail the checks rule; "

@@ -94,6 +94,7 @@ class Exit:
         return Exit(self.platform, self.completion_code, done, self.screenout_code, out)
 
     def as_dict(self) -> dict[str, str]:
+        """The exit settings as stored in the study's metadata."""
         return asdict(self)
 
     def frame_origin(self) -> str | None:
@@ -110,8 +111,10 @@ def check_url(flag: str, url: str) -> None:
         return
     parts = urlsplit(url)
     local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme not in ("https", "http") or not parts.netloc or (
-        parts.scheme == "http" and not local
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.netloc
+        or (parts.scheme == "http" and not local)
     ):
         raise UsageError(f"{flag} {url!r}: expected an https:// URL (the platform's page)")
 

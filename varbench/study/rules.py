@@ -2,8 +2,12 @@
 
 A rater is excluded (screened out at the end of their slice, left out of every number and
 listed to reject in ``study results --payments``) when any part of the rule fails: more failed
-attention checks than ``max_failed_checks``, a median vote time under ``min_median_ms``, or a
-share of one side above ``max_side_share`` over at least ``min_side_votes`` votes.
+attention checks than ``max_failed_checks``, a median vote time under ``min_median_ms``, or one
+side chosen in more than ``max_side_share`` of the main and repeat votes *and* more often than a
+fair coin gives with two-sided probability ``side_alpha``. Sides are counterbalanced exactly, so
+an honest rater's left share is a fair coin whatever they prefer; the probability bound keeps
+honest raters from being excluded by chance (at most ``side_alpha`` each), while an always-left
+clicker is caught from 15 votes on (2 / 2**15 < 1e-4).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ class ExclusionRule:
     max_failed_checks: int = 1  # Prolific allows rejecting on two failed checks, not one
     min_median_ms: int = 0  # 0: no speed limit
     max_side_share: float = 0.9  # always-left / always-right clickers
-    min_side_votes: int = 10  # the side rule needs this many main and repeat votes
+    side_alpha: float = 1e-4  # ... and less likely than this under a fair coin
 
     def validate(self) -> ExclusionRule:
         """Self, or a UsageError naming the flag and the fix."""
@@ -32,18 +36,19 @@ class ExclusionRule:
             raise UsageError(f"--min-median-ms {self.min_median_ms}: must be >= 0 (0: off)")
         if not 0.5 < self.max_side_share <= 1:
             raise UsageError(
-                f"--max-side-share {self.max_side_share}: must be above 0.5 and at most 1 "
-                "(1: off)"
+                f"--max-side-share {self.max_side_share}: must be above 0.5 and at most 1 (1: off)"
             )
-        if self.min_side_votes < 1:
-            raise UsageError(f"--min-side-votes {self.min_side_votes}: must be >= 1")
+        if not 0 < self.side_alpha < 1:
+            raise UsageError(f"--side-alpha {self.side_alpha}: must be between 0 and 1")
         return self
 
     def to_json(self) -> str:
+        """The rule as stored in the study's metadata."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> ExclusionRule:
+        """The stored rule (the defaults when a study has none)."""
         return cls(**json.loads(text)) if text else cls()
 
     def reasons(self, checks_failed: int, median_ms: float, left: int, right: int) -> list[str]:
@@ -54,13 +59,28 @@ class ExclusionRule:
         if self.min_median_ms and not math.isnan(median_ms) and median_ms < self.min_median_ms:
             out.append(f"median vote time {median_ms:.0f} ms (min {self.min_median_ms})")
         n = left + right
-        if n >= self.min_side_votes and self.max_side_share < 1:
-            share = max(left, right) / n
-            if share > self.max_side_share:
+        if n and self.max_side_share < 1:
+            share, p = max(left, right) / n, fair_coin_p(left, right)
+            if share > self.max_side_share and p < self.side_alpha:
                 side = "left" if left >= right else "right"
                 out.append(f"chose {side} in {100 * share:.0f} % of {n} votes "
-                           f"(max {100 * self.max_side_share:.0f} %)")  # fmt: skip
+                           f"(max {100 * self.max_side_share:.0f} %, fair-coin p = {p:.1g})")  # fmt: skip
         return out
+
+    def catches_one_side_clicker(self, checks: int, side_votes: int) -> bool:
+        """True when a rater clicking one side throughout a slice fails this rule."""
+        by_checks = checks // 2 > self.max_failed_checks  # half the checks expect each side
+        by_side = self.max_side_share < 1 and fair_coin_p(side_votes, 0) < self.side_alpha
+        return by_checks or by_side
+
+
+def fair_coin_p(left: int, right: int) -> float:
+    """Two-sided exact binomial probability of a split at least this uneven under p = 1/2."""
+    n, k = left + right, max(left, right)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, j) for j in range(k, n + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def tally(rows) -> tuple[int, float, int, int]:

@@ -66,6 +66,7 @@ class ServeOptions:
 
     @property
     def public_origin(self) -> str | None:
+        """The origin of ``--public-url`` (the only one votes may come from), or None."""
         if not self.public_url:
             return None
         parts = urlsplit(self.public_url)
@@ -73,7 +74,7 @@ class ServeOptions:
 
 
 class _TooLarge(Exception):
-    pass
+    """A request body over its cap (or with more fields than any form of ours)."""
 
 
 async def read_form(request: Request, cap: int) -> dict[str, str]:
@@ -97,6 +98,7 @@ async def read_form(request: Request, cap: int) -> dict[str, str]:
 
 
 def _same(a: str, b: str) -> bool:
+    """Constant-time comparison of two strings, any characters."""
     return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
 
 
@@ -131,6 +133,7 @@ def make_app(path: Path, options: ServeOptions | None = None):
     spt = float(db.info.get("seconds_per_trial", "6"))
 
     def page(name: str, status: int = 200, **ctx) -> HTMLResponse:
+        """A rendered page with a fresh CSP nonce and the security headers."""
         nonce = secrets.token_urlsafe(16)
         csp = (f"default-src 'none'; img-src 'self'; style-src 'nonce-{nonce}'; "
                f"script-src 'nonce-{nonce}'; form-action {actions}; base-uri 'none'; "
@@ -139,23 +142,29 @@ def make_app(path: Path, options: ServeOptions | None = None):
                             headers={**security, "Content-Security-Policy": csp})  # fmt: skip
 
     def plain(text: str, status: int, **extra) -> Response:
+        """A short text response with the security headers."""
         return Response(text, status_code=status, headers={**security, **extra})
 
     def message(title: str, text: str, status: int = 200) -> HTMLResponse:
+        """A page with a title and one paragraph."""
         return page("message.html", status, title=title, text=text)
 
     def not_found() -> HTMLResponse:
+        """The one answer to every wrong link: no hint of what exists."""
         return message("Not found", "This link is not valid. Ask the study organiser for your "
                        "link.", 404)  # fmt: skip
 
     def closed() -> HTMLResponse:
+        """The answer of a closed study (410)."""
         return message("Study closed", "This study is closed. Thank you for your interest.", 410)
 
     def to_rater(token: str, query: str = "", **headers) -> RedirectResponse:
+        """303 to the rater's page (under the root path)."""
         return RedirectResponse(f"{root}/r/{token}{query}", status_code=303,
                                 headers={**security, **headers})  # fmt: skip
 
     def origin_ok(request: Request) -> bool:
+        """True unless a browser sent a foreign or null Origin."""
         origin = request.headers.get("origin")
         if origin is None:  # not a browser form (browsers send Origin on every POST)
             return True
@@ -165,6 +174,7 @@ def make_app(path: Path, options: ServeOptions | None = None):
         return origin in (f"http://{host}", f"https://{host}")
 
     def end_page(r: Rater, screened: bool, text: str) -> HTMLResponse:
+        """The completion or screen-out page: code, redirect or MTurk post."""
         ex = db.exit
         code = ex.screenout_code if screened else ex.completion_code
         url = ex.screenout_url if screened else ex.completion_url
@@ -176,10 +186,12 @@ def make_app(path: Path, options: ServeOptions | None = None):
                     redirect=redirect, delay=REDIRECT_DELAY_S)  # fmt: skip
 
     def estimate() -> tuple[int, int, int]:
+        """(trials in a slice, practice trials, estimated minutes)."""
         n, practice = db.slice_length(), db.practice_count()
         return n, practice, max(1, math.ceil((n + practice) * spt / 60))
 
     def rater_state(token: str, query) -> Response:
+        """The page a rater sees now: consent, questions, instructions, practice, trial or end."""
         r = db.rater(token)
         if r is None:
             return not_found()
@@ -224,6 +236,7 @@ def make_app(path: Path, options: ServeOptions | None = None):
         return page("trial.html", trial=trial, cols=cols, done=done, total=total, **ctx)
 
     async def rater_page(request: Request) -> Response:
+        """GET /r/{token}."""
         token = request.path_params["token"]
         query = dict(request.query_params)
         return await run_in_threadpool(rater_state, token, query)
@@ -247,6 +260,7 @@ def make_app(path: Path, options: ServeOptions | None = None):
         return await run_in_threadpool(handle, r, token, form)
 
     def handle_vote(r: Rater, token: str, form: dict[str, str]) -> Response:
+        """Store a vote; practice votes lead to their feedback."""
         choice = form.get("choice", "")
         if choice not in ("left", "right") and not (choice == "tie" and db.allow_tie):
             return plain("choice must be left or right", 400)
@@ -263,6 +277,7 @@ def make_app(path: Path, options: ServeOptions | None = None):
         return to_rater(token, query, **{"X-Vote": status})
 
     def handle_consent(r: Rater, token: str, form: dict[str, str]) -> Response:
+        """Agree (the box ticked) or decline."""
         if form.get("decision") == "decline":
             db.save_consent(r.id, False)
         elif form.get("agree") == "yes":
@@ -273,6 +288,7 @@ def make_app(path: Path, options: ServeOptions | None = None):
         return to_rater(token)
 
     def handle_answers(r: Rater, token: str, form: dict[str, str]) -> Response:
+        """Store valid screening answers, or show the form again with what is wrong."""
         answers, error = parse_answers(db.questions, form)
         if error:
             return page("questions.html", questions=db.questions, token=token, error=error)
@@ -280,15 +296,19 @@ def make_app(path: Path, options: ServeOptions | None = None):
         return to_rater(token)
 
     async def vote(request: Request) -> Response:
+        """POST /r/{token}/vote."""
         return await post_form(request, MAX_VOTE_BODY, handle_vote)
 
     async def consent(request: Request) -> Response:
+        """POST /r/{token}/consent."""
         return await post_form(request, MAX_FORM_BODY, handle_consent)
 
     async def answers(request: Request) -> Response:
+        """POST /r/{token}/answers."""
         return await post_form(request, MAX_FORM_BODY, handle_answers)
 
     def do_join(query: dict[str, str]) -> Response:
+        """Create or resume the rater of a platform id and send them to their page."""
         if db.closed():
             return closed()
         platform = db.exit.platform
@@ -307,9 +327,11 @@ def make_app(path: Path, options: ServeOptions | None = None):
         return to_rater(token)
 
     async def join(request: Request) -> Response:
+        """GET /join: the one public entry link."""
         return await run_in_threadpool(do_join, dict(request.query_params))
 
     def do_image(token: str, image_id: int) -> Response:
+        """An image for a rater's or the admin's token; 404 for anything else."""
         if db.rater(token) is None and not db.is_admin(token):
             return plain("not found", 404)
         found = db.image(image_id)
@@ -319,10 +341,12 @@ def make_app(path: Path, options: ServeOptions | None = None):
         return Response(found[0], media_type=found[1], headers=headers)
 
     async def image(request: Request) -> Response:
+        """GET /img/{token}/{id}."""
         p = request.path_params
         return await run_in_threadpool(do_image, p["token"], p["image_id"])
 
     def do_admin(token: str) -> Response:
+        """The admin page for the current admin token."""
         if not db.is_admin(token):
             return not_found()
         raters, pairs, n, cover = db.admin_rows()
@@ -330,12 +354,15 @@ def make_app(path: Path, options: ServeOptions | None = None):
                     n_votes=n, cover=cover, closed=db.closed())  # fmt: skip
 
     async def admin(request: Request) -> Response:
+        """GET /admin/{token}."""
         return await run_in_threadpool(do_admin, request.path_params["token"])
 
     async def root_page(request: Request) -> Response:
+        """GET /: nothing to see without a link."""
         return not_found()
 
     async def favicon(request: Request) -> Response:
+        """No icon (and no 404 noise in the browser console)."""
         return Response(status_code=204, headers=security)
 
     routes = [

@@ -50,6 +50,7 @@ class StudyDB:
 
     @property
     def con(self) -> sqlite3.Connection:
+        """This thread's connection to the study file (opened on first use)."""
         con = getattr(self._local, "con", None)
         if con is None:
             con = open_study(self.path, check=False)
@@ -72,6 +73,7 @@ class StudyDB:
 
     # -- lookups ---------------------------------------------------------------------------
     def closed(self) -> bool:
+        """True once `varbench study close` closed the study (read per request)."""
         row = self.con.execute("SELECT value FROM meta WHERE key = 'closed'").fetchone()
         return bool(row and row[0] == "1")
 
@@ -101,10 +103,12 @@ class StudyDB:
         return [self.trial(int(r[0])) for r in rows]
 
     def practice_count(self) -> int:
+        """How many practice trials the study has."""
         return int(self.con.execute(
             "SELECT COUNT(*) FROM trials WHERE kind = 'practice'").fetchone()[0])  # fmt: skip
 
     def trial(self, trial_id: int) -> dict:
+        """One trial as the pages show it (ids of its images, kind, expected side)."""
         row = self.con.execute(
             "SELECT id, class_label, cond_image, left_images, right_images, kind, expected "
             "FROM trials WHERE id = ?", (trial_id,)).fetchone()  # fmt: skip
@@ -113,11 +117,13 @@ class StudyDB:
                 "expected": row[6]}  # fmt: skip
 
     def voted(self, rid: int, trial_id: int) -> str | None:
+        """The rater's choice on ``trial_id``, or None."""
         row = self.con.execute("SELECT choice FROM votes WHERE rater_id = ? AND trial_id = ?",
                                (rid, trial_id)).fetchone()  # fmt: skip
         return row[0] if row else None
 
     def has_votes(self, rid: int) -> bool:
+        """True once the rater voted on anything (practice included)."""
         return self.con.execute("SELECT 1 FROM votes WHERE rater_id = ? LIMIT 1",
                                 (rid,)).fetchone() is not None  # fmt: skip
 
@@ -132,10 +138,12 @@ class StudyDB:
         return (None if nxt is None else self.trial(nxt)), done, len(rows)
 
     def image(self, image_id: int) -> tuple[bytes, str] | None:
+        """One stored image's bytes and MIME type, or None."""
         row = self.con.execute("SELECT data, mime FROM images WHERE id = ?", (image_id,)).fetchone()
         return (bytes(row[0]), str(row[1])) if row else None
 
     def slice_length(self) -> int:
+        """Trials in one slice (main, checks, repeats), for the duration estimate."""
         lay = self.layout
         return int(lay.get("main_per_slice", 0) + lay.get("checks_per_slice", 0)
                    + lay.get("repeats_per_slice", 0))  # fmt: skip
@@ -147,11 +155,13 @@ class StudyDB:
         return token, revoked
 
     def save_consent(self, rid: int, agreed: bool) -> None:
+        """Record the rater's consent decision (the first one stands)."""
         self._write(lambda con: con.execute(
             "UPDATE raters SET consent = ? WHERE id = ? AND consent IS NULL",
             ("yes" if agreed else "no", rid)))  # fmt: skip
 
     def save_answers(self, rid: int, answers: dict) -> None:
+        """Record the rater's screening answers (the first ones stand)."""
         self._write(lambda con: con.execute(
             "UPDATE raters SET answers = ? WHERE id = ? AND answers IS NULL",
             (json.dumps(answers), rid)))  # fmt: skip
@@ -166,6 +176,7 @@ class StudyDB:
         return self._write(self._vote, rid, trial_id, choice, ms)
 
     def _vote(self, con, rid: int, trial_id: int, choice: str, ms: int) -> str:
+        """The vote's transaction body: only trials of the rater's active slice (or practice) count."""
         row = con.execute("SELECT kind, left_model, right_model FROM trials WHERE id = ?",
                           (trial_id,)).fetchone()  # fmt: skip
         if row is None:
@@ -199,6 +210,7 @@ class StudyDB:
 
     # -- admin -----------------------------------------------------------------------------
     def admin_rows(self) -> tuple[list[dict], list[tuple], int, list[tuple]]:
+        """Per-rater progress, main votes per side pair, total votes and slice coverage."""
         raters_ = []
         for rid, ext, votes, checks, failures, last, status in self.con.execute(
             "SELECT r.id, r.external_id, "

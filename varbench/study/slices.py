@@ -17,6 +17,7 @@ from varbench.study.rules import ExclusionRule, tally
 
 
 def now_iso() -> str:
+    """The current UTC time, ISO 8601 with milliseconds (stored with votes)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -31,6 +32,7 @@ def release_stale(con: sqlite3.Connection, now: float, timeout_s: float) -> int:
 
 
 def _capacity(con: sqlite3.Connection, slice_id: int) -> int:
+    """Planned raters of a slice minus those finished or holding it now."""
     planned, taken = con.execute(
         "SELECT s.planned, (SELECT COUNT(*) FROM assignments a WHERE a.slice_id = s.id "
         "AND a.status IN ('active', 'finished')) FROM slices s WHERE s.id = ?",

@@ -92,8 +92,14 @@ def cluster_bootstrap(
 
 
 def bt_fit(
-    winner_a: np.ndarray, a: np.ndarray, b: np.ndarray, n_models: int, weights=None, ridge=1e-6,
-    side: bool = False, start: np.ndarray | None = None,
+    winner_a: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    n_models: int,
+    weights=None,
+    ridge=1e-6,
+    side: bool = False,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Bradley-Terry log-strengths by Newton's method on the logistic likelihood.
 

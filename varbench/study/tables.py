@@ -52,9 +52,13 @@ def print_tables(result: dict) -> None:
             t.add_row(n, *("" if m == n else _pct(result["win_matrix"][n][m]) for m in names))
         con.print(t)
     rule = result["rule"]
-    t = Table(title=f"Raters (excluded: more than {rule['max_failed_checks']} failed checks, "
-                    f"median under {rule['min_median_ms']} ms, or one side above "
-                    f"{100 * rule['max_side_share']:.0f} %)")  # fmt: skip
+    parts = [f"more than {rule['max_failed_checks']} failed checks"]
+    if rule["min_median_ms"]:
+        parts.append(f"median under {rule['min_median_ms']} ms")
+    if rule["max_side_share"] < 1:
+        parts.append(f"one side above {100 * rule['max_side_share']:.0f} % with fair-coin "
+                     f"p < {rule['side_alpha']:g}")  # fmt: skip
+    t = Table(title=f"Raters (excluded: {', '.join(parts)})")
     for c in ("rater", "external id", "votes", "checks", "failed", "consistency", "left %",
               "median ms", "excluded"):  # fmt: skip
         t.add_column(c, justify="right")
