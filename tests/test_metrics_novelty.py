@@ -131,12 +131,14 @@ def test_point_cache_equals_each_standalone_metric_bit_for_bit():
         assert plan.precision_recall(3) == prdc.precision_recall(real, fake, 3)
         assert novelty.cached_authpct(plan) == novelty.authpct(real, fake)
         assert np.array_equal(
-            realism.cached_realism_scores(plan, 3), realism.realism_scores(real, fake, 3)
+            realism.cached_realism_scores(plan), realism.realism_scores(real, fake)
         )
         assert plan.fid() == gaussian.fid_from_features(real, fake)
         assert mifid.cached_mifid(plan) == mifid.mifid_parts(real, fake)
         assert plan.fd_infinity(seed=5) == gaussian.fd_infinity(real, fake, seed=5)
-        ct = novelty.ct_score(real, held, fake, seed=1, pca=novelty.cached_pca(plan, novelty.CT_PCA_DIM))
+        ct = novelty.ct_score(
+            real, held, fake, seed=1, pca=novelty.cached_pca(plan, novelty.CT_PCA_DIM)
+        )
         assert ct == novelty.ct_score(real, held, fake, seed=1)
 
 
@@ -403,20 +405,71 @@ def test_mifid_equals_torchmetrics(copy):
 
 
 # -- realism (transcription of dgm-eval metrics/prdc.py, realism=True) --------------------------
-def test_realism_equals_dgm_eval():
-    from varbench.metrics.realism import realism_scores
+def _dgm_eval_realism(real, fake, nearest_k=5):
+    """dgm-eval's ``compute_prdc(..., realism=True)['realism']``, brute force (float64)."""
+    dr = cdist(real, real)
+    kk = nearest_k + 1  # get_kth_value(distances, k=nearest_k + 1): self included
+    radii = np.take_along_axis(dr, np.argpartition(dr, kk, axis=-1)[..., :kk], -1).max(-1)
+    mask = radii < np.median(radii)
+    with np.errstate(divide="ignore"):
+        return (radii[mask][:, None] / cdist(real, fake)[mask]).max(axis=0), mask
+
+
+def test_realism_equals_dgm_eval_at_its_default_k_with_copies():
+    """Default k is dgm-eval's nearest_k = 5; scores equal its transcription, copies are inf
+    and are counted (frac_copies), ranked highest in the median, left out of the mean only."""
+    from varbench.metrics import realism
 
     rng = _rng(11)
     real = rng.standard_normal((300, 20))
-    fake = np.vstack([rng.standard_normal((120, 20)) * 1.3, real[5:6]])
-    dr = cdist(real, real)
-    radii = np.take_along_axis(dr, np.argpartition(dr, 4, axis=-1)[..., :4], -1).max(-1)
-    mask = radii < np.median(radii)
-    with np.errstate(divide="ignore"):
-        ref = (radii[mask][:, None] / cdist(real, fake)[mask]).max(axis=0)
-    got = realism_scores(real, fake, k=3)
+    fake = rng.standard_normal((120, 20)) * 1.3
+    ref0, mask = _dgm_eval_realism(real, fake)
+    kept, dropped = np.flatnonzero(mask)[:3], np.flatnonzero(~mask)[0]
+    fake = np.vstack([fake, real[kept], real[dropped : dropped + 1]])  # 3 copies + 1 not kept
+    ref, _ = _dgm_eval_realism(real, fake)
+    assert np.isinf(ref).sum() == 3 and np.isfinite(ref[-1])
+    got = realism.realism_scores(real, fake)  # default k
     np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-9)
     assert np.array_equal(np.isinf(got), np.isinf(ref))
+    assert not np.allclose(realism.realism_scores(real, fake, k=3)[:120], ref0)  # k matters
+    summary = realism.realism_summary(got)
+    fin = ref[np.isfinite(ref)]
+    assert summary["realism_frac_copies"] == pytest.approx(3 / len(ref), rel=1e-15)
+    assert summary["realism_median"] == pytest.approx(np.median(ref), rel=1e-9)
+    assert summary["realism_mean"] == pytest.approx(fin.mean(), rel=1e-9)
+    assert summary["realism_frac_ge1"] == np.mean(ref >= 1.0)
+    # more than half copies: the median is inf; all copies: the mean is nan
+    assert realism.realism_summary(np.array([np.inf, np.inf, 0.5]))["realism_median"] == np.inf
+    allcp = realism.realism_summary(np.array([np.inf, np.inf]))
+    assert math.isnan(allcp["realism_mean"]) and allcp["realism_frac_copies"] == 1.0
+    keys = {k.name: k.better for k in realism.RealismMetric.results}
+    assert keys["realism_frac_copies"] == -1 and set(summary) == set(keys)
+
+
+def test_realism_relation_to_the_authors_code():
+    """kynkaat's ManifoldEstimator(clamp_to_percentile=50).evaluate, transcribed: squared
+    distances, radii <= the median kept, eps 1e-5. With no radius tied at the median and no
+    copy, its score is ours squared (up to eps) and its share >= 1 is ours."""
+    from varbench.metrics.realism import realism_scores, realism_summary
+
+    rng = _rng(21)
+    real = rng.standard_normal((301, 12))
+    fake = rng.standard_normal((90, 12)) * 1.2
+    dsq = cdist(real, real, "sqeuclidean")
+    d_k = np.partition(dsq, np.arange(4), axis=1)[:, 3]  # nhood_sizes=[3], self at index 0
+    d_k = np.where(d_k > np.percentile(d_k, 50), 0.0, d_k)
+    theirs = np.max(d_k[:, None] / (cdist(real, fake, "sqeuclidean") + 1e-5), axis=0)
+    ours = realism_scores(real, fake, k=3)
+    # 301 radii: the median is one of them; it is kept by kynkaat, dropped by dgm-eval/us
+    med = np.flatnonzero(d_k == d_k.max())
+    assert len(med) == 1
+    without_median = np.max(
+        np.delete(d_k, med)[:, None]
+        / (np.delete(cdist(real, fake, "sqeuclidean"), med, axis=0) + 1e-5),
+        axis=0,
+    )
+    np.testing.assert_allclose(ours**2, without_median, rtol=1e-5)
+    assert np.mean(theirs >= 1) >= realism_summary(ours)["realism_frac_ge1"]
 
 
 # -- CMMD (transcription of google-research cmmd/distance.py, float64 NumPy) --------------------
