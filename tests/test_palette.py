@@ -166,3 +166,35 @@ def test_palette_mode_option_and_errors():
     assert param.choices == PALETTE_MODES and PALETTE_MODES[0] == "rival"
     with pytest.raises(UsageError, match="palette_mode"):
         palette(np.zeros((4, 4, 3), np.uint8), mode="pylette1")
+
+
+def test_palette_metric_reads_palette_mode(monkeypatch):
+    """The metric passes ``palette_mode`` to the extraction (default rival) and records it
+    (extraction at 16 x 16 here for speed: the wiring is under test, not the k-means)."""
+    from types import SimpleNamespace
+
+    from varbench.metrics import palette as palette_mod
+
+    seen = []
+
+    def small(image, mode):
+        seen.append(mode)
+        return palette(image, size=16, mode=mode)
+
+    monkeypatch.setattr(palette_mod, "palette", small)
+    a, b = _natural(5, 24, 24), _natural(6, 24, 24)
+    images = {"c": a, "f0": b, "f1": a}
+    for options, mode in (({}, "rival"), ({"palette_mode": "pylette6"}, "pylette6")):
+        ctx = SimpleNamespace(
+            options=options,
+            fake_cond_index=np.array([0, 0]),
+            fake_hashes=["f0", "f1"],
+            cond_hashes=["c"],
+            image=images.__getitem__,
+        )
+        seen.clear()
+        metric = palette_mod.PaletteMetric()
+        out = metric.compute(ctx)
+        assert seen == [mode] * 3 and metric.artifacts(ctx)["mode"] == mode
+        ref = palette_match(small(b, mode), small(a, mode))
+        assert out["palette_distance_mean"] == pytest.approx(ref / 2, rel=1e-12)
