@@ -145,8 +145,7 @@ def test_palette_distance_is_the_hungarian_l1_of_pylette_palettes():
 
 def test_rival_mode_equals_pylette_2023_on_natural_images():
     """The default extraction (RGB, 10 restarts) bit for bit against the 2023-era transcription:
-    photo-like images resized to 64 x 64 (2^12 pixels: exact means, as 2^16 at 256) for speed,
-    and one at Pylette's 256 x 256."""
+    photo-like images resized to 64 x 64 (2^12 pixels: exact means, as 2^16 at 256) for speed."""
     a, b = _natural(0), _natural(1)
     pa, pb = palette(a, size=64), palette(b, size=64)
     np.testing.assert_array_equal(pa, _pylette_2023(a, size=64))
@@ -154,9 +153,14 @@ def test_rival_mode_equals_pylette_2023_on_natural_images():
     assert palette_match(pa, pb) == pytest.approx(
         palette_match(_pylette_2023(a, 64), _pylette_2023(b, 64)), rel=1e-12
     )
+    assert pixels(a).shape == (256 * 256, 3) and pixels(a, mode="pylette6").shape[1] == 4
+
+
+@pytest.mark.slow
+def test_rival_mode_at_pylette_size():
+    """At Pylette's 256 x 256 (the default): ten restarts on 65,536 pixels, ~10-20 s."""
     img = _natural(4, 40, 48)
-    np.testing.assert_array_equal(palette(img), _pylette_2023(img))  # 256 x 256, the default
-    assert pixels(img).shape == (256 * 256, 3) and pixels(img, mode="pylette6").shape[1] == 4
+    np.testing.assert_array_equal(palette(img), _pylette_2023(img))
 
 
 def test_palette_mode_option_and_errors():
