@@ -386,7 +386,7 @@ def section_novelty(
         out["prc"] = step("base_prc", lambda: plan.precision_recall(3))
         out["fd_infinity"] = step("fd_infinity", lambda: plan.fd_infinity(seed=0))
         out["authpct"] = step("authpct", lambda: cached_authpct(plan))
-        out["realism"] = step("realism", lambda: cached_realism_scores(plan, 3))
+        out["realism"] = step("realism", lambda: cached_realism_scores(plan, 5))
         out["mifid"] = step("mifid", lambda: cached_mifid(plan))
         out["ct"] = step(
             "ct", lambda: ct_score(real, heldout, fake, seed=0, pca=cached_pca(plan, CT_PCA_DIM))

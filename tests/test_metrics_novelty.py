@@ -131,12 +131,14 @@ def test_point_cache_equals_each_standalone_metric_bit_for_bit():
         assert plan.precision_recall(3) == prdc.precision_recall(real, fake, 3)
         assert novelty.cached_authpct(plan) == novelty.authpct(real, fake)
         assert np.array_equal(
-            realism.cached_realism_scores(plan, 3), realism.realism_scores(real, fake, 3)
+            realism.cached_realism_scores(plan), realism.realism_scores(real, fake)
         )
         assert plan.fid() == gaussian.fid_from_features(real, fake)
         assert mifid.cached_mifid(plan) == mifid.mifid_parts(real, fake)
         assert plan.fd_infinity(seed=5) == gaussian.fd_infinity(real, fake, seed=5)
-        ct = novelty.ct_score(real, held, fake, seed=1, pca=novelty.cached_pca(plan, novelty.CT_PCA_DIM))
+        ct = novelty.ct_score(
+            real, held, fake, seed=1, pca=novelty.cached_pca(plan, novelty.CT_PCA_DIM)
+        )
         assert ct == novelty.ct_score(real, held, fake, seed=1)
 
 
@@ -158,6 +160,29 @@ def test_vendi_closed_forms():
 
     assert vendi_score(np.eye(7)) == pytest.approx(7.0)  # 7 orthogonal rows: 7 distinct
     assert vendi_score(np.ones((5, 3))) == pytest.approx(1.0)  # identical rows: one
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0, 0.5, math.inf])
+def test_vendi_zero_rows(q):
+    """All-zero rows: no direction, the kernel K/n is 0, so the score is undefined: NaN for
+    every q (the vendi-score package gives 1, inf or 0 by q there, and log(0) at q = inf).
+    Some zero rows: the rest defines it, as the package computes (zero rows stay zero)."""
+    import warnings
+
+    from vendi_score import vendi
+
+    from varbench.metrics.vendi import grouped_vendi, vendi_score
+
+    assert math.isnan(vendi_score(np.zeros((5, 8)), q))
+    x = _rng(4).standard_normal((12, 8))
+    x[[2, 7]] = 0.0
+    with warnings.catch_warnings():  # sklearn's normalize on zero rows is silent; be safe
+        warnings.simplefilter("ignore")
+        ref = vendi.score_dual(x, q="inf" if math.isinf(q) else q)
+    assert vendi_score(x, q) == pytest.approx(ref, rel=1e-9)
+    groups = np.array([0] * 12 + [1] * 3)
+    got = grouped_vendi(np.vstack([x, np.zeros((3, 8))]), groups, q)
+    assert got[0] == pytest.approx(ref, rel=1e-9) and math.isnan(got[1])
 
 
 # -- authenticity (transcription of dgm-eval metrics/authpct.py) -------------------------------
@@ -277,12 +302,31 @@ def test_ct_kmeans_is_sklearn_on_overlapping_data(seed):
     assert ct_score(x, test, gen, seed=seed) == pytest.approx(ref, rel=1e-9)
 
 
+def test_ct_cells_beyond_the_training_cells_are_an_error():
+    """dgm-eval's C_T indexes its cell counts by label (an IndexError for a label past the
+    training cells); varbench names the cells. ct_score's predict never makes such labels."""
+    from varbench.metrics.novelty import CTCellError, ct_from_cells
+
+    rng = _rng(3)
+    tr, te, ge = (rng.standard_normal((m, 4)) for m in (90, 60, 60))
+    cells = [np.arange(len(a)) % 3 for a in (tr, te, ge)]
+    assert np.isfinite(ct_from_cells(tr, te, ge, *cells, 0.1))
+    bad = cells[2].copy()
+    bad[:5] = 3
+    with pytest.raises(CTCellError, match=r"generated points in cells \[3\].*0\.\.2"):
+        ct_from_cells(tr, te, ge, cells[0], cells[1], bad, 0.1)
+    with pytest.raises(CTCellError, match=r"test points in cells \[-1\]"):
+        ct_from_cells(tr, te, ge, cells[0], cells[1] - 1, cells[2], 0.1)
+
+
 # -- FLS (transcription of dgm-eval metrics/fls.py, on the CPU) --------------------------------
-def _ref_fls_both(train, baseline, test, gen):
-    feats = [torch.tensor(a, dtype=torch.float32) for a in (train, baseline, test, gen)]
-    allf = torch.cat(feats, 0)
-    mean, std = allf.mean(0), allf.std(0)
-    train, baseline, test, gen = [(f - mean) / std for f in feats]
+def _ref_fls_both(train, baseline, test, gen, dtype=torch.float32, standardise=True):
+    feats = [torch.tensor(a, dtype=dtype) for a in (train, baseline, test, gen)]
+    if standardise:
+        allf = torch.cat(feats, 0)
+        mean, std = allf.mean(0), allf.std(0)
+        feats = [(f - mean) / std for f in feats]
+    train, baseline, test, gen = feats
 
     def dists(a, b):
         return (torch.cdist(a, b) ** 2).detach()
@@ -290,13 +334,13 @@ def _ref_fls_both(train, baseline, test, gen):
     def nll(dd, ls, dim, detailed=False):
         e = (-0.5 * dd) / torch.exp(ls)
         e -= (dim / 2) * ls
-        e += torch.log(torch.tensor(1 / dd.shape[1]))
+        e += torch.log(torch.tensor(1 / dd.shape[1], dtype=dtype))
         inner = torch.logsumexp(e, dim=1)
         total = torch.mean(-inner)
         return (total, -inner) if detailed else total
 
     def optimise(x_data, x_kernel):
-        ls = torch.ones(x_kernel.shape[0], requires_grad=True)
+        ls = torch.ones(x_kernel.shape[0], requires_grad=True, dtype=dtype)
         ls.data = 0 * ls
         opt = torch.optim.Adam([ls], lr=0.5)
         sch = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[50], gamma=0.1)
@@ -314,7 +358,7 @@ def _ref_fls_both(train, baseline, test, gen):
     def pairwise_ll(x_data, x_kernel, ls):
         e = (-0.5 * dists(x_data, x_kernel)) / torch.exp(ls)
         e -= (x_kernel.shape[1] / 2) * ls
-        e += torch.log(torch.tensor(1 / x_kernel.shape[0]))
+        e += torch.log(torch.tensor(1 / x_kernel.shape[0], dtype=dtype))
         return e
 
     gls = optimise(train, gen)
@@ -345,6 +389,55 @@ def test_fls_equals_dgm_eval():
     assert fls(*sets) == got["fls"] and fls_overfit(*sets) == got["fls_overfit"]
 
 
+@pytest.mark.slow
+def test_fls_at_inception_width_equals_a_float64_transcription():
+    """d = 2048, n = 1,000 per subset: against dgm-eval's fls.py transcribed in float64 after
+    the same float32 standardisation. Features: 16 strong directions plus noise, 200 near copies.
+
+    Tolerance: varbench, as dgm-eval, takes squared distances from float32 ``torch.cdist``
+    (||x||^2 + ||y||^2 - 2 x.y), which errs by up to ~3e-3 relative on the near copies and moves
+    their fitted log-bandwidths by ~0.02; FLS divides the NLL gap by d and lands 2.9e-6 from
+    the float64 value here, so 2e-5 is the bound (7x margin). ~20-40 s (the reference's
+    autograd fit on 10^6 exponentials a step): marked slow."""
+    from varbench.metrics.fls import fls_scores
+
+    rng = _rng(31)
+    n, d = 1000, 2048
+    basis = rng.standard_normal((16, d))
+
+    def draw(m, scale=1.0, shift=0.0):
+        return (rng.standard_normal((m, 16)) * scale + shift) @ basis + rng.standard_normal((m, d))
+
+    train, base, test = draw(n), draw(n), draw(n)
+    gen = np.vstack([draw(n - 200, 1.3, 0.2), train[:200] + 0.05 * rng.standard_normal((200, d))])
+    sets = [np.asarray(a, np.float32) for a in (train, base, test, gen)]
+    std = [_standardised32(sets, i) for i in range(4)]
+    ref_fls, ref_over = _ref_fls_both(*std, dtype=torch.float64, standardise=False)
+    got = fls_scores(*sets)
+    assert got["fls"] == pytest.approx(ref_fls, rel=2e-5)
+    assert got["fls_overfit"] == pytest.approx(ref_over, abs=1e-9)
+    assert got["fls_overfit"] > 0  # the 200 near copies explain training points better
+
+
+def _standardised32(sets, i):
+    """Set i standardised with the mean and std of all four, in float32, as dgm-eval."""
+    allf = torch.cat([torch.tensor(a) for a in sets], 0)
+    return ((torch.tensor(sets[i]) - allf.mean(0)) / allf.std(0)).double().numpy()
+
+
+def test_fls_needs_four_references():
+    from varbench.errors import UsageError
+    from varbench.metrics.fls import fls_subsets
+
+    rng = _rng(2)
+    test, gen = rng.standard_normal((10, 3)), rng.standard_normal((10, 3))
+    with pytest.raises(UsageError, match="at least 4 reference images.*got 3"):
+        fls_subsets(rng.standard_normal((3, 3)), test, gen)
+    with pytest.raises(UsageError, match="at least 2 generated images, got 1"):
+        fls_subsets(rng.standard_normal((8, 3)), test, gen[:1])
+    assert [len(a) for a in fls_subsets(rng.standard_normal((4, 3)), test, gen)] == [2] * 4
+
+
 # -- FD-infinity (transcription of dgm-eval metrics/fd.py with our nested draws) ---------------
 @pytest.mark.parametrize("n_real, n_fake, d", [(500, 400, 10), (300, 300, 40)])
 def test_fd_infinity_equals_dgm_eval_fit(n_real, n_fake, d):
@@ -368,9 +461,11 @@ def test_fd_infinity_equals_dgm_eval_fit(n_real, n_fake, d):
         diff = mu1 - mu2
         return diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * trace
 
-    batches = fd_infinity_sizes(len(fake))
-    assert batches[0] == n_fake // 10 and batches[-1] == n_fake and len(batches) == 15
-    perm = np.random.default_rng(4).permutation(len(fake))  # the draw fd_infinity documents
+    # dgm-eval's sizes, transcribed (not varbench's function); the draw is the one fd_infinity
+    # documents (its sampling is tested against dgm-eval's own draws over seeds below)
+    batches = np.linspace(min(5000, max(n_fake // 10, 2)), n_fake, 15).astype("int32")
+    np.testing.assert_array_equal(fd_infinity_sizes(n_fake), batches)
+    perm = np.random.default_rng(4).permutation(len(fake))
     mu1, s1 = real.mean(0), np.cov(real, rowvar=False)
     got = fd_infinity(real, fake, seed=4)
     for exact in (False, True):
@@ -383,6 +478,50 @@ def test_fd_infinity_equals_dgm_eval_fit(n_real, n_fake, d):
         # sqrtm of a singular product (30 rows in 40 dims) errs by ~4e-9 relative at that size
         rel = 1e-7 if (batches[0] <= d and not exact) else 1e-8
         assert got == pytest.approx(ref, rel=rel)
+
+
+def _dgm_eval_fd_infinity(real, fake, rng, num_points=15):
+    """dgm-eval's ``compute_FD_infinity`` transcribed: its own sizes and its own independent
+    draws (``rng.choice(reps2, n, replace=False)`` per size), scipy ``sqrtm``, sklearn's line."""
+    from scipy import linalg
+    from sklearn.linear_model import LinearRegression
+
+    batches = np.linspace(min(5000, max(len(fake) // 10, 2)), len(fake), num_points)
+    batches = batches.astype("int32")
+    mu1, s1 = real.mean(0), np.cov(real, rowvar=False)
+    fds = []
+    for n in batches:
+        act = rng.choice(fake, n, replace=False)
+        mu2, s2 = act.mean(0), np.cov(act, rowvar=False)
+        diff = mu1 - mu2
+        covmean = linalg.sqrtm(s1.dot(s2)).real
+        fds.append(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    reg = LinearRegression().fit(1 / batches.reshape(-1, 1), np.array(fds).reshape(-1, 1))
+    return reg.predict(np.array([[0]]))[0, 0]
+
+
+def test_fd_infinity_agrees_with_dgm_eval_over_seeds():
+    """Statistical agreement with the reference's own sampling. Both intercepts are linear in
+    the FD_N, and each FD_N is of a uniform subset without replacement in both, so their
+    expectations are equal; nested (ours) and independent (dgm-eval) draws change only the
+    spread. Over S = 100 seeds each, the means must agree within 4 standard errors of their
+    difference, sqrt(var_ours / S + var_ref / S). The fake rows are sorted along one axis, so
+    a draw that is not uniform (first N rows: ~29 standard errors off; with replacement: ~6 at
+    S = 40) fails."""
+    from varbench.metrics.gaussian import fd_infinity
+
+    rng = _rng(9)
+    real = rng.standard_normal((400, 8))
+    fake = rng.standard_normal((300, 8)) * 1.1 + 0.2
+    fake = fake[np.argsort(fake[:, 0])]
+    s = 100
+    ours = np.array([fd_infinity(real, fake, seed=i) for i in range(s)])
+    ref = np.array(
+        [_dgm_eval_fd_infinity(real, fake, np.random.default_rng(10_000 + i)) for i in range(s)]
+    )
+    se = math.sqrt(ours.var(ddof=1) / s + ref.var(ddof=1) / s)
+    assert abs(ours.mean() - ref.mean()) < 4 * se
+    assert 0.5 < ours.std(ddof=1) / ref.std(ddof=1) < 2  # same order of spread
 
 
 # -- MiFID (torchmetrics) ----------------------------------------------------------------------
@@ -403,20 +542,71 @@ def test_mifid_equals_torchmetrics(copy):
 
 
 # -- realism (transcription of dgm-eval metrics/prdc.py, realism=True) --------------------------
-def test_realism_equals_dgm_eval():
-    from varbench.metrics.realism import realism_scores
+def _dgm_eval_realism(real, fake, nearest_k=5):
+    """dgm-eval's ``compute_prdc(..., realism=True)['realism']``, brute force (float64)."""
+    dr = cdist(real, real)
+    kk = nearest_k + 1  # get_kth_value(distances, k=nearest_k + 1): self included
+    radii = np.take_along_axis(dr, np.argpartition(dr, kk, axis=-1)[..., :kk], -1).max(-1)
+    mask = radii < np.median(radii)
+    with np.errstate(divide="ignore"):
+        return (radii[mask][:, None] / cdist(real, fake)[mask]).max(axis=0), mask
+
+
+def test_realism_equals_dgm_eval_at_its_default_k_with_copies():
+    """Default k is dgm-eval's nearest_k = 5; scores equal its transcription, copies are inf
+    and are counted (frac_copies), ranked highest in the median, left out of the mean only."""
+    from varbench.metrics import realism
 
     rng = _rng(11)
     real = rng.standard_normal((300, 20))
-    fake = np.vstack([rng.standard_normal((120, 20)) * 1.3, real[5:6]])
-    dr = cdist(real, real)
-    radii = np.take_along_axis(dr, np.argpartition(dr, 4, axis=-1)[..., :4], -1).max(-1)
-    mask = radii < np.median(radii)
-    with np.errstate(divide="ignore"):
-        ref = (radii[mask][:, None] / cdist(real, fake)[mask]).max(axis=0)
-    got = realism_scores(real, fake, k=3)
+    fake = rng.standard_normal((120, 20)) * 1.3
+    ref0, mask = _dgm_eval_realism(real, fake)
+    kept, dropped = np.flatnonzero(mask)[:3], np.flatnonzero(~mask)[0]
+    fake = np.vstack([fake, real[kept], real[dropped : dropped + 1]])  # 3 copies + 1 not kept
+    ref, _ = _dgm_eval_realism(real, fake)
+    assert np.isinf(ref).sum() == 3 and np.isfinite(ref[-1])
+    got = realism.realism_scores(real, fake)  # default k
     np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-9)
     assert np.array_equal(np.isinf(got), np.isinf(ref))
+    assert not np.allclose(realism.realism_scores(real, fake, k=3)[:120], ref0)  # k matters
+    summary = realism.realism_summary(got)
+    fin = ref[np.isfinite(ref)]
+    assert summary["realism_frac_copies"] == pytest.approx(3 / len(ref), rel=1e-15)
+    assert summary["realism_median"] == pytest.approx(np.median(ref), rel=1e-9)
+    assert summary["realism_mean"] == pytest.approx(fin.mean(), rel=1e-9)
+    assert summary["realism_frac_ge1"] == np.mean(ref >= 1.0)
+    # more than half copies: the median is inf; all copies: the mean is nan
+    assert realism.realism_summary(np.array([np.inf, np.inf, 0.5]))["realism_median"] == np.inf
+    allcp = realism.realism_summary(np.array([np.inf, np.inf]))
+    assert math.isnan(allcp["realism_mean"]) and allcp["realism_frac_copies"] == 1.0
+    keys = {k.name: k.better for k in realism.RealismMetric.results}
+    assert keys["realism_frac_copies"] == -1 and set(summary) == set(keys)
+
+
+def test_realism_relation_to_the_authors_code():
+    """kynkaat's ManifoldEstimator(clamp_to_percentile=50).evaluate, transcribed: squared
+    distances, radii <= the median kept, eps 1e-5. With no radius tied at the median and no
+    copy, its score is ours squared (up to eps) and its share >= 1 is ours."""
+    from varbench.metrics.realism import realism_scores, realism_summary
+
+    rng = _rng(21)
+    real = rng.standard_normal((301, 12))
+    fake = rng.standard_normal((90, 12)) * 1.2
+    dsq = cdist(real, real, "sqeuclidean")
+    d_k = np.partition(dsq, np.arange(4), axis=1)[:, 3]  # nhood_sizes=[3], self at index 0
+    d_k = np.where(d_k > np.percentile(d_k, 50), 0.0, d_k)
+    theirs = np.max(d_k[:, None] / (cdist(real, fake, "sqeuclidean") + 1e-5), axis=0)
+    ours = realism_scores(real, fake, k=3)
+    # 301 radii: the median is one of them; it is kept by kynkaat, dropped by dgm-eval/us
+    med = np.flatnonzero(d_k == d_k.max())
+    assert len(med) == 1
+    without_median = np.max(
+        np.delete(d_k, med)[:, None]
+        / (np.delete(cdist(real, fake, "sqeuclidean"), med, axis=0) + 1e-5),
+        axis=0,
+    )
+    np.testing.assert_allclose(ours**2, without_median, rtol=1e-5)
+    assert np.mean(theirs >= 1) >= realism_summary(ours)["realism_frac_ge1"]
 
 
 # -- CMMD (transcription of google-research cmmd/distance.py, float64 NumPy) --------------------

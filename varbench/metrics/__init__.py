@@ -57,6 +57,12 @@ METRIC_OPTIONS: tuple[Param, ...] = (
     Param("fls_heldout_per_class", int, help="FLS: held-out images per class"),
     Param("mifid_eps", float, help="MiFID: cosine distance threshold"),
     Param("realism_k", int, help="realism: k of the k-NN radius"),
+    Param(
+        "palette_mode",
+        str,
+        help="palette: extraction (rival: RGB, 10 k-means restarts; pylette6: RGBA, one)",
+        choices=("rival", "pylette6"),
+    ),
 )
 
 

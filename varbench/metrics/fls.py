@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from varbench.errors import UsageError
 from varbench.metrics.base import Metric, higher, lower
 
 KEY_FLS = "fls"
@@ -25,6 +26,7 @@ KEY_FLS_OVERFIT = "fls_overfit"
 STEPS = 100
 LR = 0.5
 MILESTONE = 50
+FLS_MIN_N = 2  # points per subset: 2 held-out, 2 generated, 4 references (two halves)
 
 
 def _standardise(*sets):
@@ -132,11 +134,18 @@ def fls_overfit(train, baseline, test, gen) -> float:
 
 def fls_subsets(train, test, gen, seed: int = 0, max_n: int = 10_000):
     """dgm-eval's draws: n = min(max_n, |train| // 2, |test|, |gen|); test, gen, then 2n train
-    rows split into train and baseline halves, all from one seeded generator."""
+    rows split into train and baseline halves, all from one seeded generator. Fewer than 4
+    references, 2 held-out or 2 generated rows: UsageError naming the minimum."""
     train, test, gen = (np.asarray(a) for a in (train, test, gen))
+    if len(train) < 2 * FLS_MIN_N:
+        raise UsageError(
+            f"FLS needs at least {2 * FLS_MIN_N} reference images (train and baseline halves "
+            f"of {FLS_MIN_N}), got {len(train)}"
+        )
+    for name, rows in (("held-out", test), ("generated", gen)):
+        if len(rows) < FLS_MIN_N:
+            raise UsageError(f"FLS needs at least {FLS_MIN_N} {name} images, got {len(rows)}")
     n = min(max_n, len(train) // 2, len(test), len(gen))
-    if n < 2:
-        raise ValueError(f"FLS needs >= 2 points per set (train >= 4), got n = {n}")
     rng = np.random.default_rng(seed)
     te = test[rng.choice(len(test), n, replace=False)]
     ge = gen[rng.choice(len(gen), n, replace=False)]

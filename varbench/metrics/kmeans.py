@@ -1,7 +1,8 @@
 """scikit-learn's seeded k-means (greedy k-means++, Lloyd), transcribed: C_T cells and palettes.
 
 Both references varbench matches use scikit-learn's ``KMeans``: dgm-eval's C_T (``n_init=10``)
-and Pylette's palettes (``n_init="auto"``, one run). Deterministic: the same rows and seed give
+and Pylette's palettes (``palette_mode="rival"``: ``n_init=10``, scikit-learn's default before
+1.4; ``"pylette6"``: ``n_init="auto"``, one run). Deterministic: the same rows and seed give
 the same centres; each Lloyd step is one small product and label sums added in row order, so
 iterations are cheap and capped at ``max_iter`` as scikit-learn's.
 """

@@ -109,8 +109,18 @@ def zu(test: np.ndarray, gen: np.ndarray, train: np.ndarray) -> float:
 
 
 def ct_from_cells(train, test, gen, train_cells, test_cells, gen_cells, tau: float) -> float:
-    """C_T from cell labels: test-mass-weighted mean of per-cell Z over cells with gen share > tau."""
+    """C_T from cell labels: test-mass-weighted mean of per-cell Z over cells with gen share > tau.
+
+    Cells are 0..max(train_cells); a test or generated label outside them raises CTCellError.
+    """
     k = int(np.max(train_cells)) + 1
+    for name, cells in (("test", test_cells), ("generated", gen_cells)):
+        outside = np.unique(cells[(cells < 0) | (cells >= k)])
+        if len(outside):
+            raise CTCellError(
+                f"C_T: {name} points in cells {outside.tolist()}, beyond the training cells "
+                f"0..{k - 1}; label every set with the training partition"
+            )
     m, n = len(gen), len(test)
     gen_share = np.bincount(gen_cells, minlength=k)[:k] / m
     test_share = np.bincount(test_cells, minlength=k)[:k] / n

@@ -114,15 +114,15 @@ class PointCache:
         """Exact sorted squared distances (n, k) of each row to its k nearest others ("real"/"fake").
 
         A search for a larger k already done serves a smaller one (its first k columns are the
-        k smallest exact distances); a new search is done for at least k = 3 (precision/
-        recall's and realism's default), so AuthPct's k = 1 never costs a search of its own.
+        k smallest exact distances); a new search is done for at least k = 5 (density/
+        coverage's and realism's default; precision/recall's k = 3 and AuthPct's k = 1 reuse it).
         """
         for key, value in list(self._memo.items()):
             if isinstance(key, tuple) and key[:2] == ("knn", side) and key[2] >= k:
                 return value[:, :k]
         pr, pf = self.prepared()
         p = pr if side == "real" else pf
-        kk = max(k, 3) if len(p.x) > 3 else k
+        kk = max(k, 5) if len(p.x) > 5 else k
         found = knn_exact(p.x, kk, p)[0]
         self._memo[("knn", side, kk)] = found
         return found[:, :k]

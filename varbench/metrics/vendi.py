@@ -26,7 +26,11 @@ def _normalised(features: np.ndarray) -> np.ndarray:
 
 
 def vendi_score(features: np.ndarray, q: float = 1.0) -> float:
-    """Vendi score of the rows of ``features`` with the cosine kernel; q = inf allowed."""
+    """Vendi score of the rows of ``features`` with the cosine kernel; q = inf allowed.
+
+    NaN when there are no rows or every row is zero (the kernel has no mass: the vendi-score
+    package returns 1 for q = 1, inf for q > 1 and q = inf, 0 for q < 1 there).
+    """
     x = _normalised(features)
     n, d = x.shape
     if n == 0:
@@ -34,6 +38,8 @@ def vendi_score(features: np.ndarray, q: float = 1.0) -> float:
     gram = x @ x.T if n <= d else x.T @ x
     w = np.linalg.eigvalsh(gram / n)
     p = w[w > 0]
+    if not len(p):  # every row zero: no direction, the cosine kernel is 0 (package: 1, inf or 0)
+        return math.nan
     if q == 1:
         entropy = -float((p * np.log(p)).sum())
     elif math.isinf(q):
