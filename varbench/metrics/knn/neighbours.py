@@ -75,7 +75,7 @@ def gram_block(pa: ScreenSet, pb: ScreenSet, rows, cols, out=None):
     """Float32 squared distances |a_i|^2 + |b_j|^2 - 2 a_i.b_j of a block, as one addmm.
 
     Rounding: the dot product, then the sum of the two norms, then their sum (any order and
-    fused forms stay inside the bound of ``_eps``).
+    fused forms stay inside the bound of ``screen_eps``).
     """
     import torch
 
@@ -144,7 +144,7 @@ def approx_sq_dists(pa: ScreenSet, pb: ScreenSet | None = None) -> np.ndarray:
     """Float32 squared distances between prepared sets (within ``pa`` when ``pb`` is None).
 
     Within a set only the upper-triangle block products are computed and mirrored. Every value
-    obeys the certified bound of ``_eps``, so decisions taken from it are re-checked exactly
+    obeys the certified bound of ``screen_eps``, so decisions taken from it are re-checked exactly
     where it cannot decide.
     """
     import torch

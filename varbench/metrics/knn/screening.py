@@ -64,7 +64,7 @@ def screen_sets(*sets: np.ndarray) -> list[ScreenSet]:
     shift = sum(x.sum(axis=0, dtype=np.float64) for x in xs) / total
     shift_sq = float(shift @ shift)
     # A float32 shift: x - shift32 is one rounding of an exact difference whatever x's dtype
-    # (float32 inputs need no float64 temporary), which the bound of ``_eps`` covers.
+    # (float32 inputs need no float64 temporary), which the bound of ``screen_eps`` covers.
     shift32 = shift.astype(np.float32)
     shift_sq = max(shift_sq, float(shift32.astype(np.float64) @ shift32.astype(np.float64)))
     out = []

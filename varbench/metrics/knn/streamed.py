@@ -12,7 +12,7 @@ def float64_eps(dim: int) -> float:
     """Certified relative error of float64 squared distances |q|^2 + |b|^2 - 2 q.b (any order).
 
     Dot product and norms each err by at most gamma_d (|q|^2 + |b|^2) for d-term sums, plus a few
-    roundings to combine them; same form as ``_eps`` with the float64 unit roundoff.
+    roundings to combine them; same form as ``screen_eps`` with the float64 unit roundoff.
     """
     return 1.25 * (2 * dim + 32) * screening.U64
 
