@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import http.client
+import json
 import os
 import random
 import re
@@ -283,3 +284,31 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """`python -m varbench.cli ARGS` cold (about 1 s: the study commands import no torch)."""
     return subprocess.run([sys.executable, "-m", "varbench.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ})  # fmt: skip
+
+
+def demo_runs(tmp_path_factory, name: str, models=("copy", "oracle")) -> Path:
+    """Finished demo runs of ``models`` (4 samples per conditioning image), in-process."""
+    from varbench.runner import RunConfig, run
+
+    out = tmp_path_factory.mktemp(name) / "runs"
+    cache = tmp_path_factory.getbasetemp() / "varbench-cache"
+    for model in models:
+        run(RunConfig(model=model, protocol="demo_1shot", out=out, cache_dir=cache,
+                      sets={"n_per_class": "4"}))  # fmt: skip
+    return out
+
+
+def cli_out(*args: str) -> str:
+    """stdout of `varbench ARGS` run in this process (typer's runner: no interpreter start-up)."""
+    from typer.testing import CliRunner
+
+    from varbench.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def cli_json(*args: str):
+    """`varbench ARGS` in this process, its stdout parsed as JSON."""
+    return json.loads(cli_out(*args))

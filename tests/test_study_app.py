@@ -21,7 +21,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 from scipy import stats as sps
-from study_helpers import Server, next_trial, request, vote
+from study_helpers import Server, cli_out, demo_runs, next_trial, request, vote
 
 from varbench.study.db import token_hash
 
@@ -31,30 +31,13 @@ MODELS = ("copy", "oracle", "augment")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """Finished demo runs of three baselines (4 samples per conditioning image), in-process."""
-    from varbench.runner import RunConfig, run
-
-    out = tmp_path_factory.mktemp("study_runs") / "runs"
-    cache = tmp_path_factory.getbasetemp() / "varbench-cache"
-    for model in MODELS:
-        run(RunConfig(model=model, protocol="demo_1shot", out=out, cache_dir=cache,
-                      sets={"n_per_class": "4"}))  # fmt: skip
-    return out
+    return demo_runs(tmp_path_factory, "study_runs", MODELS)
 
 
 def cli_json(*args: str):
-    """`varbench ARGS` in this process (typer's runner: no interpreter start-up), JSON stdout."""
-    from typer.testing import CliRunner
-
-    from varbench.cli import app
-
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return (
-        json.loads(result.stdout)
-        if result.stdout.lstrip().startswith(("{", "["))
-        else result.stdout
-    )
+    """`varbench ARGS` in this process: stdout as JSON when it is JSON, else the text."""
+    out = cli_out(*args)
+    return json.loads(out) if out.lstrip().startswith(("{", "[")) else out
 
 
 def _create(runs: Path, out: Path, models=("copy", "oracle"), trials=8, *extra: str) -> Path:

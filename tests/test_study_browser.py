@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
-from study_helpers import Server, trial_info
+from study_helpers import Server, demo_runs, trial_info
 
 CHROMIUM = os.environ.get("VARBENCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 try:
@@ -37,14 +37,7 @@ MTURK = "https://www.mturk.com"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    from varbench.runner import RunConfig, run
-
-    out = tmp_path_factory.mktemp("browser_runs") / "runs"
-    cache = tmp_path_factory.getbasetemp() / "varbench-cache"
-    for model in ("copy", "oracle"):
-        run(RunConfig(model=model, protocol="demo_1shot", out=out, cache_dir=cache,
-                      sets={"n_per_class": "4"}))  # fmt: skip
-    return out
+    return demo_runs(tmp_path_factory, "browser_runs")
 
 
 class Platform:

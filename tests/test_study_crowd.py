@@ -18,7 +18,9 @@ from study_helpers import (
     Crowd,
     Server,
     cli,
+    cli_json,
     crowd_kinds,
+    demo_runs,
     join,
     next_trial,
     request,
@@ -35,25 +37,7 @@ QUESTIONS = [{"id": "age", "text": "Your age?", "type": "number"},
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """Finished demo runs of two baselines (4 samples per conditioning image), in-process."""
-    from varbench.runner import RunConfig, run
-
-    out = tmp_path_factory.mktemp("crowd_runs") / "runs"
-    cache = tmp_path_factory.getbasetemp() / "varbench-cache"
-    for model in ("copy", "oracle"):
-        run(RunConfig(model=model, protocol="demo_1shot", out=out, cache_dir=cache,
-                      sets={"n_per_class": "4"}))  # fmt: skip
-    return out
-
-
-def cli_json(*args: str):
-    from typer.testing import CliRunner
-
-    from varbench.cli import app
-
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return demo_runs(tmp_path_factory, "crowd_runs")
 
 
 def make_study(runs: Path, out: Path, *extra: str, slices: int = SLICES) -> Path:

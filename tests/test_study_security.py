@@ -15,31 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from study_helpers import Server, cli, join, next_trial, request, vote
+from study_helpers import Server, cli, cli_json, demo_runs, join, next_trial, request, vote
 
 GROWTH_LIMIT = 100 * 2**20
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    from varbench.runner import RunConfig, run
-
-    out = tmp_path_factory.mktemp("sec_runs") / "runs"
-    cache = tmp_path_factory.getbasetemp() / "varbench-cache"
-    for model in ("copy", "oracle"):
-        run(RunConfig(model=model, protocol="demo_1shot", out=out, cache_dir=cache,
-                      sets={"n_per_class": "4"}))  # fmt: skip
-    return out
-
-
-def cli_json(*args: str):
-    from typer.testing import CliRunner
-
-    from varbench.cli import app
-
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return demo_runs(tmp_path_factory, "sec_runs")
 
 
 @pytest.fixture(scope="module")
