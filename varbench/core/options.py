@@ -61,11 +61,11 @@ class Param:
         parser = _PARSERS[self.type]
         try:
             if self.sweep:
-                values = tuple(parser(v.strip()) for v in text.split(",") if v.strip() != "")
+                values = tuple(parser(v) for v in text.split(",") if v.strip() != "")
                 if not values:
                     raise ValueError("empty list")
             else:
-                values = (parser(text.strip() if self.type is not str else text),)
+                values = (parser(text),)
         except (ValueError, KeyError) as exc:
             raise UsageError(
                 f"{origin} {self.name}={text!r}: expected {self.kind} ({exc})."

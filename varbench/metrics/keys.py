@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
@@ -20,22 +21,15 @@ from varbench.metrics.base import HIGHER, LOWER, ResultKey
 
 
 @lru_cache(maxsize=1)
-def _catalogue() -> tuple[tuple[str, ResultKey, str], ...]:
-    out = []
-    for name in metric_registry.names():
-        for key in metric_registry.get(name).results:
-            out.append((key.name, key, name))
-    return tuple(out)
+def _catalogue() -> MappingProxyType:
+    return MappingProxyType(
+        {k.name: k for name in metric_registry.names() for k in metric_registry.get(name).results}
+    )
 
 
-def result_keys() -> dict[str, ResultKey]:
-    """Every registered result key by name, in registry order."""
-    return {name: key for name, key, _ in _catalogue()}
-
-
-def metric_of(key: str) -> str:
-    """The registered metric that fills ``key``."""
-    return {name: metric for name, _, metric in _catalogue()}[key]
+def result_keys() -> Mapping[str, ResultKey]:
+    """Every registered result key by name, in registry order (read-only, built once)."""
+    return _catalogue()
 
 
 def result_key(name: str, what: str = "metric") -> ResultKey:
@@ -73,9 +67,10 @@ RANK_BY = ("fid", "kid")  # the headline ranking of leaderboards and reports: FI
 
 def sort_best_first(df: pd.DataFrame, groups: tuple[str, ...] = ("protocol",)) -> pd.DataFrame:
     """Rows grouped by ``groups``, best first by ``RANK_BY`` (each key's own direction), stable."""
-    by = [*groups, *(k for k in RANK_BY if k in df), *(["model"] if "model" in df else [])]
-    asc = [True] * len(groups) + [result_key(k).better < 0 for k in RANK_BY if k in df]
-    asc += [True] * (len(by) - len(asc))
+    ranks = [k for k in RANK_BY if k in df]
+    tail = ["model"] if "model" in df else []
+    by = [*groups, *ranks, *tail]
+    asc = [True] * len(groups) + [result_key(k).better < 0 for k in ranks] + [True] * len(tail)
     return df.sort_values(by, ascending=asc, na_position="last", kind="mergesort")
 
 

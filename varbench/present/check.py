@@ -154,13 +154,13 @@ def _compare(metric: str, tol: float | str, ref: dict, m: float | None) -> tuple
     direction = result_key(metric).better
     if tol in (CI, CI_AUTO):
         lo, hi = _num(ref.get(f"{metric}_lo")), _num(ref.get(f"{metric}_hi"))
-        bound = hi if direction < 0 else lo if direction > 0 else (lo if hi is None else hi)
-        if bound is None or (direction == 0 and (lo is None or hi is None)):
+        needed = (lo, hi) if direction == 0 else (hi,) if direction < 0 else (lo,)
+        if any(v is None for v in needed):
             return ("skip" if tol == CI_AUTO else "no_interval"), True
         if direction == 0:
             ok = m is not None and lo <= m <= hi
         else:
-            ok = m is not None and (m <= bound if direction < 0 else m >= bound)
+            ok = m is not None and (m <= hi if direction < 0 else m >= lo)
     elif direction == 0:  # no better direction: either way beyond the margin is a change
         ok = m is not None and abs(b - m) <= float(tol)
     else:
