@@ -10,6 +10,8 @@ import re
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +156,37 @@ def atomic_write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     atomic_write_bytes(path, png_bytes(image))
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class Blob:
+    """An image stored inside a container (a tar member, a parquet row), read in place on demand.
+
+    ``name`` names it in every message (``<container>::<member>``); ``stamp`` identifies its
+    bytes for caches the way (size, mtime) identifies a file's.
+    """
+
+    name: str
+    read: Callable[[], bytes]
+    stamp: tuple = ()
+
+    def __str__(self) -> str:
+        return self.name
+
+
+ImageSource = str | os.PathLike | Blob
+
+
+def open_image(src: ImageSource) -> Image.Image:
+    """``Image.open`` of a file, or of a container entry's bytes (decoded identically)."""
+    if isinstance(src, Blob):
+        import io
+
+        return Image.open(io.BytesIO(src.read()))
+    return Image.open(src)
+
+
+def read_rgb(path: ImageSource) -> np.ndarray:
     """Decode an image file fully into an HxWx3 uint8 RGB array (raises on truncation)."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im.load()
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 

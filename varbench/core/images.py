@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from varbench.core.files import Blob, ImageSource
 from varbench.errors import VarbenchError
 
 # Bump when the policy changes, so cached validation results are recomputed.
@@ -86,13 +89,15 @@ def os_problem(path: str | os.PathLike, exc: OSError) -> str:
     return f"unreadable file {path}: {exc.strerror or exc}; fix: copy it again or delete it"
 
 
-def _open_problem(path: Path, exc: Exception) -> str:
+def _open_problem(path: ImageSource, exc: Exception) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return (
             f"image too large {path}: {exc} (limit PIL.Image.MAX_IMAGE_PIXELS = "
             f"{Image.MAX_IMAGE_PIXELS}); fix: downscale it or delete it"
         )
     if isinstance(exc, OSError) and not isinstance(exc, UnidentifiedImageError):
+        if isinstance(path, Blob):
+            return f"unreadable entry {path}: {exc}; fix: repair or re-download the archive"
         return os_problem(path, exc)
     return (
         f"not a decodable image {path}: PIL cannot identify it (wrong extension, a format such as "
@@ -100,7 +105,7 @@ def _open_problem(path: Path, exc: Exception) -> str:
     )
 
 
-def _header_problem(path: Path, im: Image.Image) -> str | None:
+def _header_problem(path: ImageSource, im: Image.Image) -> str | None:
     """Checks on the header only, before any pixel is decoded."""
     width, height = im.size
     limit = Image.MAX_IMAGE_PIXELS
@@ -132,14 +137,34 @@ def _header_problem(path: Path, im: Image.Image) -> str | None:
     return None
 
 
-def read_dataset_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode ``path`` fully as ``Image.open(path).convert("RGB")`` (HxWx3 uint8) or raise ``ImageRejected``."""
-    path = Path(path)
-    problem = stat_problem(path)
-    if problem:
-        raise ImageRejected(problem)
+def _entry_bytes(src: Blob) -> bytes:
+    """A container entry's bytes, or ``ImageRejected`` naming the entry."""
     try:
-        im = Image.open(path)
+        data = src.read()
+    except Exception as exc:  # noqa: BLE001 - a container read failure names the entry
+        raise ImageRejected(
+            f"unreadable entry {src}: {type(exc).__name__}: {exc}; "
+            "fix: repair or re-download the archive"
+        ) from exc
+    if not data:
+        raise ImageRejected(f"empty entry (0 bytes) {src}; fix: repair or re-download the archive")
+    return data
+
+
+def read_dataset_image(path: ImageSource) -> np.ndarray:
+    """Decode ``path`` fully as ``Image.open(path).convert("RGB")`` (HxWx3 uint8) or raise ``ImageRejected``.
+
+    ``path`` may be a container entry (``Blob``): its bytes decode exactly as the same file would.
+    """
+    if isinstance(path, Blob):
+        opened: Any = io.BytesIO(_entry_bytes(path))
+    else:
+        path = opened = Path(path)
+        problem = stat_problem(path)
+        if problem:
+            raise ImageRejected(problem)
+    try:
+        im = Image.open(opened)
     except Exception as exc:  # noqa: BLE001 - every failure to open is a named dataset problem
         raise ImageRejected(_open_problem(path, exc)) from exc
     with im:
@@ -162,7 +187,7 @@ def read_dataset_image(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(rgb, dtype=np.uint8).copy()
 
 
-def image_problem(path: str | os.PathLike) -> tuple[np.ndarray | None, str | None]:
+def image_problem(path: ImageSource) -> tuple[np.ndarray | None, str | None]:
     """``(pixels, None)`` for an accepted file, ``(None, problem line)`` for a rejected one."""
     try:
         return read_dataset_image(path), None

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from varbench.core.files import atomic_write_json
+from varbench.core.files import Blob, atomic_write_json
 from varbench.core.hashing import pixel_sha256, sha256_text
 from varbench.core.images import (
     IMAGE_POLICY_VERSION,
@@ -46,11 +47,15 @@ class DatasetListing:
     classes: dict[str, tuple[str, ...]]  # class name -> sorted relative paths
     labels: dict[str, str]  # class name -> human-readable label (for prompts)
     problems: tuple[str, ...] = ()  # unreadable folders and link cycles, reported by validation
-    files: Mapping[str, Path] = field(default_factory=dict)  # names stored outside root (LMDB)
+    files: Mapping[str, Path | Blob] = field(default_factory=dict)  # entries not under root
     sources: Mapping[str, ClassSource] = field(default_factory=dict)  # classes listed from LMDBs
+    # False for containers (archives, shards): validation decodes only the entries a run reads
+    # (references and the first n_per_class held out), not every member of a 6-150 GB archive.
+    validate_all: bool = True
+    origin: Mapping[str, Any] = field(default_factory=dict)  # container, paths, label source
 
-    def path(self, rel: str) -> Path:
-        """Absolute path of a root-relative file (or of an entry extracted from a container)."""
+    def path(self, rel: str) -> Path | Blob:
+        """A file's absolute path, or the container entry (read in place) the name stands for."""
         return self.files.get(rel) or self.root / rel
 
     @property
@@ -215,7 +220,7 @@ def list_dataset(root: str | Path, layout: str, class_names: str | None = None) 
     )
 
 
-def check_image_file(path: Path) -> tuple[str | None, str | None]:
+def check_image_file(path: Path | Blob) -> tuple[str | None, str | None]:
     """Decode one image fully under the image policy; return (pixel hash, None) or (None, problem)."""
     try:
         arr, problem = image_problem(path)
@@ -263,15 +268,19 @@ def validate_files(
     problems: list[str] = list(listing.problems)
     todo: list[tuple[str, list]] = []
     for rel in files:
-        try:
-            st = listing.path(rel).stat()
-        except OSError as exc:
-            problems.append(os_problem(listing.path(rel), exc))
-            continue
-        stamp = [st.st_size, st.st_mtime_ns]
+        src = listing.path(rel)
+        if isinstance(src, Blob):
+            stamp = list(src.stamp)
+        else:
+            try:
+                st = src.stat()
+            except OSError as exc:
+                problems.append(os_problem(src, exc))
+                continue
+            stamp = [st.st_size, st.st_mtime_ns]
         hit = cache.get(rel)
-        if hit and hit[:2] == stamp and hit[2]:
-            hashes[rel] = hit[2]
+        if hit and hit[:-1] == stamp and hit[-1]:
+            hashes[rel] = hit[-1]
         else:
             todo.append((rel, stamp))
     if todo:

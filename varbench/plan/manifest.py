@@ -74,9 +74,14 @@ def _rank(seed: int, role: str, class_name: str, rel: str) -> str:
     return sha256_text(f"{seed}\x1f{role}\x1f{class_name}\x1f{rel}")
 
 
+def _ranked(files: tuple[str, ...], class_name: str, seed: int) -> list[str]:
+    """A class's files in selection order: references first, then the held-out order."""
+    return sorted(files, key=lambda f: _rank(seed, "reference", class_name, f))
+
+
 def select(files: tuple[str, ...], class_name: str, n: int, k: int, seed: int) -> tuple:
     """Pick ``n`` references and ``k`` conditioning images among them; rest are held out."""
-    ranked = sorted(files, key=lambda f: _rank(seed, "reference", class_name, f))
+    ranked = _ranked(files, class_name, seed)
     refs = ranked[:n]
     cond = sorted(refs, key=lambda f: _rank(seed, "conditioning", class_name, f))[:k]
     return tuple(refs), tuple(cond), tuple(ranked[n:])
@@ -86,19 +91,30 @@ def build_manifest(
     spec: ProtocolSpec, listing: DatasetListing, cache_dir: Path | None
 ) -> tuple[Manifest, ValidationReport]:
     """Validate the whole dataset, then select; every problem is reported in one ``DatasetError``."""
-    all_files = [f for files in listing.classes.values() for f in files]
-    report = validate_files(listing, all_files, cache_dir)
+    if listing.validate_all:
+        todo = [f for files in listing.classes.values() for f in files]
+    else:  # a container: decode what a run reads (references, then as many held out)
+        todo = [
+            f
+            for name, files in listing.classes.items()
+            for f in _ranked(files, name, spec.seed)[: 2 * spec.n_per_class]
+        ]
+    report = validate_files(listing, todo, cache_dir)
     problems = list(report.problems)
-    valid = {
-        c: tuple(f for f in fs if f in report.pixel_hashes) for c, fs in listing.classes.items()
-    }
+    if listing.validate_all:
+        valid = {
+            c: tuple(f for f in fs if f in report.pixel_hashes) for c, fs in listing.classes.items()
+        }
+    else:  # selection over every entry's name; any entry it reads that fails is an error above
+        valid = dict(listing.classes)
     if spec.n_classes is not None and len(valid) != spec.n_classes:
         problems.append(
             f"expected {spec.n_classes} classes for protocol {spec.name!r}, found {len(valid)} "
             f"in {listing.root} (use protocol folder_kshot for other datasets)"
         )
+    noun = "readable image(s)" if listing.validate_all else "image(s)"
     short = [
-        f"class {c!r} has {len(fs)} readable image(s), needs n_per_class={spec.n_per_class}"
+        f"class {c!r} has {len(fs)} {noun}, needs n_per_class={spec.n_per_class}"
         for c, fs in sorted(valid.items())
         if len(fs) < spec.n_per_class
     ]
