@@ -26,7 +26,7 @@ from varbench.core.registry import suggest
 from varbench.errors import ManifestMismatchError, UsageError
 from varbench.metrics import METRIC_OPTIONS, metric_options
 from varbench.plan.manifest import check_same, read_manifest, write_manifest
-from varbench.plan.planner import RunPlan, check_drift, load_dataset, make_plan, run_id
+from varbench.plan.planner import DataArg, RunPlan, check_drift, load_dataset, make_plan, run_id
 from varbench.plan.protocol import OVERRIDABLE, RUN_KEY, load_protocol
 from varbench.plan.slots import SampleSlot, point_id
 from varbench.runs.results import json_field, write_results
@@ -47,7 +47,7 @@ class RunConfig:
     model: str
     protocol: str
     out: Path
-    data: Path | None = None
+    data: DataArg = None  # --data as typed, or a DataSource with --labels and data_* options
     sets: dict[str, str] = field(default_factory=dict)
     model_path: str | None = None
     device: str = "auto"
@@ -200,6 +200,7 @@ class _RunBase(ABC):
                     "manifest_sha256": plan.manifest.sha256,
                     "base_key": sha256_json(self.base_key()),
                     "data_root": str(plan.listing.root),
+                    "data_origin": dict(plan.listing.origin),
                     "points": [point_id(p) for p in self.points],
                     "samples_per_point": len(plan.slots),
                     "created_at": _now(),
@@ -339,6 +340,7 @@ class _RunBase(ABC):
             "source": "varbench",
             "seed": self.spec.seed,
             "manifest_sha256": plan.manifest.sha256,
+            "data_source": json_field(dict(plan.listing.origin)),
             "device": own.pop("device"),
             "dtype": own.pop("dtype"),
             "wall_time_s": own.pop("wall_time_s"),

@@ -88,8 +88,13 @@ def list_(
                 "name": n,
                 "keys": list(metric_registry.get(n).keys),
                 "results": [
-                    {"key": k.name, "better": {1: "higher", -1: "lower"}.get(k.better, "neither"),
-                     "label": k.label, "unit": k.unit, "interval": has_interval(k.name)}
+                    {
+                        "key": k.name,
+                        "better": {1: "higher", -1: "lower"}.get(k.better, "neither"),
+                        "label": k.label,
+                        "unit": k.unit,
+                        "interval": has_interval(k.name),
+                    }
                     for k in metric_registry.get(n).results
                 ],  # fmt: skip
                 "encoders": list(metric_registry.get(n).encoders),

@@ -51,3 +51,32 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def echo_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+DATA_HELP = (
+    "the dataset as you have it: class folders, a flat folder or .tar with --labels, a .tar.gz, "
+    "parquet shards (file, folder or glob), WebDataset shards (shard-{0000..0063}.tar or a "
+    "folder), or LSUN's LMDB; not needed for the demo (README: 'Where your ImageNet is')"
+)
+LABELS_HELP = (
+    "label file for a flat image set: ILSVRC2012_devkit_t12.tar.gz (or its ground-truth file "
+    "with meta.mat beside it), Kaggle's LOC_val_solution.csv, or a CSV of file,class; found "
+    "automatically when it sits beside the images"
+)
+
+
+def data_source(data, labels, sets: dict[str, str]):
+    """``--data``/``--labels`` and the ``data_*`` keys popped from ``--set`` as one DataSource."""
+    from varbench.plan.layouts.base import DATA_OPTIONS, DataSource
+
+    typed = {p.name: p.parse(sets.pop(p.name)) for p in DATA_OPTIONS if p.name in sets}
+    if data is None:
+        if labels is not None or typed:
+            raise UsageError("--labels and --set data_*=... describe --data: give --data too")
+        return None
+    return DataSource(
+        data=str(data),
+        labels=str(labels) if labels is not None else None,
+        image_column=typed.get("data_image_column"),
+        label_column=typed.get("data_label_column"),
+    )

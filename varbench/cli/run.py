@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from varbench.cli.common import app, echo_json, parse_shard, parse_weights
+from varbench.cli.common import (
+    DATA_HELP,
+    LABELS_HELP,
+    app,
+    data_source,
+    echo_json,
+    parse_shard,
+    parse_weights,
+)
 from varbench.core.progress import setup_logging
 from varbench.errors import UsageError
 
@@ -22,7 +30,8 @@ def run(
         "elsewhere (--set samples=PATH --set name=NAME; see `varbench export`)",
     ),
     protocol: str = typer.Option(..., "--protocol", "-p", help="protocol name or .toml path"),
-    data: Path = typer.Option(None, "--data", help="dataset root (not needed for demo_1shot)"),
+    data: str = typer.Option(None, "--data", help=DATA_HELP),
+    labels: Path = typer.Option(None, "--labels", help=LABELS_HELP),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="folder that holds run folders"),
     set_: list[str] = typer.Option(
         [],
@@ -74,6 +83,8 @@ def run(
     from varbench.runner import RunConfig
     from varbench.runner import run as run_
 
+    sets = parse_sets(set_)
+    source = data_source(data, labels, sets)
     with stop_on_signals():
         rows = _run_config(
             run_,
@@ -81,8 +92,8 @@ def run(
                 model=model,
                 protocol=protocol,
                 out=out,
-                data=data,
-                sets=parse_sets(set_),
+                data=source,
+                sets=sets,
                 model_path=model_path,
                 device=device,
                 dtype=dtype,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,25 @@ from varbench.core.hashing import sha256_json
 from varbench.errors import UsageError
 from varbench.plan.datasets import DatasetListing, list_dataset
 from varbench.plan.demo_data import demo_root
+from varbench.plan.layouts import DataSource, open_listing
+from varbench.plan.layouts.base import as_source
 from varbench.plan.manifest import Manifest, build_manifest, check_same, read_manifest
 from varbench.plan.protocol import ProtocolSpec
 from varbench.plan.slots import SampleSlot, generation_groups, sample_slots
 
 log = logging.getLogger(__name__)
+DataArg = Path | str | DataSource | None  # --data as typed, or with --labels and data_* options
 
 
-def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> DatasetListing:
-    """The demo's generated folder, or the user's ``--data``."""
+def load_dataset(spec: ProtocolSpec, data: DataArg, cache_dir: Path) -> DatasetListing:
+    """The demo's generated folder, or the user's ``--data`` in whatever container it is."""
     if spec.layout == "demo":
         if data is not None:
             log.warning(
                 "protocol %s uses the embedded demo images; --data %s is ignored", spec.name, data
             )
-        return list_dataset(demo_root(cache_dir), "imagefolder")
+        listing = list_dataset(demo_root(cache_dir), "imagefolder")
+        return replace(listing, origin={"container": "embedded demo", "path": str(listing.root)})
     if data is None:
         raise UsageError(
             f"protocol {spec.name!r} needs --data PATH ({spec.layout} layout); see `varbench list protocols`"
@@ -39,8 +43,30 @@ def load_dataset(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> Data
     if spec.layout == "lsun":
         from varbench.plan.lsun import list_lsun
 
-        return list_lsun(data, spec, cache_dir)
-    return list_dataset(data, spec.layout, spec.class_names)
+        listing = list_lsun(as_source(data).path, spec, cache_dir)
+        return replace(listing, origin={"container": "lsun", "path": str(listing.root)})
+    return open_listing(data, spec, cache_dir)
+
+
+FOLDER_CONTAINERS = ("class folders", "embedded demo")
+
+
+def listing_of_run(
+    info: Mapping[str, Any], spec: ProtocolSpec, root: str, cache_dir: Path
+) -> DatasetListing:
+    """The dataset of a finished run, to read its images again: files under ``root``, or the
+    container run.json's ``data_origin`` names, listed again (indexes are cached)."""
+    origin = info.get("data_origin") or {}
+    given = origin.get("given")
+    if not given or origin.get("container") in (None, *FOLDER_CONTAINERS):
+        return DatasetListing(root=Path(root), layout=spec.layout, classes={}, labels={})
+    source = DataSource(
+        data=given["data"],
+        labels=given.get("labels"),
+        image_column=given.get("data_image_column"),
+        label_column=given.get("data_label_column"),
+    )
+    return load_dataset(spec, source, cache_dir)
 
 
 @dataclass(frozen=True)
@@ -62,7 +88,7 @@ class RunPlan:
         return [(c.index, f) for c in self.manifest.classes for f in c.conditioning]
 
 
-def make_plan(spec: ProtocolSpec, data: Path | None, cache_dir: Path) -> RunPlan:
+def make_plan(spec: ProtocolSpec, data: DataArg, cache_dir: Path) -> RunPlan:
     """List and validate the dataset, select the manifest, and lay out every sample slot."""
     listing = load_dataset(spec, data, cache_dir)
     manifest, _ = build_manifest(spec, listing, cache_dir)
@@ -96,4 +122,4 @@ def check_drift(out: Path, base_key: Mapping[str, Any], manifest: Manifest, root
             check_same(stored, manifest, run_json.parent)
 
 
-__all__ = ["RunPlan", "make_plan", "load_dataset", "run_id", "check_drift"]
+__all__ = ["RunPlan", "make_plan", "load_dataset", "listing_of_run", "run_id", "check_drift"]

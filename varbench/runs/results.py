@@ -44,6 +44,7 @@ CORE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "source": (pa.string(), "'varbench' for measured rows; the paper for published ones"),
     "seed": (pa.int64(), "protocol seed"),
     "manifest_sha256": (pa.string(), "hash of the exact reference/conditioning files"),
+    "data_source": (pa.string(), "where the images were read: container, path(s), label source (JSON)"),
     "device": (pa.string(), "device the samples were generated on"),
     "dtype": (pa.string(), "model dtype"),
     "wall_time_s": (pa.float64(), "generation wall time (summed across resumes)"),

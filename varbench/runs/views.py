@@ -131,11 +131,56 @@ class RunView:
         }
 
     def data_path(self, rel: str | None) -> Path | None:
-        """Absolute path of a dataset file, or None when the data is not on this machine."""
+        """Absolute path of a dataset file, or None when the data is not on this machine.
+
+        An entry of a container (tar, parquet, WebDataset) is copied once into the cache
+        (content-addressed), so reports and studies show it like any file."""
         if not rel or self.data_root is None:
             return None
         path = self.data_root / rel
-        return path if path.is_file() else None
+        if path.is_file():
+            return path
+        return self._container_entry(rel)
+
+    @cached_property
+    def _container_listing(self):
+        """The run's container listed again from run.json's ``data_origin`` (None: folders)."""
+        origin = self.info.get("data_origin") or {}
+        if origin.get("container") in (None, "class folders", "embedded demo"):
+            return None
+        from varbench.core.env import default_cache_dir
+        from varbench.plan.planner import listing_of_run
+        from varbench.plan.protocol import protocol_of_run
+
+        try:
+            spec = protocol_of_run(self.info, str(self.folder / "run.json"), "")
+            return listing_of_run(self.info, spec, str(self.data_root), default_cache_dir())
+        except Exception as exc:  # noqa: BLE001 - the data is elsewhere: show no image, say why
+            log.warning("%s: cannot open its data %s (%s)", self.folder.name, origin, exc)
+            return None
+
+    def _container_entry(self, rel: str) -> Path | None:
+        listing = self._container_listing
+        if listing is None or rel not in listing.files:
+            return None
+        src = listing.files[rel]
+        if isinstance(src, Path):
+            return src if src.is_file() else None
+        import hashlib
+
+        from varbench.core.env import default_cache_dir
+        from varbench.core.files import atomic_write_bytes
+
+        try:
+            data = src.read()
+        except OSError as exc:
+            log.warning("%s: %s", src, exc)
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        path = default_cache_dir() / "entries" / digest[:2] / (digest + Path(rel).suffix)
+        if not path.is_file():
+            atomic_write_bytes(path, data)
+        return path
 
 
 def _rows_of(folder: Path) -> list[dict[str, Any]]:

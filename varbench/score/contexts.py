@@ -25,6 +25,7 @@ from varbench.metrics import metric_options, metric_registry
 from varbench.plan.datasets import IMAGE_EXTENSIONS, check_image_file
 from varbench.plan.imageprep import ImagePrep, check_preparation
 from varbench.plan.manifest import Manifest
+from varbench.plan.planner import listing_of_run
 from varbench.plan.protocol import ProtocolSpec, protocol_of_run
 from varbench.plan.slots import SampleSlot
 from varbench.runs.store import RunStore, sample_hashes
@@ -266,7 +267,6 @@ class PointContext(FeatureContext):
         ``varbench compare``: same images, preparation, default encoder, seed and metric options,
         hence the same feature cache keys (a finished run costs no encoding)."""
         from varbench.core.env import default_cache_dir
-        from varbench.plan.datasets import DatasetListing
         from varbench.plan.manifest import read_manifest
         from varbench.plan.slots import sample_slots
 
@@ -297,8 +297,8 @@ class PointContext(FeatureContext):
             spec, options, Path(cache_dir or default_cache_dir()), device, dict(weights or {})
         )
         manifest = read_manifest(run_dir / "manifest.json")
-        root = Path(info.get("data_root") or manifest.root)
-        listing = DatasetListing(root=root, layout=spec.layout, classes={}, labels={})
+        root = str(info.get("data_root") or manifest.root)
+        listing = listing_of_run(info, spec, root, setup.cache_dir)
         slots = sample_slots(manifest, spec.samples_per_cond, spec.seed)
         gone = store.missing(pid, slots)
         if gone:

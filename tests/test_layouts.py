@@ -1,0 +1,203 @@
+"""Every container lists, selects and reads the same images as a class-folder tree of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import layout_builders as lb
+from varbench.core.files import Blob, read_rgb
+from varbench.errors import DatasetError, UsageError
+from varbench.plan.layouts import DataSource, detect, open_listing
+from varbench.plan.layouts.base import expand
+from varbench.plan.manifest import build_manifest
+from varbench.plan.protocol import load_protocol
+
+
+def spec_for(n: int = 3, k: int = 1):
+    base = load_protocol("imagenet_1shot")
+    return dataclasses.replace(
+        base, n_classes=None, n_per_class=n, k=k, resolution=64, encoder="demo"
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, DataSource]:
+    t = tmp_path_factory.mktemp("layouts")
+    return {
+        "class folders": DataSource(str(lb.folders(t / "folders"))),
+        "tar": DataSource(str(lb.official_tar(t / "official"))),
+        "flat folder + labels": DataSource(str(lb.kaggle(t / "kaggle"))),
+        "webdataset": DataSource(lb.webdataset(t / "wds")),
+        "tar.gz": DataSource(str(lb.targz(t / "val.tar.gz"))),
+    }
+
+
+@pytest.mark.parametrize("n,k", [(3, 1), (5, 5)])
+def test_every_container_gives_the_folder_manifest(data, tmp_path, n, k):
+    spec = spec_for(n, k)
+    manifests = {}
+    for name, source in data.items():
+        assert detect(source).name == name
+        listing = open_listing(source, spec, tmp_path / "cache")
+        assert listing.origin["container"] in (name, "tar", "flat folder", "class folders")
+        manifests[name], _ = build_manifest(spec, listing, tmp_path / "cache")
+    ref = manifests.pop("class folders")
+    assert len(ref.classes) == lb.N_CLASSES
+    for name, m in manifests.items():
+        assert m.sha256 == ref.sha256, name
+        assert m.pixel_sha256 == ref.pixel_sha256, name
+        assert [c.label for c in m.classes] == [c.label for c in ref.classes], name
+
+
+def test_entries_decode_like_the_files(data, tmp_path):
+    spec = spec_for()
+    folder = open_listing(data["class folders"], spec, tmp_path)
+    for name in ("tar", "webdataset", "tar.gz"):
+        listing = open_listing(data[name], spec, tmp_path)
+        assert listing.classes == folder.classes
+        m, _ = build_manifest(spec, listing, tmp_path)
+        for _c, rel in m.references:
+            src = listing.path(rel)
+            assert np.array_equal(read_rgb(src), read_rgb(folder.path(rel)))
+        if name != "tar.gz":
+            assert all(isinstance(listing.path(r), Blob) for _c, r in m.references)
+
+
+def test_tar_index_is_cached_and_reads_in_place(data, tmp_path):
+    spec = spec_for()
+    listing = open_listing(data["tar"], spec, tmp_path)
+    assert len(list((tmp_path / "tarindex").glob("*.json"))) == 1
+    assert "devkit" in listing.origin["label_source"]
+    again = open_listing(data["tar"], spec, tmp_path)
+    assert again.classes == listing.classes
+
+
+def test_brace_pattern():
+    assert [p.name for p in expand("/x/s-{0008..0011}.tar")] == [
+        "s-0008.tar", "s-0009.tar", "s-0010.tar", "s-0011.tar"
+    ]  # fmt: skip
+
+
+def test_unknown_layout_lists_every_layout(tmp_path):
+    odd = tmp_path / "notes.txt"
+    odd.write_text("x")
+    with pytest.raises(UsageError) as e:
+        detect(DataSource(str(odd)))
+    for name in ("tar.gz", "webdataset", "tar", "flat folder + labels", "class folders"):
+        assert name in str(e.value)
+
+
+def test_truncated_tar_is_named(data, tmp_path):
+    tar = Path(data["tar"].data)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    (tmp_path / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(
+        (tar.parent / "ILSVRC2012_devkit_t12.tar.gz").read_bytes()
+    )
+    with pytest.raises(DatasetError, match="truncated") as e:
+        open_listing(DataSource(str(cut)), spec_for(), tmp_path / "cache")
+    assert str(cut) in str(e.value)
+
+
+def test_ground_truth_line_count_must_match(data, tmp_path):
+    tar = Path(data["tar"].data)
+    short = tmp_path / "short.tar"
+    with tarfile.open(tar) as src, tarfile.open(short, "w") as dst:
+        for m in src.getmembers()[:-2]:
+            dst.addfile(m, src.extractfile(m))
+    devkit = tar.parent / "ILSVRC2012_devkit_t12.tar.gz"
+    with pytest.raises(DatasetError, match="absent") as e:
+        open_listing(DataSource(str(short), labels=str(devkit)), spec_for(), tmp_path)
+    assert "2 image(s)" in str(e.value) and "ILSVRC2012_val_00000020" in str(e.value)
+    assert f"labels {lb.N_CLASSES * lb.PER_CLASS} images" in str(e.value)
+
+
+def test_csv_naming_absent_images_and_unlabelled(data, tmp_path):
+    root = Path(data["flat folder + labels"].data)
+    val = root / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    extra = tmp_path / "extra.csv"
+    extra.write_text(
+        (root / "LOC_val_solution.csv").read_text() + "ILSVRC2012_val_09999999,n01440764 1 2 3 4\n"
+    )
+    with pytest.raises(DatasetError, match="absent"):
+        open_listing(DataSource(str(val), labels=str(extra)), spec_for(), tmp_path)
+
+
+def test_webdataset_duplicate_keys(data, tmp_path):
+    first = expand(data["webdataset"].data)[0]
+    twin = tmp_path / "wds"
+    twin.mkdir()
+    for i in range(2):
+        (twin / f"s-{i}.tar").write_bytes(first.read_bytes())
+    with pytest.raises(DatasetError, match="duplicate key"):
+        open_listing(DataSource(str(twin / "s-{0..1}.tar")), spec_for(), tmp_path)
+
+
+def test_webdataset_label_out_of_range(tmp_path):
+    with tarfile.open(tmp_path / "s-0.tar", "w") as tf:
+        lb.add(tf, "a.jpg", lb.images()[0][2])
+        lb.add(tf, "a.cls", b"1000")
+    with pytest.raises(DatasetError, match="outside 0-999"):
+        open_listing(DataSource(str(tmp_path / "s-0.tar")), spec_for(), tmp_path)
+
+
+def test_tar_member_not_an_image_is_named_before_generation(tmp_path):
+    items = lb.images()
+    with tarfile.open(tmp_path / "t.tar", "w") as tf:
+        for name, wnid, data in items:
+            lb.add(tf, f"{wnid}/{name}", b"not a jpeg" if name.endswith("01.JPEG") else data)
+    spec = spec_for(n=lb.PER_CLASS)
+    listing = open_listing(DataSource(str(tmp_path / "t.tar")), spec, tmp_path)
+    with pytest.raises(DatasetError, match="t.tar::.*ILSVRC2012_val_00000001.JPEG"):
+        build_manifest(spec, listing, tmp_path)
+
+
+def test_classes_short_for_n_per_class(data, tmp_path):
+    spec = spec_for(n=lb.PER_CLASS + 1)
+    listing = open_listing(data["tar"], spec, tmp_path)
+    with pytest.raises(DatasetError, match="needs n_per_class"):
+        build_manifest(spec, listing, tmp_path)
+
+
+PROTOCOL = """
+name = "tiny_imagenet_layouts"
+version = 1
+description = "test: ImageNet-named classes from any container"
+layout = "imagefolder"
+class_names = "imagenet"
+n_per_class = 3
+k = 1
+seed = 0
+resolution = 64
+encoder = "demo"
+metrics = ["fid", "precision_recall"]
+"""
+
+
+def test_runs_from_every_container_are_the_same_run(data, tmp_path):
+    """Same run id (manifest), same samples (seeds from entry names) and the same metric bits;
+    provenance names the container."""
+    from conftest import run_json
+
+    proto = tmp_path / "tiny.toml"
+    proto.write_text(PROTOCOL)
+    rows = {}
+    for name in ("class folders", "tar", "webdataset", "tar.gz"):
+        out = tmp_path / name.replace(" ", "_")
+        got = run_json(
+            "run", "--model", "augment", "--protocol", str(proto), "--data", data[name].data,
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+        )  # fmt: skip
+        rows[name] = got[0]
+    ref = rows.pop("class folders")
+    for name, row in rows.items():
+        assert row["run_id"] == ref["run_id"], name
+        for key in ("fid", "precision", "recall", "manifest_sha256"):
+            assert row[key] == ref[key], (name, key)
+        assert json.loads(row["data_source"])["container"] == name
