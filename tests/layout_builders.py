@@ -106,7 +106,7 @@ def webdataset(folder: Path, shards: int = 2) -> str:
                 else:  # no json: KEY.<ext> as written
                     add(tf, f"{key}.JPEG", data)
                 add(tf, f"{key}.cls", str(wnids.index(wnid)).encode())
-    return str(folder) + "/val-{0000..%04d}.tar" % (shards - 1)
+    return str(folder) + "/val-{0000.." + f"{shards - 1:04d}" + "}.tar"
 
 
 def targz(path: Path) -> Path:

@@ -7,10 +7,10 @@ import json
 import tarfile
 from pathlib import Path
 
+import layout_builders as lb
 import numpy as np
 import pytest
 
-import layout_builders as lb
 from varbench.core.files import Blob, read_rgb
 from varbench.errors import DatasetError, UsageError
 from varbench.plan.layouts import DataSource, detect, open_listing
