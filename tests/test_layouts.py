@@ -49,10 +49,19 @@ def test_every_container_gives_the_folder_manifest(data, tmp_path, n, k):
         manifests[name], _ = build_manifest(spec, listing, tmp_path / "cache")
     ref = manifests.pop("class folders")
     assert len(ref.classes) == lb.N_CLASSES
+    gz = manifests.pop("tar.gz")
     for name, m in manifests.items():
         assert m.sha256 == ref.sha256, name
         assert m.pixel_sha256 == ref.pixel_sha256, name
         assert [c.label for c in m.classes] == [c.label for c in ref.classes], name
+    # tar.gz keeps 2n per class: the same references, conditioning images, counts and name
+    # hashes, and the held-out list's first n (all of it when a class has at most 2n images)
+    assert gz.pixel_sha256 == ref.pixel_sha256
+    for a, b in zip(gz.classes, ref.classes, strict=True):
+        assert (a.references, a.conditioning) == (b.references, b.conditioning)
+        assert (a.n_files, a.listing_sha256) == (b.n_files, b.listing_sha256)
+        assert a.heldout == b.heldout[:n]
+    assert (gz.sha256 == ref.sha256) == (2 * n >= lb.PER_CLASS)
 
 
 def test_entries_decode_like_the_files(data, tmp_path):
@@ -60,7 +69,9 @@ def test_entries_decode_like_the_files(data, tmp_path):
     folder = open_listing(data["class folders"], spec, tmp_path)
     for name in ("tar", "webdataset", "tar.gz"):
         listing = open_listing(data[name], spec, tmp_path)
-        assert listing.classes == folder.classes
+        for cls, entries in listing.classes.items():  # tar.gz: the 2n it keeps
+            assert set(entries) <= set(folder.classes[cls])
+        assert listing.classes == folder.classes or name == "tar.gz"
         m, _ = build_manifest(spec, listing, tmp_path)
         for _c, rel in m.references:
             src = listing.path(rel)
@@ -188,7 +199,7 @@ def test_runs_from_every_container_are_the_same_run(data, tmp_path):
     proto = tmp_path / "tiny.toml"
     proto.write_text(PROTOCOL)
     rows = {}
-    for name in ("class folders", "tar", "webdataset", "tar.gz"):
+    for name in ("class folders", "tar", "webdataset", "flat folder + labels", "tar.gz"):
         out = tmp_path / name.replace(" ", "_")
         got = run_json(
             "run", "--model", "augment", "--protocol", str(proto), "--data", data[name].data,
@@ -197,7 +208,32 @@ def test_runs_from_every_container_are_the_same_run(data, tmp_path):
         rows[name] = got[0]
     ref = rows.pop("class folders")
     for name, row in rows.items():
-        assert row["run_id"] == ref["run_id"], name
-        for key in ("fid", "precision", "recall", "manifest_sha256"):
+        if name != "tar.gz":  # its manifest keeps n held out of this class size (see above)
+            assert row["run_id"] == ref["run_id"], name
+        for key in ("fid", "precision", "recall"):
             assert row[key] == ref[key], (name, key)
-        assert json.loads(row["data_source"])["container"] == name
+        assert json.loads(row["data_source"])["container"] in name
+
+
+def test_oracle_export_and_manifest_cli_from_a_tar(data, tmp_path):
+    """The oracle (held-out images), export (conditioning PNGs) and `manifest`'s summary."""
+    from conftest import run_cli, run_json
+
+    proto = tmp_path / "tiny.toml"
+    proto.write_text(PROTOCOL)
+    cache = str(tmp_path / "cache")
+    fids = []
+    for name in ("class folders", "tar"):
+        row = run_json(
+            "run", "--model", "oracle", "--protocol", str(proto), "--data", data[name].data,
+            "--out", str(tmp_path / name.replace(" ", "_")), "--cache-dir", cache,
+        )[0]  # fmt: skip
+        fids.append(row["fid"])
+    assert fids[0] == fids[1]
+    run_json("export", "--protocol", str(proto), "--data", data["tar"].data,
+             "--out", str(tmp_path / "plan"), "--cache-dir", cache)  # fmt: skip
+    assert len(list((tmp_path / "plan").rglob("*.png"))) == lb.N_CLASSES
+    proc = run_cli("manifest", "--protocol", str(proto), "--data", data["webdataset"].data,
+                   "--cache-dir", cache)  # fmt: skip
+    assert "webdataset" in proc.stderr and "images per class" in proc.stderr
+    assert json.loads(proc.stdout)["sha256"]

@@ -1,8 +1,14 @@
 """A gzip-compressed tar (``SUN397.tar.gz``): not seekable, so read in ONE streaming pass that
-keeps only the entries a run reads (per class the best-ranked ``2 * n_per_class``: references
-and as many held out) in the cache, as LSUN's LMDB is read. Every member is still listed, so the
-manifest is the one a class-folder tree gives. The pass costs a full decompression (SUN397:
-about 37 GB); decompressing once (``gunzip``) and passing the ``.tar`` reads in place instead.
+keeps only the entries a run can read (per class the best-ranked ``2 * n_per_class``: the
+references and as many held out) in the cache, as LSUN's LMDB is read.
+
+The listing holds those entries, so references and conditioning images are the ones a
+class-folder tree gives, while the held-out list (oracle, memorisation, C_T) is its first
+``n_per_class`` instead of every other image: the manifest equals the tree's only for classes
+of at most ``2 * n_per_class`` images. Each class's count and name hash cover every member, so a
+changed archive is still drift. The pass costs a full decompression (SUN397: about 37 GB, read
+again only when the archive, seed or n_per_class change); ``gunzip`` once and pass the ``.tar``
+to read everything in place with the same manifest as the tree.
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ import heapq
 import json
 import os
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
-from varbench.core.files import Blob, atomic_write_bytes, atomic_write_json
+from varbench.core.files import atomic_write_bytes, atomic_write_json
 from varbench.core.hashing import sha256_json
 from varbench.core.progress import progress_bar
 from varbench.errors import DatasetError
-from varbench.plan.datasets import DatasetListing
+from varbench.plan.datasets import ClassSource, DatasetListing
 from varbench.plan.layouts.base import DataSource, Layout, entry_name, is_image_name, is_pattern
 from varbench.plan.layouts.common import labels_for, make_listing
 from varbench.plan.layouts.members import _path_class, _stem
@@ -35,18 +42,6 @@ def _detect(source: DataSource) -> bool:
     return (
         not is_pattern(source.data) and p.is_file() and p.name.lower().endswith((".tar.gz", ".tgz"))
     )
-
-
-def _not_extracted(name: str, archive: Path) -> Blob:
-    def read() -> bytes:
-        raise OSError(
-            f"not extracted: {archive} is read in one streaming pass that keeps the references "
-            "and n_per_class held-out images per class, and a metric asked for more held-out "
-            "images; fix: gunzip the archive and pass the .tar (read in place), or lower the "
-            "metric's *_heldout_per_class option"
-        )
-
-    return Blob(name=f"{archive}::{name}", read=read, stamp=("not extracted", name))
 
 
 def _class(member: str, spec: ProtocolSpec, labels) -> str | None:
@@ -136,10 +131,11 @@ def list_targz(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> Datas
         atomic_write_json(index_file, data)
     extracted = data["extracted"]
     entries = {
-        cls: {
-            n: (Path(extracted[n]) if n in extracted else _not_extracted(m, path))
-            for n, m in e.items()
-        }
+        cls: {n: Path(extracted[n]) for n in e if n in extracted}
+        for cls, e in data["names"].items()
+    }
+    sources = {
+        cls: ClassSource(n_files=len(e), listing_sha256=sha256_json(sorted(e)))
         for cls, e in data["names"].items()
     }
     origin = {
@@ -149,7 +145,7 @@ def list_targz(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> Datas
         "extracted": len(extracted),
         "cache": str(folder),
     }
-    return make_listing(path, spec, entries, labels, origin)
+    return replace(make_listing(path, spec, entries, labels, origin), sources=sources)
 
 
 TARGZ = Layout(
