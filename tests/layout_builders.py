@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from scipy.io import savemat
 
-from varbench.plan.demo_data import demo_image
+from varbench.plan.demo_data import demo_image  # noqa: F401 - re-exported for tests
 from varbench.plan.layouts.base import imagenet_wnids
 
 N_CLASSES = 3

@@ -237,3 +237,31 @@ def test_oracle_export_and_manifest_cli_from_a_tar(data, tmp_path):
                    "--cache-dir", cache)  # fmt: skip
     assert "webdataset" in proc.stderr and "images per class" in proc.stderr
     assert json.loads(proc.stdout)["sha256"]
+
+
+def test_sun397_tree_tar_and_tar_gz_agree(tmp_path):
+    """SUN397 as it unpacks, as a tar and as the .tar.gz: same classes, references and hashes."""
+    cats = ["a/abbey", "a/apartment_building/outdoor", "b/bedroom"]
+    tree = tmp_path / "tree"
+    with tarfile.open(tmp_path / "SUN397.tar", "w") as tf, tarfile.open(tmp_path / "SUN397.tar.gz", "w:gz") as gz:  # fmt: skip
+        for ci, cat in enumerate(cats):
+            for i in range(5):
+                data = lb.jpeg(lb.demo_image(ci, 50 + i))
+                rel = f"SUN397/{cat}/sun_{ci}{i:03d}.jpg"
+                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tree / rel).write_bytes(data)
+                lb.add(tf, rel, data)
+                lb.add(gz, rel, data)
+    spec = dataclasses.replace(
+        load_protocol("sun397_1shot"), n_classes=None, n_per_class=2, k=1, encoder="demo"
+    )
+    got = {}
+    for data in (tree, tmp_path / "SUN397.tar", tmp_path / "SUN397.tar.gz"):
+        listing = open_listing(DataSource(str(data)), spec, tmp_path / "cache")
+        got[data.name], _ = build_manifest(spec, listing, tmp_path / "cache")
+    ref = got.pop("tree")
+    assert [c.name for c in ref.classes] == sorted(cats)
+    for name, m in got.items():
+        assert m.pixel_sha256 == ref.pixel_sha256, name
+        assert [c.references for c in m.classes] == [c.references for c in ref.classes], name
+    assert got["SUN397.tar"].sha256 == ref.sha256

@@ -113,6 +113,14 @@ def entry_name(file_name: str, class_name: str) -> str:
     return stem + ext
 
 
+def entry_rel(class_name: str, file_name: str, layout: str) -> str:
+    """A container entry's name: the root-relative path of the same image in the documented
+    folder tree, ``<class>/<file>`` (``SUN397/<letter>/<category>/<file>`` for SUN397, whose
+    tree is documented as ``<data>/SUN397/...``), which is what selection ranks."""
+    rel = f"{class_name}/{entry_name(file_name, class_name)}"
+    return f"SUN397/{rel}" if layout == "sun397" else rel
+
+
 def imagenet_wnids() -> list[str]:
     """The 1,000 ImageNet-1k WordNet ids in sorted order: integer label i is ``wnids[i]``, as
     torchvision's ImageFolder, Hugging Face's ``imagenet-1k`` and timm's WebDataset number them."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from varbench.errors import DatasetError
-from varbench.plan.layouts.base import entry_name, is_image_name
+from varbench.plan.layouts.base import entry_rel, is_image_name
 from varbench.plan.layouts.labels import Labels
 
 
@@ -59,7 +59,7 @@ def group_members(
                 unlabelled.append(m)
                 continue
             seen.add(stem)
-            _add(classes, cls, m, problems, where)
+            _add(classes, cls, m, layout, problems, where)
         absent = sorted(set(labels.classes) - seen)
         if unlabelled:
             problems.append(
@@ -81,7 +81,7 @@ def group_members(
             if cls is None:
                 loose.append(m)
                 continue
-            _add(classes, cls, m, problems, where)
+            _add(classes, cls, m, layout, problems, where)
         if loose:
             want = (
                 "SUN397/<letter>/<category>/<image>"
@@ -97,8 +97,10 @@ def group_members(
     return classes, ignored
 
 
-def _add(classes: dict, cls: str, member: str, problems: list[str], where: str) -> None:
-    name = f"{cls}/{entry_name(member, cls)}"
+def _add(
+    classes: dict, cls: str, member: str, layout: str, problems: list[str], where: str
+) -> None:
+    name = entry_rel(cls, member, layout)
     entries = classes.setdefault(cls, {})
     if name in entries:
         problems.append(

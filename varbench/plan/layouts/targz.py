@@ -26,7 +26,7 @@ from varbench.core.hashing import sha256_json
 from varbench.core.progress import progress_bar
 from varbench.errors import DatasetError
 from varbench.plan.datasets import ClassSource, DatasetListing
-from varbench.plan.layouts.base import DataSource, Layout, entry_name, is_image_name, is_pattern
+from varbench.plan.layouts.base import DataSource, Layout, entry_rel, is_image_name, is_pattern
 from varbench.plan.layouts.common import labels_for, make_listing
 from varbench.plan.layouts.members import _path_class, _stem
 from varbench.plan.layouts.tarindex import fingerprint
@@ -74,7 +74,7 @@ def _stream(path: Path, spec: ProtocolSpec, labels, folder: Path) -> dict:
                 if cls is None:
                     loose.append(info.name)
                     continue
-                name = f"{cls}/{entry_name(info.name, cls)}"
+                name = entry_rel(cls, info.name, spec.layout)
                 if name in names.setdefault(cls, {}):
                     raise DatasetError(str(path), [f"{path}: entry {name!r} appears twice; {_FIX}"])
                 names[cls][name] = info.name

@@ -16,7 +16,7 @@ from varbench.plan.layouts.base import (
     DataSource,
     Layout,
     class_of_label,
-    entry_name,
+    entry_rel,
     expand,
     imagenet_wnids,
     is_image_name,
@@ -111,7 +111,7 @@ def list_webdataset(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> 
                 if cls is None:
                     continue
                 fname = meta.get("filename") if isinstance(meta, dict) else None
-                name = f"{cls}/{entry_name(str(fname or image), cls)}"
+                name = entry_rel(cls, str(fname or image), spec.layout)
                 if name in entries.setdefault(cls, {}):
                     problems.append(f"{where}: entry {name!r} appears twice; {_FIX}")
                     continue
