@@ -32,11 +32,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from proc_memory import run_measured
 
 TARGET = 3_000_000
 RANK_ONLY = """
@@ -94,25 +94,21 @@ def make_lmdb(path: Path, entries: int) -> None:
     marker.write_text(str(entries))
 
 
-def manifest_once(data: Path) -> tuple[float, float, float]:
-    """Wall and CPU seconds and peak RSS (GiB) of `varbench manifest` in a fresh process."""
+def manifest_once(data: Path) -> tuple[float, float, float, float]:
+    """Wall and CPU seconds, peak RSS and peak anonymous memory (GiB) of `varbench manifest`
+    in a fresh process (``proc_memory.run_measured``)."""
     with tempfile.TemporaryDirectory(prefix="lsun-bench-cache-") as cache:
         env = {**os.environ, "VARBENCH_NO_PROGRESS": "1", "VARBENCH_CACHE": cache}
         cmd = [sys.executable, "-m", "varbench.cli", "manifest", "--protocol",
                "lsun_bedroom_1shot", "--data", str(data), "--cache-dir", cache,
                "--output", str(Path(cache) / "manifest.json")]  # fmt: skip
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise SystemExit(f"varbench manifest failed ({proc.returncode})")
+        got = run_measured(cmd, env)
+        if got["returncode"] != 0:
+            raise SystemExit(f"varbench manifest failed ({got['returncode']})")
         m = json.loads((Path(cache) / "manifest.json").read_text())
         assert len(m["classes"][0]["references"]) == 10_000
         assert len(m["classes"][0]["heldout"]) == 10_000
-    cpu = usage.ru_utime + usage.ru_stime
-    return elapsed, cpu, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    return got["s"], got["cpu_s"], got["peak_rss_gib"], got["peak_anon_gib"]
 
 
 def main() -> None:
@@ -123,7 +119,7 @@ def main() -> None:
     db = args.dir / "bedroom_train_lmdb"
     make_lmdb(db, args.entries)
     load = os.getloadavg()[0]
-    seconds, cpu, rss = manifest_once(args.dir)
+    seconds, cpu, rss, anon = manifest_once(args.dir)
     out = subprocess.run(
         [sys.executable, "-c", RANK_ONLY, str(db)], check=True, capture_output=True, text=True
     )
@@ -133,6 +129,7 @@ def main() -> None:
         "entries": part["entries"],
         "lsun_manifest_s": round(seconds, 2),
         "lsun_manifest_peak_rss_gib": round(rss, 3),
+        "lsun_manifest_peak_anon_gib": round(anon, 3),
         "lsun_manifest_cpu_s": round(cpu, 2),
         "lsun_keys_s": round(part["t_keys"], 2),
         "lsun_keys_cpu_s": round(part["cpu_keys"], 2),
