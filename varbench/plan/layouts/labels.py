@@ -154,9 +154,12 @@ def read_labels(path: Path, wnids: list[str] | None) -> Labels:
 
 
 def find_labels(folder: Path) -> Path | None:
-    """A label file beside the images (or up to three folders above, as Kaggle's tree nests)."""
+    """A label file beside the images: the release's own names up to four folders above (as
+    Kaggle's tree nests its images), a generic ``labels.csv`` only in the folder itself."""
+    if (folder / "labels.csv").is_file():
+        return folder / "labels.csv"
     for d in [folder, *list(folder.parents)[:4]]:
-        for name in (KAGGLE_CSV, "ILSVRC2012_devkit_t12.tar.gz", GROUND_TRUTH, "labels.csv"):
+        for name in (KAGGLE_CSV, "ILSVRC2012_devkit_t12.tar.gz", GROUND_TRUTH):
             if (d / name).is_file():
                 return d / name
         if (d / "ILSVRC2012_devkit_t12" / "data" / GROUND_TRUTH).is_file():
