@@ -8,7 +8,7 @@ References are nested across n_per_class and conditioning images across k for th
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,11 @@ class Manifest:
         )
 
 
+def _shallow(c: ManifestClass) -> dict[str, Any]:
+    """``asdict`` without its deep copy of every name tuple (same JSON, a tenth of the time)."""
+    return {f.name: getattr(c, f.name) for f in fields(c)}
+
+
 def _rank(seed: int, role: str, class_name: str, rel: str) -> str:
     return sha256_text(f"{seed}\x1f{role}\x1f{class_name}\x1f{rel}")
 
@@ -79,9 +84,13 @@ def _ranked(files: tuple[str, ...], class_name: str, seed: int) -> list[str]:
     return sorted(files, key=lambda f: _rank(seed, "reference", class_name, f))
 
 
-def select(files: tuple[str, ...], class_name: str, n: int, k: int, seed: int) -> tuple:
-    """Pick ``n`` references and ``k`` conditioning images among them; rest are held out."""
-    ranked = _ranked(files, class_name, seed)
+def select(
+    files: tuple[str, ...], class_name: str, n: int, k: int, seed: int, ranked: list | None = None
+) -> tuple:
+    """Pick ``n`` references and ``k`` conditioning images among them; rest are held out.
+
+    ``ranked``: ``files`` already in ``_ranked`` order (a container's listing ranked them)."""
+    ranked = ranked if ranked is not None else _ranked(files, class_name, seed)
     refs = ranked[:n]
     cond = sorted(refs, key=lambda f: _rank(seed, "conditioning", class_name, f))[:k]
     return tuple(refs), tuple(cond), tuple(ranked[n:])
@@ -91,14 +100,13 @@ def build_manifest(
     spec: ProtocolSpec, listing: DatasetListing, cache_dir: Path | None
 ) -> tuple[Manifest, ValidationReport]:
     """Validate the whole dataset, then select; every problem is reported in one ``DatasetError``."""
+    ranks: dict[str, list[str]] = {}
     if listing.validate_all:
         todo = [f for files in listing.classes.values() for f in files]
-    else:  # a container: decode what a run reads (references, then as many held out)
-        todo = [
-            f
-            for name, files in listing.classes.items()
-            for f in _ranked(files, name, spec.seed)[: 2 * spec.n_per_class]
-        ]
+    else:  # a container: decode what a run reads (references, then as many held out), never
+        # every member of the archive
+        ranks = {c: _ranked(fs, c, spec.seed) for c, fs in listing.classes.items()}
+        todo = [f for ranked in ranks.values() for f in ranked[: 2 * spec.n_per_class]]
     report = validate_files(listing, todo, cache_dir)
     problems = list(report.problems)
     if listing.validate_all:
@@ -125,7 +133,9 @@ def build_manifest(
     hashes: dict[str, str] = {}
     for index, name in enumerate(sorted(valid)):
         files = valid[name]
-        refs, cond, heldout = select(files, name, spec.n_per_class, spec.k, spec.seed)
+        refs, cond, heldout = select(
+            files, name, spec.n_per_class, spec.k, spec.seed, ranks.get(name)
+        )
         source = listing.sources.get(name)  # an LMDB: count and hash all its keys, not the extract
         classes.append(
             ManifestClass(
@@ -142,7 +152,7 @@ def build_manifest(
         for f in refs:
             hashes[f] = report.pixel_hashes[f]
     protocol = spec.identity()
-    body = {"protocol": protocol, "classes": [asdict(c) for c in classes], "pixel_sha256": hashes}
+    body = {"protocol": protocol, "classes": [_shallow(c) for c in classes], "pixel_sha256": hashes}
     manifest = Manifest(
         protocol=protocol,
         classes=tuple(classes),

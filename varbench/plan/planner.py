@@ -32,7 +32,9 @@ def load_dataset(spec: ProtocolSpec, data: DataArg, cache_dir: Path) -> DatasetL
     if spec.layout == "demo":
         if data is not None:
             log.warning(
-                "protocol %s uses the embedded demo images; --data %s is ignored", spec.name, as_source(data).data
+                "protocol %s uses the embedded demo images; --data %s is ignored",
+                spec.name,
+                as_source(data).data,
             )
         listing = list_dataset(demo_root(cache_dir), "imagefolder")
         return replace(listing, origin={"container": "embedded demo", "path": str(listing.root)})

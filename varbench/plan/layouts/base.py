@@ -97,17 +97,23 @@ def is_pattern(data: str) -> bool:
 
 
 def is_image_name(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+    """A visible file name with an image extension (cheap: listing asks once per member)."""
+    base = name.rpartition("/")[2]
+    dot = base.rfind(".")
+    return dot > 0 and base[0] != "." and base[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def entry_name(file_name: str, class_name: str) -> str:
     """The file name a class-folder tree would use: the base name, without the ``_<wnid>``
     suffix Hugging Face's ImageNet archives append (``ILSVRC2012_val_00000001_n01751748.JPEG``
     is ``ILSVRC2012_val_00000001.JPEG`` in the official tar, Kaggle's folder and valprep trees)."""
-    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    if "\\" in file_name:  # a path written on Windows
+        file_name = file_name.replace("\\", "/")
+    base = file_name.rpartition("/")[2]
+    tail = "_" + class_name.rpartition("/")[2]
+    if tail not in base:  # the common case, checked cheaply: listing calls this once per image
+        return base
     stem, ext = os.path.splitext(base)
-    tail = "_" + class_name.rsplit("/", 1)[-1]
     if stem.endswith(tail) and len(stem) > len(tail):
         stem = stem[: -len(tail)]
     return stem + ext

@@ -40,7 +40,7 @@ def _detect(source: DataSource) -> bool:
 def list_flat(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing:
     """Every image file directly in the folder, classed by the label file."""
     folder = image_folder(source.path.resolve())
-    labels = labels_for(source, spec, folder)
+    labels = labels_for(source, spec, folder, cache_dir)
     if labels is None:
         raise DatasetError(str(folder), [
             f"{folder} holds images directly and no label file was found beside it; fix: pass "

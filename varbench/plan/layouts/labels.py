@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from varbench.core.files import atomic_write_json
+from varbench.core.hashing import sha256_json
 from varbench.errors import DatasetError
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
@@ -144,13 +147,30 @@ def read_csv_labels(path: Path, wnids: list[str] | None) -> Labels:
     return Labels(out, f"csv {path}", names)
 
 
-def read_labels(path: Path, wnids: list[str] | None) -> Labels:
-    """Any supported label file, recognised by name and content."""
+def read_labels(path: Path, wnids: list[str] | None, cache_dir: Path | None = None) -> Labels:
+    """Any supported label file, recognised by name and content; parsed once per file version
+    when ``cache_dir`` is given (the devkit's meta.mat needs scipy.io, slow to import)."""
     if not path.exists():
         raise _bad(path, "--labels: no such file or folder", "check the path")
+    cached = None
+    if cache_dir is not None and path.is_file():
+        st = path.stat()
+        key = sha256_json([str(path.resolve()), st.st_size, st.st_mtime_ns, wnids is not None])
+        cached = Path(cache_dir) / "labels" / f"{key[:32]}.json"
+        try:
+            data = json.loads(cached.read_text())
+            return Labels(data["classes"], data["source"], data["names"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     if path.is_file() and path.suffix.lower() == ".csv":
-        return read_csv_labels(path, wnids)
-    return read_devkit(path)
+        labels = read_csv_labels(path, wnids)
+    else:
+        labels = read_devkit(path)
+    if cached is not None:
+        atomic_write_json(
+            cached, {"classes": labels.classes, "source": labels.source, "names": labels.names}
+        )
+    return labels
 
 
 def find_labels(folder: Path) -> Path | None:

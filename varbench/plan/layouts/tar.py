@@ -22,9 +22,8 @@ def list_tar(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> Dataset
     """Index the tar (cached), class its image members, name each entry as a folder tree would."""
     path = source.path.resolve()
     index = tar_index(path, cache_dir)
-    labels = labels_for(source, spec, path.parent)
+    labels = labels_for(source, spec, path.parent, cache_dir)
     grouped, ignored = group_members(index.members, spec.layout, labels, str(path))
-    entries = {c: {n: index.blob(m) for n, m in e.items()} for c, e in grouped.items()}
     origin = {
         "container": "tar",
         "path": str(path),
@@ -32,7 +31,7 @@ def list_tar(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> Dataset
         "members": len(index.members),
         "ignored_non_images": len(ignored),
     }
-    return make_listing(path, spec, entries, labels, origin)
+    return make_listing(path, spec, grouped, labels, origin, open_entry=index.blob)
 
 
 TAR = Layout(

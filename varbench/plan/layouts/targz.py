@@ -109,7 +109,7 @@ def _stream(path: Path, spec: ProtocolSpec, labels, folder: Path) -> dict:
 def list_targz(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing:
     """The pass's result from the cache when the archive, seed and n_per_class are unchanged."""
     path = source.path.resolve()
-    labels = labels_for(source, spec, path.parent)
+    labels = labels_for(source, spec, path.parent, cache_dir)
     fp = fingerprint(path)
     folder = Path(cache_dir) / "targz" / fp[:32]
     key = sha256_json(

@@ -79,10 +79,12 @@ def list_webdataset(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> 
     wnids = imagenet_wnids() if spec.class_names == "imagenet" else None
     entries: dict[str, dict] = {}
     owner: dict[str, Path] = {}
+    indexes: list[TarIndex] = []
     problems: list[str] = []
     with progress_bar("reading WebDataset labels", len(shards)) as advance:
         for shard in shards:
             index = tar_index(shard, cache_dir)
+            indexes.append(index)
             samples: dict[str, dict[str, str]] = {}
             for member in index.members:
                 key, ext = _split(member)
@@ -115,7 +117,7 @@ def list_webdataset(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> 
                 if name in entries.setdefault(cls, {}):
                     problems.append(f"{where}: entry {name!r} appears twice; {_FIX}")
                     continue
-                entries[cls][name] = index.blob(image)
+                entries[cls][name] = (len(indexes) - 1, image)
             advance(1)
     if problems:
         raise DatasetError(source.data, problems[:20] + ([f"... {len(problems) - 20} more"] if len(problems) > 20 else []))  # fmt: skip
@@ -124,7 +126,10 @@ def list_webdataset(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> 
         "shards": [str(p.resolve()) for p in shards],
         "label_source": ".cls / .json per sample",
     }
-    return make_listing(shards[0].resolve().parent, spec, entries, None, origin)
+    return make_listing(
+        shards[0].resolve().parent, spec, entries, None, origin,
+        open_entry=lambda key: indexes[key[0]].blob(key[1]),
+    )  # fmt: skip
 
 
 def _class_of(index, fields, meta, wnids, where: str, problems: list[str]) -> str | None:
