@@ -151,8 +151,9 @@ def test_reads_only_row_groups_holding_chosen_rows(tmp_path):
     image_bytes = sum(P._chunk_bytes(meta, rg, "image.bytes") for rg in (0, 1))
     assert P.READS["row_groups"] - before["row_groups"] == 2
     assert P.READS["bytes"] - before["bytes"] == image_bytes
-    cached = sorted(p.name for p in (tmp_path / "c" / "parquet").rglob("*.img"))
-    assert cached == [f"{r:09d}.img" for r in range(6)]
+    kept = sorted((tmp_path / "c" / "parquet").rglob("*.rows"))
+    assert [p.name for p in kept] == ["rg000000.rows", "rg000001.rows"]
+    assert sorted(P._read_index(kept[0])) == [0, 1, 2, 3]
     # a fresh listing (the run after the manifest) serves the chosen rows from the cache
     again = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
     before = dict(P.READS)
@@ -160,6 +161,13 @@ def test_reads_only_row_groups_holding_chosen_rows(tmp_path):
         for name in _ranked(again.classes[cls], cls, 0)[:2]:
             again.path(name).read()
     assert P.READS == before
+    # a cache file cut short (a crash before its data reached disk) is read from the shard again
+    kept[0].write_bytes(kept[0].read_bytes()[:-10])
+    third = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
+    name = next(n for n in third.files if third.files[n].stamp[1:] == (0, 0))
+    assert third.path(name).read() == again.path(name).read()
+    assert P.READS["row_groups"] - before["row_groups"] == 1
+    assert sorted(P._read_index(kept[0])) == [0, 1, 2, 3]
 
 
 def test_threads_read_a_row_group_once(tmp_path):
@@ -248,14 +256,16 @@ def test_column_overrides_and_unnamed_rows(tmp_path):
 def test_null_bytes_in_a_chosen_row(tmp_path):
     table = pa.table({
         "image": pa.array([{"bytes": None if i == 0 else encoded(i), "path": f"{i}.png"}
-                           for i in range(4)], type=IMAGE),
-        "label": [0, 0, 1, 1],
+                           for i in range(4)] + [None], type=IMAGE),
+        "label": [0, 0, 1, 1, 2],
     })  # fmt: skip
     pq.write_table(table, tmp_path / "n.parquet")
     spec = folder_spec(1)
     listing = P.PARQUET.listing(DataSource(str(tmp_path / "n.parquet")), spec, tmp_path / "c")
     with pytest.raises(OSError, match=r"(?s)row 0 of .*n\.parquet has no image bytes"):
         listing.path("0/0.png").read()
+    with pytest.raises(OSError, match=r"(?s)row 4 of .*n\.parquet has no image bytes"):
+        listing.path("2/n-00000004.png").read()  # a null Image: no name, no bytes
     with pytest.raises(DatasetError, match=r"(?s)n\.parquet::row 0.*no image bytes"):
         build_manifest(spec, listing, tmp_path / "c")
 

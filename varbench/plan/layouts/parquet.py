@@ -7,10 +7,12 @@ a 5.5 GB validation split. Entries are named as a class-folder tree names the sa
 
 Bytes live in row groups: reading one row means reading its row group's image column chunk.
 The first read of any row of a group reads that chunk once (under a per-group lock, so threads
-never read a group twice), stores every row of it that a run may read (the top ``2 x
-n_per_class`` of each class in selection order: references, then as many held out) in the cache,
-and serves later reads, in this process and the next, from those files. So a manifest reads only
-the row groups holding chosen rows, and memory is one row group per reading thread.
+never read a group twice), keeps those of its rows a run may read (the top ``2 x n_per_class``
+of each class in selection order: references, then as many held out) in one cache file per
+group (under the shard's fingerprint and the column), and serves later reads, in this process
+and the next, from those files. So a manifest reads only the row groups holding chosen rows
+(with rows in random class order, as Hugging Face's ImageNet validation split has them, that is
+nearly all of them), and memory is one row group per reading thread.
 
 Rows without a file name (a binary column, or an Image struct whose ``path`` is empty) are named
 ``<class>/<shard stem>-<row:08d><ext>``: such names cannot match a folder tree of the same
@@ -25,12 +27,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import threading
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from varbench.core.files import Blob, disk_full, is_disk_full
 from varbench.core.progress import progress_bar
@@ -55,10 +59,10 @@ KEY_COLUMNS = ("__key__",)  # WebDataset-style sample keys: the file name withou
 _EXT_COLUMNS = {"jpg": ".jpg", "jpeg": ".jpeg", "png": ".png", "webp": ".webp"}
 _SPLIT = re.compile(r"^(?P<split>.+?)-\d+-of-\d+$")  # HF shard names: validation-00003-of-00014
 _SHARD_FIX = "fix: download the shard again (compare its size with the source's)"
+_MAGIC = b"varbench parquet rows 1\n"  # a row group's kept rows in the cache
 _ROW_BITS = 40  # an entry's location packed in one int: shard << 40 | row within the shard
 
-# What entry reads cost, for tests and benchmarks: row groups read and their image chunk bytes.
-READS: dict[str, int] = {"row_groups": 0, "bytes": 0}
+READS: dict[str, int] = {"row_groups": 0, "bytes": 0}  # image chunks read (tests, benchmarks)
 _reads_lock = threading.Lock()
 
 
@@ -121,77 +125,47 @@ class Columns:
     label_is_int: bool
 
 
-def _is_binary(t) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
-
-
-def _is_string(t) -> bool:
+def _kind(t) -> str:
+    """``image`` (Hugging Face's Image: a struct of binary ``bytes`` and string ``path``),
+    ``binary``, ``int``, ``string`` or ``""`` for a column's Arrow type."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(t):
         t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def _hf_image(t) -> bool:
-    """Hugging Face's Image feature: a struct of ``bytes`` (binary) and ``path`` (string)."""
-    import pyarrow as pa
-
-    if not pa.types.is_struct(t):
-        return False
-    fields = {t.field(i).name: t.field(i).type for i in range(t.num_fields)}
-    return (
-        "bytes" in fields
-        and _is_binary(fields["bytes"])
-        and "path" in fields
-        and _is_string(fields["path"])
-    )
+    if pa.types.is_struct(t):
+        kids = {t.field(i).name: _kind(t.field(i).type) for i in range(t.num_fields)}
+        return "image" if kids.get("bytes") == "binary" and kids.get("path") == "string" else ""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    if pa.types.is_integer(t):
+        return "int"
+    return "string" if pa.types.is_string(t) or pa.types.is_large_string(t) else ""
 
 
 def _columns(schema, path: Path, source: DataSource) -> Columns:
     """The image and label columns: ``source``'s choice, else detected; a clear error if neither."""
-    import pyarrow as pa
-
-    types = {f.name: f.type for f in schema}
-    have = ", ".join(f"{n} ({t})" for n, t in types.items())
+    kinds = {f.name: _kind(f.type) for f in schema}
+    have = ", ".join(f"{f.name} ({f.type})" for f in schema)
     problems = []
-    image = source.image_column
-    if image is not None:
-        if image not in types:
-            problems.append(f"{path} has no column {image!r} (data_image_column); it has: {have}")
-        elif not (_hf_image(types[image]) or _is_binary(types[image])):
+    image, label = source.image_column, source.label_column
+    for name, option, want in ((image, "image", ("image", "binary")), (label, "label", ("int", "string"))):  # fmt: skip
+        if name is not None and name not in kinds:
+            problems.append(f"{path} has no column {name!r} (data_{option}_column); it has: {have}")
+        elif name is not None and kinds[name] not in want:
             problems.append(
-                f"column {image!r} of {path} is {types[image]}, not image bytes (a binary column "
-                "or a struct of bytes and path); fix: --set data_image_column=<column>"
+                f"column {name!r} of {path} is {schema.field(name).type}, not {option}s (a "
+                f"{' or '.join(want)} column); fix: --set data_{option}_column=<column>"
             )
-    else:
-        image = next((n for n, t in types.items() if _hf_image(t)), None)
-        image = image or next((n for n, t in types.items() if _is_binary(t)), None)
+    if image is None:
+        image = next((n for n, k in kinds.items() if k == "image"), None)
+        image = image or next((n for n, k in kinds.items() if k == "binary"), None)
         if image is None:
             problems.append(
                 f"{path} has no image column (a struct of bytes and path, as Hugging Face's Image "
                 f"feature, or a binary column); it has: {have}; fix: --set data_image_column=<column>"
             )
-    label = source.label_column
-    if label is not None:
-        if label not in types:
-            problems.append(f"{path} has no column {label!r} (data_label_column); it has: {have}")
-        elif not (pa.types.is_integer(types[label]) or _is_string(types[label])):
-            problems.append(
-                f"column {label!r} of {path} is {types[label]}, not integer or string labels; "
-                "fix: --set data_label_column=<column>"
-            )
-    else:
-        label = next(
-            (
-                n
-                for n in LABEL_COLUMNS
-                if n in types and (pa.types.is_integer(types[n]) or _is_string(types[n]))
-            ),
-            None,
-        )
+    if label is None:
+        label = next((n for n in LABEL_COLUMNS if kinds.get(n) in ("int", "string")), None)
         if label is None:
             problems.append(
                 f"{path} has no label column (an integer or string column named "
@@ -199,12 +173,12 @@ def _columns(schema, path: Path, source: DataSource) -> Columns:
             )
     if problems:
         raise DatasetError(str(path), problems)
-    if _hf_image(types[image]):
+    if kinds[image] == "image":
         leaf, name_col = f"{image}.bytes", f"{image}.path"
     else:
         leaf = image
-        name_col = next((k for k in KEY_COLUMNS if k in types and _is_string(types[k])), None)
-    return Columns(image, leaf, name_col, label, pa.types.is_integer(types[label]))
+        name_col = next((k for k in KEY_COLUMNS if kinds.get(k) == "string"), None)
+    return Columns(image, leaf, name_col, label, kinds[label] == "int")
 
 
 def class_label_names(schema, label: str) -> list[str] | None:
@@ -256,9 +230,10 @@ class Shards:
         self.leaf = leaf
         self.fingerprints = [fingerprint(p) for p in paths]
         self.starts: list[list[int]] = []  # per shard: first row of each row group
-        self.wanted: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (shard, rg) -> rows
+        self.wanted: dict[tuple[int, int], set[int]] = {}  # (shard, rg) -> rows a run may read
         self.cache = Path(cache_dir) / "parquet" if cache_dir is not None else None
         self._locks: dict[tuple[int, int], threading.Lock] = {}
+        self._indexes: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}  # kept rows
         self._locks_lock = threading.Lock()
 
     def add_shard(self, meta) -> None:
@@ -278,8 +253,8 @@ class Shards:
     def want(self, codes: list[int]) -> None:
         """Rows a run may read: stored in the cache when their row group is first read."""
         for code in codes:
-            shard, rg, i, row = self.locate(code)
-            self.wanted.setdefault((shard, rg), []).append((i, row))
+            shard, rg, _i, row = self.locate(code)
+            self.wanted.setdefault((shard, rg), set()).add(row)
 
     def blob(self, name: str, code: int) -> Blob:
         shard, rg, i, row = self.locate(code)
@@ -289,27 +264,23 @@ class Shards:
             stamp=(self.fingerprints[shard], rg, row),
         )
 
-    def cached(self, shard: int, row: int) -> Path | None:
+    def cached(self, shard: int, rg: int) -> Path | None:
+        """One row group's kept rows (by the shard's content and the column: it names the image)."""
         if self.cache is None:
             return None
-        # the shard's content and the column: another data_image_column is another image
-        return self.cache / self.fingerprints[shard][:32] / self.leaf / f"{row:09d}.img"
+        column = quote(self.leaf, safe="")
+        return self.cache / self.fingerprints[shard][:32] / column / f"rg{rg:06d}.rows"
 
     def read(self, shard: int, rg: int, i: int, row: int) -> bytes:
         """One row's image bytes: from the cache, else from its row group (read once)."""
-        where = self.cached(shard, row)
-        data = _read_cached(where)
-        if data is not None:
-            return data
-        with self._lock(shard, rg):
-            data = _read_cached(where)  # another thread read the group meanwhile
-            if data is not None:
-                return data
-            column = self.group(shard, rg)
-            for j, r in self.wanted.get((shard, rg), ()):
-                if column[j] and (path := self.cached(shard, r)) is not None:
-                    _store(path, column[j])
-            data = column[i]
+        data = self._from_cache(shard, rg, row)
+        if data is None:
+            with self._lock(shard, rg):
+                data = self._from_cache(shard, rg, row)  # another thread kept the group meanwhile
+                if data is None:
+                    column = self.group(shard, rg)
+                    self._keep(shard, rg, column)
+                    data = column[i].as_py()
         if not data:
             raise OSError(
                 f"row {row} of {self.paths[shard]} has no image bytes (null or empty in column "
@@ -318,8 +289,38 @@ class Shards:
             )
         return data
 
-    def group(self, shard: int, rg: int) -> list[bytes | None]:
-        """The image bytes of every row of one row group (that column chunk only)."""
+    def _from_cache(self, shard: int, rg: int, row: int) -> bytes | None:
+        key = (shard, rg)
+        index = self._indexes.get(key)
+        if index is None:
+            index = _read_index(self.cached(shard, rg))
+            if index is None:
+                return None
+            self._indexes[key] = index
+        if row not in index:
+            return None
+        offset, size = index[row]
+        try:
+            with open(self.cached(shard, rg), "rb") as f:  # type: ignore[arg-type]
+                data = os.pread(f.fileno(), size, offset)
+        except OSError:
+            return None
+        return data if len(data) == size else None
+
+    def _keep(self, shard: int, rg: int, column) -> None:
+        """Store the group's wanted rows (and those a file of an earlier run kept) in one file."""
+        path = self.cached(shard, rg)
+        if path is None:
+            return
+        start = self.starts[shard][rg]
+        rows = self.wanted.get((shard, rg), set()) | set(self._indexes.get((shard, rg)) or ())
+        kept = [(r, v) for r in sorted(rows) if (v := column[r - start].as_py())]
+        if kept:
+            self._indexes[(shard, rg)] = _store_rows(path, kept)
+
+    def group(self, shard: int, rg: int):
+        """The image bytes of every row of one row group (that column chunk only), as an Arrow
+        array: only the rows asked for become Python bytes."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -331,45 +332,76 @@ class Shards:
             raise OSError(f"cannot read row group {rg} of {path} ({exc}); {_SHARD_FIX}") from None
         column = table.column(0).combine_chunks()
         if "." in self.leaf:  # a struct read with one child
-            column = column.field(self.leaf.rsplit(".", 1)[1])
+            column = _child(column, self.leaf)
         with _reads_lock:
             READS["row_groups"] += 1
             READS["bytes"] += _chunk_bytes(pf.metadata, rg, self.leaf)
-        return column.to_pylist()
+        return column
 
     def _lock(self, shard: int, rg: int) -> threading.Lock:
         with self._locks_lock:
             return self._locks.setdefault((shard, rg), threading.Lock())
 
 
-def _read_cached(path: Path | None) -> bytes | None:
+def _child(struct, leaf: str):
+    """The struct's child ``image.bytes`` names, null where the struct itself is null."""
+    import pyarrow.compute as pc
+
+    return pc.struct_field(struct, leaf.rsplit(".", 1)[1])
+
+
+def _read_index(path: Path | None) -> dict[int, tuple[int, int]] | None:
+    """row -> (offset, size) of a cache file, or None when absent, damaged or cut short."""
     if path is None:
         return None
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(len(_MAGIC) + 4)
+            if len(head) < len(_MAGIC) + 4 or not head.startswith(_MAGIC):
+                return None
+            (count,) = struct.unpack("<I", head[len(_MAGIC) :])
+            table = f.read(16 * count)
+            size = os.fstat(f.fileno()).st_size
     except OSError:
         return None
-    return data or None  # an empty file (cut by a crash before its data reached disk) is a miss
+    if len(table) != 16 * count:
+        return None
+    offset = len(_MAGIC) + 4 + 16 * count
+    index = {}
+    for row, n in struct.iter_unpack("<QQ", table):
+        index[row] = (offset, n)
+        offset += n
+    return index if offset == size else None
 
 
-def _store(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file of this thread, renamed into place.
+def _store_rows(path: Path, rows: list[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
+    """Write rows' bytes as one file (magic, count, (row, size) pairs, the bytes) through a
+    temporary file of this thread renamed into place; return its index.
 
-    Not fsynced (thousands of fsyncs would dominate a manifest); a file a crash left empty is
-    a cache miss, and a damaged one fails validation, which names its row.
+    Not fsynced (one fsync per row group would dominate a manifest's reads); a file a crash cut
+    short fails the size check of ``_read_index`` and is read again from the shard.
     """
+    header = _MAGIC + struct.pack("<I", len(rows))
+    header += b"".join(struct.pack("<QQ", r, len(v)) for r, v in rows)
+    index, offset = {}, len(header)
+    for r, v in rows:
+        index[r] = (offset, len(v))
+        offset += len(v)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(header)
+            for _r, v in rows:
+                f.write(v)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if is_disk_full(exc):
             raise disk_full(path, exc) from exc
         raise
+    return index
 
 
 class Entries(Mapping):
@@ -448,12 +480,10 @@ def _listing(
 ) -> DatasetListing:
     cols = _columns(opened[0].schema_arrow, paths[0], source)
     names = class_label_names(opened[0].schema_arrow, cols.label) if cols.label_is_int else None
-    if spec.class_names == "imagenet":
-        label_source = f"column {cols.label} (ImageNet sorted WordNet ids)"
-    elif names is not None:
-        label_source = f"ClassLabel names of column {cols.label}"
-    else:
-        label_source = f"column {cols.label}"
+    label_source = f"column {cols.label}" + (
+        " (ImageNet sorted WordNet ids)" if spec.class_names == "imagenet"
+        else " (ClassLabel names)" if names is not None else ""
+    )  # fmt: skip
     classes_of = _Classes(spec, names, cols.label_is_int)
     try:
         shards = Shards(paths, cols.leaf, cache_dir)
@@ -473,7 +503,7 @@ def _listing(
                     "point --data at shards of one dataset and split"
                 ])  # fmt: skip
             shards.add_shard(pf.metadata)
-            _list_shard(paths, s, pf, cols, classes_of, by_class, codes)
+            _list_shard(shards, s, pf, cols, classes_of, by_class, codes)
             advance(pf.metadata.num_rows)
     classes = {c: tuple(sorted(v)) for c, v in by_class.items()}
     for c, entries in classes.items():
@@ -498,7 +528,7 @@ def _listing(
 
 
 def _list_shard(
-    paths: list[Path],
+    shards: Shards,
     s: int,
     pf,
     cols: Columns,
@@ -509,7 +539,7 @@ def _list_shard(
     """Name every row of shard ``s`` (label and file-name columns only) and file it by class."""
     import pyarrow as pa
 
-    path = paths[s]
+    path = shards.paths[s]
     read = [cols.label] + ([cols.path] if cols.path else [])
     try:
         table = pf.read(columns=read)
@@ -519,9 +549,9 @@ def _list_shard(
     if cols.path is None:
         files: list[str | None] = [None] * len(labels)
     elif cols.path.startswith(cols.image + "."):  # the Image struct read with its path only
-        files = table.column(cols.image).combine_chunks().field("path").to_pylist()
+        files = _child(table.column(cols.image).combine_chunks(), cols.path).to_pylist()
     else:  # a sample key column: the name without its extension
-        ext = _extension(path, pf, cols)
+        ext = _extension(shards, s, cols)
         files = [k + ext if k else None for k in table.column(cols.path).to_pylist()]
     ext = None
     for row, (label, file) in enumerate(zip(labels, files, strict=True)):
@@ -529,11 +559,11 @@ def _list_shard(
         if file:
             name = f"{cls}/{entry_name(file, cls)}"
         else:
-            ext = ext or _extension(path, pf, cols)
+            ext = ext or _extension(shards, s, cols)
             name = f"{cls}/{path.stem}-{row:08d}{ext}"
         first = codes.get(name)
         if first is not None:
-            other = f"{paths[first >> _ROW_BITS]} row {first & ((1 << _ROW_BITS) - 1)}"
+            other = f"{shards.paths[first >> _ROW_BITS]} row {first & ((1 << _ROW_BITS) - 1)}"
             raise DatasetError(str(path), [
                 f"entry {name!r} appears twice ({other} and {path} row {row}); which image is "
                 "meant is ambiguous; fix: remove the duplicate rows"
@@ -542,23 +572,17 @@ def _list_shard(
         by_class.setdefault(cls, []).append(name)
 
 
-def _extension(path: Path, pf, cols: Columns) -> str:
+def _extension(shards: Shards, s: int, cols: Columns) -> str:
     """Extension of a shard's unnamed rows: the column's name (``jpg``), else its first image's."""
-    ext = _EXT_COLUMNS.get(cols.image.lower())
-    if ext:
+    if ext := _EXT_COLUMNS.get(cols.image.lower()):
         return ext
-    import pyarrow as pa
-
-    try:  # one row group's image chunk: the first non-empty row names the format
-        for rg in range(pf.metadata.num_row_groups):
-            chunk = pf.read_row_group(rg, columns=[cols.leaf]).column(0).combine_chunks()
-            if "." in cols.leaf:
-                chunk = chunk.field(cols.leaf.rsplit(".", 1)[1])
-            first = next((b for b in chunk.to_pylist() if b), None)
-            if first:
-                return sniff(first)
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(str(path), [f"cannot read {path} ({exc}); {_SHARD_FIX}"]) from None
+    for rg in range(len(shards.starts[s])):  # the first row group holding an image names it
+        try:
+            column = shards.group(s, rg)
+        except OSError as exc:
+            raise DatasetError(str(shards.paths[s]), [str(exc)]) from None
+        if first := next((b for x in column if (b := x.as_py())), None):
+            return sniff(first)
     return ".img"
 
 
