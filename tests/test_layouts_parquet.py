@@ -168,6 +168,12 @@ def test_reads_only_row_groups_holding_chosen_rows(tmp_path):
     assert third.path(name).read() == again.path(name).read()
     assert P.READS["row_groups"] - before["row_groups"] == 1
     assert sorted(P._read_index(kept[0])) == [0, 1, 2, 3]
+    # a row no run reads is served from its row group and not kept
+    other = next(n for n in third.files if third.files[n].stamp[1:] == (2, 8))
+    before = dict(P.READS)
+    assert third.path(other).read() == third.path(other).read()
+    assert P.READS["row_groups"] - before["row_groups"] == 2
+    assert len(list((tmp_path / "c" / "parquet").rglob("*.rows"))) == 2
 
 
 def test_threads_read_a_row_group_once(tmp_path):
@@ -290,6 +296,19 @@ def test_duplicate_names(tmp_path):
     pq.write_table(table, tmp_path / "d.parquet")
     with pytest.raises(DatasetError, match=r"(?s)'0/same.png' appears twice .*row 0 and .*row 1"):
         P.PARQUET.listing(DataSource(str(tmp_path / "d.parquet")), folder_spec(1), tmp_path)
+
+
+def test_sun397_class_names(tmp_path):
+    names = ["abbey", "/b/bedroom", "apartment_building/outdoor"]
+    write_shards(tmp_path / "d", rows(), n_shards=1, names=names)
+    spec = load_protocol("sun397_1shot").with_overrides({"n_classes": "3", "n_per_class": "1"})
+    listing = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
+    assert listing.labels == {
+        "a/abbey": "abbey",
+        "b/bedroom": "bedroom",
+        "a/apartment_building/outdoor": "apartment building outdoor",
+    }
+    assert listing.classes["b/bedroom"][0] == "b/bedroom/img_00006_dog.JPEG"  # no _<wnid> here
 
 
 def test_sun397_names_and_class_label_metadata():

@@ -309,11 +309,11 @@ class Shards:
 
     def _keep(self, shard: int, rg: int, column) -> None:
         """Store the group's wanted rows (and those a file of an earlier run kept) in one file."""
-        path = self.cached(shard, rg)
-        if path is None:
+        path, old = self.cached(shard, rg), set(self._indexes.get((shard, rg)) or ())
+        rows = self.wanted.get((shard, rg), set()) | old
+        if path is None or rows == old:  # no cache, or all kept already (a row it does not keep)
             return
         start = self.starts[shard][rg]
-        rows = self.wanted.get((shard, rg), set()) | set(self._indexes.get((shard, rg)) or ())
         kept = [(r, v) for r in sorted(rows) if (v := column[r - start].as_py())]
         if kept:
             self._indexes[(shard, rg)] = _store_rows(path, kept)
