@@ -284,7 +284,10 @@ def test_not_parquet_and_mixed_splits(tmp_path):
     write_shards(d, rows()[:4], n_shards=1)
     (d / "validation-00000-of-00001.parquet").rename(d / "train-00000-of-00001.parquet")
     write_shards(d, rows()[4:8], n_shards=1)
-    with pytest.raises(DatasetError, match=r"(?s)2 splits \(train, validation\).*fix: --data"):
+    with pytest.raises(
+        DatasetError,
+        match=r"(?s)2 splits \(train, validation\).*--data '.*data/validation-\*\.parquet'",
+    ):
         P.PARQUET.listing(DataSource(str(tmp_path / "repo")), folder_spec(1), tmp_path)
 
 

@@ -50,6 +50,7 @@ from varbench.plan.layouts.base import (
     is_pattern,
 )
 from varbench.plan.layouts.tarindex import fingerprint
+from varbench.plan.lsun import sniff
 from varbench.plan.manifest import _ranked
 from varbench.plan.protocol import ProtocolSpec
 
@@ -89,12 +90,13 @@ def detect(source: DataSource) -> bool:
 
 def _one_split(data: str, shards: list[Path]) -> None:
     """A folder holding several splits (``train-*``, ``validation-*``) is ambiguous: refuse it."""
-    splits = sorted({m["split"] for p in shards if (m := _SPLIT.match(p.stem))})
+    splits = {m["split"]: p.parent for p in shards if (m := _SPLIT.match(p.stem))}
     if len(splits) > 1 and not is_pattern(data) and Path(data).expanduser().is_dir():
+        split, folder = sorted(splits.items())[-1]
         raise DatasetError(data, [
-            f"{data} holds the shards of {len(splits)} splits ({', '.join(splits)}); which one is "
-            f"meant is ambiguous; fix: --data '{data.rstrip('/')}/**/{splits[0]}-*.parquet' (a "
-            "pattern naming one split's shards)"
+            f"{data} holds the shards of {len(splits)} splits ({', '.join(sorted(splits))}); which "
+            f"one is meant is ambiguous; fix: name one split's shards, e.g. --data "
+            f"'{folder}/{split}-*.parquet'"
         ])  # fmt: skip
 
 
@@ -199,17 +201,6 @@ def sun397_class(name: str) -> str:
     name = name.strip().lstrip("/")
     first = name.split("/", 1)[0]
     return name if len(first) == 1 else f"{name[:1].lower()}/{name}"
-
-
-def sniff(data: bytes) -> str:
-    """The extension of JPEG, PNG or WebP bytes; ``.img`` for anything else."""
-    if data[:3] == b"\xff\xd8\xff":
-        return ".jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return ".png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    return ".img"
 
 
 def _chunk_bytes(meta, rg: int, leaf: str) -> int:
@@ -582,7 +573,7 @@ def _extension(shards: Shards, s: int, cols: Columns) -> str:
         except OSError as exc:
             raise DatasetError(str(shards.paths[s]), [str(exc)]) from None
         if first := next((b for x in column if (b := x.as_py())), None):
-            return sniff(first)
+            return sniff(first) or ".img"  # JPEG, PNG or WebP by their bytes
     return ".img"
 
 
