@@ -13,11 +13,12 @@ import time
 GIB = 2**30
 
 
-def _rss_anon_kib(pid: int) -> int | None:
+def status_kib(pid: int | str, field: str = "RssAnon") -> int | None:
+    """One ``/proc/PID/status`` field in KiB (``pid`` may be ``"self"``); None if gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("RssAnon:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
@@ -33,7 +34,7 @@ def run_measured(cmd: list[str], env: dict | None = None, every: float = 0.02) -
 
     def sample() -> None:
         while not done.is_set():
-            kib = _rss_anon_kib(proc.pid)
+            kib = status_kib(proc.pid)
             if kib is not None:
                 peak[0] = max(peak[0], kib)
             done.wait(every)
