@@ -115,3 +115,30 @@ def targz(path: Path) -> Path:
         for name, wnid, data in images():
             add(tf, f"val/{wnid}/{name}", data)
     return path
+
+
+def parquet(folder: Path, shards: int = 2) -> Path:
+    """Hugging Face's schema: an Image struct (bytes, path with the ``_<wnid>`` suffix HF's
+    archives carry), an integer label in sorted-wnid order, ClassLabel names in the metadata,
+    small row groups, rows in the set's order (classes mixed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wnids = imagenet_wnids()
+    features = {"image": {"_type": "Image"}, "label": {"names": wnids, "_type": "ClassLabel"}}
+    meta = {"huggingface": json.dumps({"info": {"features": features}})}
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("image", image), ("label", pa.int64())], metadata=meta)
+    items = images()
+    for s in range(shards):
+        part = items[s::shards]
+        cells = [{"bytes": d, "path": n.replace(".JPEG", f"_{w}.JPEG")} for n, w, d in part]
+        table = pa.table(
+            {"image": pa.array(cells, type=image), "label": [wnids.index(w) for _n, w, _d in part]},
+            schema=schema,
+        )
+        pq.write_table(
+            table, folder / f"validation-{s:05d}-of-{shards:05d}.parquet", row_group_size=4
+        )
+    return folder

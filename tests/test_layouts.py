@@ -35,6 +35,7 @@ def data(tmp_path_factory) -> dict[str, DataSource]:
         "flat folder + labels": DataSource(str(lb.kaggle(t / "kaggle"))),
         "webdataset": DataSource(lb.webdataset(t / "wds")),
         "tar.gz": DataSource(str(lb.targz(t / "val.tar.gz"))),
+        "parquet": DataSource(str(lb.parquet(t / "hf")) + "/validation-*.parquet"),
     }
 
 
@@ -67,7 +68,7 @@ def test_every_container_gives_the_folder_manifest(data, tmp_path, n, k):
 def test_entries_decode_like_the_files(data, tmp_path):
     spec = spec_for()
     folder = open_listing(data["class folders"], spec, tmp_path)
-    for name in ("tar", "webdataset", "tar.gz"):
+    for name in ("tar", "webdataset", "parquet", "tar.gz"):
         listing = open_listing(data[name], spec, tmp_path)
         for cls, entries in listing.classes.items():  # tar.gz: the 2n it keeps
             assert set(entries) <= set(folder.classes[cls])
@@ -100,7 +101,7 @@ def test_unknown_layout_lists_every_layout(tmp_path):
     odd.write_text("x")
     with pytest.raises(UsageError) as e:
         detect(DataSource(str(odd)))
-    for name in ("tar.gz", "webdataset", "tar", "flat folder + labels", "class folders"):
+    for name in ("parquet", "tar.gz", "webdataset", "tar", "flat folder + labels", "class folders"):
         assert name in str(e.value)
 
 
@@ -199,7 +200,7 @@ def test_runs_from_every_container_are_the_same_run(data, tmp_path):
     proto = tmp_path / "tiny.toml"
     proto.write_text(PROTOCOL)
     rows = {}
-    for name in ("class folders", "tar", "webdataset", "flat folder + labels", "tar.gz"):
+    for name in ("class folders", "tar", "webdataset", "flat folder + labels", "parquet", "tar.gz"):
         out = tmp_path / name.replace(" ", "_")
         got = run_json(
             "run", "--model", "augment", "--protocol", str(proto), "--data", data[name].data,

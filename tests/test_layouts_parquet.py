@@ -311,7 +311,9 @@ def test_sun397_class_names(tmp_path):
         "b/bedroom": "bedroom",
         "a/apartment_building/outdoor": "apartment building outdoor",
     }
-    assert listing.classes["b/bedroom"][0] == "b/bedroom/img_00006_dog.JPEG"  # no _<wnid> here
+    assert (
+        listing.classes["b/bedroom"][0] == "SUN397/b/bedroom/img_00006_dog.JPEG"
+    )  # the tree's path
 
 
 def test_sun397_names_and_class_label_metadata():

@@ -12,6 +12,7 @@ from pathlib import Path
 from varbench.plan.datasets import DatasetListing, list_dataset
 from varbench.plan.layouts.base import DataSource, Layout, as_source, is_pattern, usage_unknown
 from varbench.plan.layouts.flat import FLAT
+from varbench.plan.layouts.parquet import PARQUET
 from varbench.plan.layouts.tar import TAR
 from varbench.plan.layouts.targz import TARGZ
 from varbench.plan.layouts.webdataset import WEBDATASET
@@ -38,7 +39,7 @@ FOLDERS = Layout(
 )
 
 # Detection order: the most specific first; class folders last (any folder is one).
-LAYOUTS: tuple[Layout, ...] = (TARGZ, WEBDATASET, TAR, FLAT, FOLDERS)
+LAYOUTS: tuple[Layout, ...] = (PARQUET, TARGZ, WEBDATASET, TAR, FLAT, FOLDERS)
 
 
 def detect(source: DataSource) -> Layout:

@@ -44,7 +44,7 @@ from varbench.plan.layouts.base import (
     DataSource,
     Layout,
     class_of_label,
-    entry_name,
+    entry_rel,
     expand,
     imagenet_wnids,
     is_pattern,
@@ -418,6 +418,7 @@ class _Classes:
     def __init__(self, spec: ProtocolSpec, names: list[str] | None, is_int: bool):
         self.imagenet = spec.class_names == "imagenet"
         self.sun397 = spec.layout == "sun397"
+        self.layout = spec.layout
         wnids = imagenet_wnids() if self.imagenet else None
         self.wnid_set = set(wnids or ())
         self.names = wnids if self.imagenet else names
@@ -548,10 +549,10 @@ def _list_shard(
     for row, (label, file) in enumerate(zip(labels, files, strict=True)):
         cls = classes_of.of(label, path, row)
         if file:
-            name = f"{cls}/{entry_name(file, cls)}"
+            name = entry_rel(cls, file, classes_of.layout)
         else:
             ext = ext or _extension(shards, s, cols)
-            name = f"{cls}/{path.stem}-{row:08d}{ext}"
+            name = entry_rel(cls, f"{path.stem}-{row:08d}{ext}", classes_of.layout)
         first = codes.get(name)
         if first is not None:
             other = f"{shards.paths[first >> _ROW_BITS]} row {first & ((1 << _ROW_BITS) - 1)}"
