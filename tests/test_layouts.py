@@ -266,3 +266,46 @@ def test_sun397_tree_tar_and_tar_gz_agree(tmp_path):
         assert m.pixel_sha256 == ref.pixel_sha256, name
         assert [c.references for c in m.classes] == [c.references for c in ref.classes], name
     assert got["SUN397.tar"].sha256 == ref.sha256
+
+
+def test_cli_routes_labels_and_data_options(data, tmp_path):
+    """--labels and --set data_*=... reach the layout; without --data they are a usage error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import run_cli
+
+    from varbench.plan.layouts.base import imagenet_wnids
+
+    proto = tmp_path / "tiny.toml"
+    proto.write_text(PROTOCOL)
+    wnids = imagenet_wnids()
+    items = lb.images()
+    pq.write_table(
+        pa.table({"picture": [d for _n, _w, d in items], "synset": [w for _n, w, _d in items]}),
+        tmp_path / "odd.parquet",
+    )
+    cache = str(tmp_path / "cache")
+    bad = run_cli("manifest", "--protocol", str(proto), "--data", str(tmp_path / "odd.parquet"),
+                  "--cache-dir", cache, check=False)  # fmt: skip
+    assert bad.returncode != 0 and "data_label_column" in bad.stderr  # "picture" was found
+    ok = run_cli("manifest", "--protocol", str(proto), "--data", str(tmp_path / "odd.parquet"),
+                 "--set", "data_image_column=picture", "--set", "data_label_column=synset",
+                 "--cache-dir", cache)  # fmt: skip
+    classes = [c["name"] for c in json.loads(ok.stdout)["classes"]]
+    assert classes == sorted({w for _n, w, _d in items}) and set(classes) <= set(wnids)
+    # a flat folder of the images with a two-column CSV given by --labels
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = ["filename,label"]
+    for name, wnid, payload in items:
+        (flat / name).write_bytes(payload)
+        rows.append(f"{name},{wnids.index(wnid)}")
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
+    got = run_cli("manifest", "--protocol", str(proto), "--data", str(flat),
+                  "--labels", str(tmp_path / "mine.csv"), "--cache-dir", cache)  # fmt: skip
+    ref = run_cli("manifest", "--protocol", str(proto), "--data", data["class folders"].data,
+                  "--cache-dir", cache)  # fmt: skip
+    assert json.loads(got.stdout)["sha256"] == json.loads(ref.stdout)["sha256"]
+    assert "csv" in got.stderr
+    orphan = run_cli("manifest", "--protocol", str(proto), "--labels", "x.csv", check=False)
+    assert orphan.returncode != 0 and "--data" in orphan.stderr
