@@ -93,6 +93,15 @@ class RunPlan:
 def make_plan(spec: ProtocolSpec, data: DataArg, cache_dir: Path) -> RunPlan:
     """List and validate the dataset, select the manifest, and lay out every sample slot."""
     listing = load_dataset(spec, data, cache_dir)
+    origin = listing.origin
+    log.info(
+        "dataset: %s %s, %d classes, %d images, labels from %s",
+        origin.get("container", listing.layout),
+        origin.get("path") or listing.root,
+        len(listing.classes),
+        sum(len(v) for v in listing.classes.values()),
+        origin.get("label_source", "paths"),
+    )
     manifest, _ = build_manifest(spec, listing, cache_dir)
     slots = tuple(sample_slots(manifest, spec.samples_per_cond, spec.seed))
     return RunPlan(spec=spec, listing=listing, manifest=manifest, slots=slots)
