@@ -173,10 +173,10 @@ class MiFIDMetric(Metric):
 
     name = "mifid"
     results = (
-        lower(KEY_MIFID, "MiFID (samples vs what the model was shown)"),
-        higher(KEY_MEM_DISTANCE, "MiFID memorisation distance (samples to shown images)"),
-        lower(KEY_MIFID_TM, "MiFID, torchmetrics (references vs samples)"),
-        higher(KEY_MEM_DISTANCE_TM, "MiFID memorisation distance, torchmetrics"),
+        lower(KEY_MIFID, "MiFID (Kaggle: memorisation of the shown images)"),
+        higher(KEY_MEM_DISTANCE, "MiFID memorisation distance (samples to nearest shown image)"),
+        lower(KEY_MIFID_TM, "MiFID (torchmetrics: memorisation averaged over references)"),
+        higher(KEY_MEM_DISTANCE_TM, "MiFID memorisation distance (torchmetrics)"),
     )
     encoders: tuple[str, ...] = ()
 
