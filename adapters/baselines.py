@@ -1,4 +1,4 @@
-"""Weight-free baselines that bracket every real model: copy, augment and oracle."""
+"""Weight-free baselines that bracket every real model: copy, augment, oracle and blend."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from varbench.adapter import (
     read_rgb,
     sha256_text,
 )
+from varbench.errors import UsageError
 
 
 class CopyAdapter(Adapter):
@@ -102,3 +103,50 @@ class OracleAdapter(Adapter):
                 imgs.append(read_rgb(ctx.dataset.path(pool[pos])))
             out.append(imgs)
         return out
+
+
+class BlendAdapter(OracleAdapter):
+    """(1 - w) x the oracle's image + w x the conditioning image: w = 0 is ``oracle``, 1 ``copy``.
+
+    A dial between copying and not copying for testing novelty metrics: the same oracle image
+    per slot seed, mixed in float and rounded to uint8, so w = 0 and w = 1 give exactly the
+    oracle's and the copy's pixels. An oracle image of another size is first resized to the
+    conditioning image's (PIL bicubic; never on the demo, whose images are all 64 px).
+    """
+
+    name = "blend"
+    description = "(1 - w) oracle image + w conditioning image; w = 0 oracle, w = 1 copy"
+    params = (
+        Param("w", float, (0.5,), "weight of the conditioning image in [0, 1]", sweep=True),
+        Param("other", str, "augment", "what w = 0 is", choices=("augment", "oracle")),
+    )
+
+    def check_available(self) -> None:
+        """A weight outside [0, 1] is a usage error before anything is generated."""
+        bad = [w for w in self.options.get("w", ()) if not 0.0 <= float(w) <= 1.0]
+        if bad:
+            raise UsageError(f"blend: w must be in [0, 1], got {', '.join(map(str, bad))}")
+
+    def generate(self, requests: Sequence[Request]) -> list[list[np.ndarray]]:
+        if self.options.get("other", "augment") == "augment":
+            others = [
+                [_augment(r.cond_image, s, r.resolution, 1.0) for s in r.seeds] for r in requests
+            ]
+        else:
+            others = super().generate(requests)
+        return [
+            [_blend(o, r.cond_image, float(r.point["w"])) for o in imgs]
+            for r, imgs in zip(requests, others, strict=True)
+        ]
+
+
+def _blend(other: np.ndarray, cond: np.ndarray, w: float) -> np.ndarray:
+    if w == 1.0:
+        return cond.copy()
+    if other.shape != cond.shape:
+        size = (cond.shape[1], cond.shape[0])
+        other = np.asarray(Image.fromarray(other).resize(size, Image.Resampling.BICUBIC))
+    if w == 0.0:
+        return other.copy()
+    mixed = (1.0 - w) * other.astype(np.float64) + w * cond.astype(np.float64)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

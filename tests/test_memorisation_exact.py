@@ -104,7 +104,8 @@ def test_certified_recheck_picks_the_true_nearest_row():
     assert list(approx.argmin(axis=1)) != list(idx)  # the plain product alone would be wrong
 
 
-def test_copy_run_never_matches_its_own_conditioning_image(lpips_file, tmp_path):
+def test_copy_run_matches_its_own_conditioning_image_at_zero(lpips_file, tmp_path):
+    """Copying what the model was shown: every copy is at exactly 0 from its own input."""
     _, path = lpips_file
     data = make_folder_dataset(tmp_path / "data", {f"class_{c}": 6 for c in "abc"})
     proto = tmp_path / "mem.toml"
@@ -119,19 +120,20 @@ def test_copy_run_never_matches_its_own_conditioning_image(lpips_file, tmp_path)
         "--out", str(out), "--weights", f"lpips={path}", "--device", "cpu",
     )  # fmt: skip
     assert row["memorisation_bruteforce_agreement"] == 1.0
+    assert row["memorisation_frac_below_heldout_p1"] == 1.0
     (art_path,) = list(out.glob("*/points/*/artifacts/memorisation.json"))
     art = json.loads(art_path.read_text())
     index = json.loads((art_path.parent.parent / "index.json").read_text())
     assert len(art["samples_nn"]) == len(index) == 9
-    assert all(d > 0 for d in art["samples_nn"])  # its own input is excluded
-    assert art["excluded_own_conditioning"] == 9
+    assert all(d == 0.0 for d in art["samples_nn"])  # its own input is at exactly 0
+    assert art["base"] == "conditioning images" and art["n_base"] == 3
     manifest = json.loads(next(out.glob("*/manifest.json")).read_text())
     cond_hash = {
         c["conditioning"][0]: manifest["pixel_sha256"][c["conditioning"][0]]
         for c in manifest["classes"]
     }
     for entry, nn_ref in zip(index, art["samples_nn_reference"], strict=True):
-        assert nn_ref != cond_hash[entry["cond"]]
+        assert nn_ref == cond_hash[entry["cond"]]
 
 
 def test_spill_on_a_full_disk_is_one_clear_error(tmp_path):

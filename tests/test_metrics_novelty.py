@@ -103,7 +103,7 @@ def test_mifid_distance_from_the_plan_screen_equals_brute_force(cap, monkeypatch
     fake[11, :20], fake[11, 20:] = 1.0, -1.0
     monkeypatch.setattr(knn_cross_mod, "SCREEN_CAP", cap)
     plan = PointCache(real, fake)
-    got = mifid.cached_mifid(plan)["mifid_memorisation_distance"]
+    got = mifid.cached_mifid(plan)["mifid_tm_memorisation_distance"]
     a = np.asarray(real, np.float64)[np.asarray(real, np.float64).sum(1) != 0]
     b = np.asarray(fake, np.float64)[np.asarray(fake, np.float64).sum(1) != 0]
     a /= np.linalg.norm(a, axis=1, keepdims=True)
@@ -524,12 +524,12 @@ def test_fd_infinity_agrees_with_dgm_eval_over_seeds():
     assert 0.5 < ours.std(ddof=1) / ref.std(ddof=1) < 2  # same order of spread
 
 
-# -- MiFID (torchmetrics) ----------------------------------------------------------------------
+# -- MiFID, torchmetrics' direction (mifid_tm; Kaggle's: test_novelty_shown.py) -------------
 @pytest.mark.parametrize("copy", [False, True])
 def test_mifid_equals_torchmetrics(copy):
     from torchmetrics.image.mifid import _mifid_compute
 
-    from varbench.metrics.mifid import mifid
+    from varbench.metrics.mifid import mifid_tm
 
     rng = _rng(10)
     real = np.abs(rng.standard_normal((300, 16))) + 0.1
@@ -538,7 +538,7 @@ def test_mifid_equals_torchmetrics(copy):
         fake = np.vstack([real + 1e-3 * rng.standard_normal(real.shape), fake[:10]])
     r, f = torch.tensor(real), torch.tensor(fake)
     ref = _mifid_compute(r.mean(0), torch.cov(r.T), r, f.mean(0), torch.cov(f.T), f).item()
-    assert mifid(real, fake) == pytest.approx(ref, rel=1e-6)
+    assert mifid_tm(real, fake) == pytest.approx(ref, rel=1e-6)
 
 
 # -- realism (transcription of dgm-eval metrics/prdc.py, realism=True) --------------------------

@@ -30,7 +30,7 @@ def test_registry_lazy_and_did_you_mean():
 
 
 def test_builtin_adapters_come_from_entry_points():
-    assert {"copy", "augment", "oracle"} <= set(adapter_registry.names())
+    assert {"copy", "augment", "oracle", "blend"} <= set(adapter_registry.names())
     cls = get_adapter_class("copy")
     assert cls.__module__ == "varbench_adapters.baselines"
 

@@ -19,6 +19,7 @@ class MetricContext(Protocol):
     fake_cond_index: np.ndarray  # (M,) row of ``cond()`` each sample was conditioned on
     fake_class: np.ndarray  # (M,) class index of each sample
     real_class: np.ndarray  # (N,) class index of each reference image
+    real_hashes: list[str]  # pixel hash of each reference image (rows of ``real()``)
     cond_hashes: list[str]  # pixel hash of each conditioning image (rows of ``cond()``)
     fake_hashes: list[str]  # pixel hash of each sample (rows of ``fake()``)
     class_labels: list[str]  # label of each class index

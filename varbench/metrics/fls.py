@@ -10,16 +10,26 @@ exceeds that of as many test points, minus 50. The train/baseline/test/gen subse
 size are drawn with a seeded generator as dgm-eval's ``compute_scores`` does. The Adam fit
 uses the closed-form gradient (``fit_log_bandwidths``); agreement with dgm-eval's autograd
 fit is tested.
+
+In a K-shot run ``fls_overfit`` asks whether samples sit closer to what the model was shown
+(``fls_overfit_shown``): training points = the conditioning images (``shown_rows``), test
+points = as many held-out real images of the same classes, and every sample a KDE centre
+with bandwidths fitted on the conditioning images; ``fls`` itself is a quality score and keeps
+the references as training set (two halves) and the held-out images as test set.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from varbench.errors import UsageError
 from varbench.metrics.base import Metric, higher, lower
+from varbench.metrics.pointcache import shown_rows
+
+log = logging.getLogger(__name__)
 
 KEY_FLS = "fls"
 KEY_FLS_OVERFIT = "fls_overfit"
@@ -132,6 +142,23 @@ def fls_overfit(train, baseline, test, gen) -> float:
     return _overfit(tr, te, ge, fit_log_bandwidths(tr, ge))
 
 
+def fls_overfit_shown(shown, test, gen) -> float:
+    """``fls_overfit`` with every row: KDE centres = ``gen``, bandwidths fitted on the shown
+    images, % of centres that explain the shown images better than as many ``test`` images,
+    minus 50 (features standardised over the three sets)."""
+    tr, te, ge = _standardise(shown, test, gen)
+    return _overfit(tr, te, ge, fit_log_bandwidths(tr, ge))
+
+
+def balanced_heldout(shown_class, held_class) -> np.ndarray:
+    """Indices of held-out rows, per class as many as there are shown images of that class
+    (the first ones of each class), in class order."""
+    held_class = np.asarray(held_class)
+    want = np.bincount(np.asarray(shown_class, int), minlength=int(held_class.max(initial=0)) + 1)
+    out = [np.flatnonzero(held_class == c)[: want[c]] for c in range(len(want)) if want[c]]
+    return np.concatenate(out) if out else np.zeros(0, int)
+
+
 def fls_subsets(train, test, gen, seed: int = 0, max_n: int = 10_000):
     """dgm-eval's draws: n = min(max_n, |train| // 2, |test|, |gen|); test, gen, then 2n train
     rows split into train and baseline halves, all from one seeded generator. Fewer than 4
@@ -154,7 +181,8 @@ def fls_subsets(train, test, gen, seed: int = 0, max_n: int = 10_000):
 
 
 class FLSMetric(Metric):
-    """FLS and fls_overfit: references as training set, held-out real images as test set."""
+    """FLS (references as training set, held-out real images as test set) and fls_overfit
+    (conditioning images vs as many held-out images; on two folders, as FLS)."""
 
     name = "fls"
     # dgm-eval's FLS is 100 exp(-2 (NLL_gen - NLL_baseline) / d): above 100 the samples explain
@@ -167,5 +195,17 @@ class FLSMetric(Metric):
         hashes, _ = ctx.heldout(int(ctx.options.get("fls_heldout_per_class", 10**9)))
         if len(hashes) < 2:
             return {KEY_FLS: math.nan, KEY_FLS_OVERFIT: math.nan}
-        sets = fls_subsets(ctx.real(), ctx.features_of(hashes), ctx.fake(), seed=int(ctx.seed))
-        return fls_scores(*sets)
+        real, test, fake = ctx.real(), ctx.features_of(hashes), ctx.fake()
+        out = fls_scores(*fls_subsets(real, test, fake, seed=int(ctx.seed)))
+        shown = shown_rows(ctx)
+        if shown is not None:
+            per_class = int(np.bincount(np.asarray(ctx.real_class)[shown]).max())
+            held, held_class = ctx.heldout(per_class)
+            te = balanced_heldout(np.asarray(ctx.real_class)[shown], held_class)
+            if len(te) < len(shown):
+                log.warning("fls_overfit is NaN: fewer held-out images than conditioning images")
+                out[KEY_FLS_OVERFIT] = math.nan
+            else:
+                test_shown = ctx.features_of([held[i] for i in te])
+                out[KEY_FLS_OVERFIT] = fls_overfit_shown(real[shown], test_shown, fake)
+        return out

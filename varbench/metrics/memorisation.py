@@ -1,13 +1,16 @@
-"""Nearest-neighbour LPIPS memorisation curves (2SDM, Fig. 6), exact over every reference.
+"""Nearest-neighbour LPIPS memorisation curves (2SDM, Fig. 6) against what the model was shown.
 
-For every sample: the LPIPS distance to its nearest reference image, searched over all
-references except the sample's own conditioning image (any reference with the same pixels):
-conditioning images are references, so otherwise a faithful variation's nearest neighbour is
-its own input and it looks like a copy (``lpips_to_cond`` already measures closeness to the
-input). Reference curve: the same for held-out real images of the same classes (the first
+In a K-shot run the model saw the conditioning images and nothing else of the reference set,
+so copying means copying one of them. For every sample: the LPIPS distance to its nearest
+conditioning image, its own included (a copy of its input is at exactly 0). Reference curve:
+the same for held-out real images of the same classes (the first
 ``memorisation_heldout_per_class`` of each class's seeded held-out order; default: as many per
-class as there are samples per class), excluding references with the same pixels, so exact
-duplicates in the dataset do not count. A sample curve left of the reference curve means copying.
+class as there are samples per class), excluding conditioning images with the same pixels, so
+exact duplicates in the dataset do not count: how close real images that were never shown
+come to the shown ones. A sample curve left of the reference curve means copying;
+``memorisation_frac_below_heldout_p1`` is the share of samples closer to a shown image than
+99 % of unseen real images come. A variation is meant to resemble its input, so a faithful
+model can sit left of the curve too: read it with ``lpips_to_cond``.
 
 Exact search: LPIPS v0.1 is a squared Euclidean distance between per-image embeddings phi
 (``LpipsEncoder.embed``: weighted, normalised, concatenated features), so the nearest neighbour
@@ -25,8 +28,9 @@ where our neighbour is a brute-force minimiser and both distances agree (relativ
 Identity is exact by design: a query whose pixels equal a reference's (same pixel hash of the
 image handed to the encoder) is at distance exactly 0 from it, decided by the hash and never by
 the float path (the same image embedded in another batch composition can differ in its last
-bits, e.g. 4e-15 instead of 0). This is what a copied sample gets, and the own-conditioning
-exclusion removes those same rows by hash.
+bits, e.g. 4e-15 instead of 0). This is what a copied sample gets; the held-out curve's
+identical-pixel exclusion removes those same rows by hash. "References" below and in the
+search helpers are the base rows searched: the conditioning images.
 
 Histograms use fixed bin edges ``BIN_EDGES``: 50 bins of width 0.02 on [0, 1]; distances above 1
 are counted in the last bin.
@@ -231,12 +235,12 @@ def agreement(dist: np.ndarray, idx: np.ndarray, brute: np.ndarray) -> np.ndarra
 
 
 class MemorisationMetric(Metric):
-    """Nearest-neighbour LPIPS histograms of samples and of held-out reals, with summaries."""
+    """Nearest-conditioning-image LPIPS histograms of samples and of held-out reals, summarised."""
 
     name = "memorisation"
     results = (
-        higher(KEY_NN_MEDIAN, "nearest-reference LPIPS (median)"),
-        neither(KEY_HELDOUT_NN_MEDIAN, "held-out nearest-reference LPIPS (median)"),
+        higher(KEY_NN_MEDIAN, "nearest shown image LPIPS (median)"),
+        neither(KEY_HELDOUT_NN_MEDIAN, "held-out nearest shown image LPIPS (median)"),
         lower(KEY_FRAC_BELOW_P1, "fraction closer than held-out 1st percentile"),
         neither(KEY_AGREEMENT, "brute-force agreement of the memorisation search"),
     )
@@ -251,7 +255,7 @@ class MemorisationMetric(Metric):
                 "memorisation_heldout_per_class", max(1, round(len(ctx.fake_hashes) / n_classes))
             )
         )
-        refs = list(ctx.real_hashes)
+        refs = list(dict.fromkeys(ctx.cond_hashes))  # what the model was shown
         ref_rows: dict[str, list[int]] = {}
         for j, h in enumerate(refs):
             ref_rows.setdefault(h, []).append(j)
@@ -260,8 +264,7 @@ class MemorisationMetric(Metric):
         def same_pixels(h: str) -> np.ndarray:
             return np.asarray(ref_rows.get(h, none), dtype=np.int64)
 
-        fake_cond = [ctx.cond_hashes[int(c)] if int(c) >= 0 else None for c in ctx.fake_cond_index]
-        sample_exclude = [same_pixels(c) if c is not None else none for c in fake_cond]
+        sample_exclude = [none] * len(ctx.fake_hashes)  # its own input counts: a copy is at 0
         heldout, _ = ctx.heldout(per_class)
         held_exclude = [same_pixels(h) for h in heldout]
         cache_dir = getattr(getattr(ctx, "run", None), "cache_dir", None)
@@ -298,8 +301,10 @@ class MemorisationMetric(Metric):
             "checked": len(subset),
             "search": "exact: float64 products over LPIPS phi with a certified bound, "
             "direct-difference recheck",
-            "excluded_own_conditioning": int(sum(len(e) for e in sample_exclude)),
+            "base": "conditioning images",
+            "n_base": len(refs),
         }
+        self._base = refs
         summary = memorisation_summary(self._sample_nn, self._heldout_nn)
         return {**summary, KEY_AGREEMENT: float(agree.mean()) if len(agree) else float("nan")}
 
@@ -312,8 +317,6 @@ class MemorisationMetric(Metric):
             "samples_hist": histogram(self._sample_nn[~np.isnan(self._sample_nn)]).tolist(),
             "heldout_hist": histogram(held).tolist(),
             "samples_nn": [None if np.isnan(v) else float(v) for v in self._sample_nn],
-            "samples_nn_reference": [
-                ctx.real_hashes[i] if i >= 0 else None for i in self._sample_idx
-            ],
+            "samples_nn_reference": [self._base[i] if i >= 0 else None for i in self._sample_idx],
             "heldout_nn": held.tolist(),
         }

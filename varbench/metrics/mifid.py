@@ -1,11 +1,23 @@
-"""Memorisation-informed FID (MiFID, Kaggle GAN competition; torchmetrics' definition).
+"""Memorisation-informed FID (MiFID): the Kaggle competition's definition and torchmetrics'.
 
-MiFID = FID / d when the memorisation distance d < ``cosine_distance_eps`` (default 0.1), else
-FID; d = mean over real rows (rows with nonzero sum) of the smallest 1 - |cos| to a generated
-row (also nonzero-sum). 1 - |cos(a, b)| = min(|a' - b'|^2, |a' + b'|^2) / 2 for unit rows, so
-d comes from the exact nearest-neighbour engine (``knn.nearest_up_to_sign``: one float32
-product screens both signs, exact float64 recheck). FID < 1e-8 gives 0, as torchmetrics. In a
-scoring run the FID is the fid metric's (``varbench.metrics.pointcache``).
+Both divide the FID (references vs samples) by a memorisation distance d when d is below
+``cosine_distance_eps`` (default 0.1), else by 1; 1 - |cos| between rows with a nonzero sum.
+They differ in which way d averages:
+
+* ``mifid`` (Bai et al. 2021, the Kaggle "Generative Dog Images" evaluation code,
+  ``cosine_distance(features1=generated, features2=training)``: ``np.min(d, axis=1)`` then
+  ``np.mean``): d = mean over *generated* rows of the smallest 1 - |cos| to a *training* row.
+  Every copied sample pulls d towards 0, however large the training set. In a K-shot run the
+  training set is what the model was shown, the conditioning images (``shown_rows``); on two
+  folders, the references.
+* ``mifid_tm`` (torchmetrics' ``MemorizationInformedFrechetInceptionDistance``, kept for
+  parity): ``_compute_cosine_distance(real, fake)`` averages over *real* rows (all references)
+  the smallest 1 - |cos| to a generated row, so references nobody copied dilute it.
+
+1 - |cos(a, b)| = min(|a' - b'|^2, |a' + b'|^2) / 2 for unit rows, so d comes from the exact
+nearest-neighbour engine (``knn.nearest_up_to_sign``: one float32 product screens both signs,
+exact float64 recheck). FID < 1e-8 gives 0, and the divisor is d + 1e-14, as in both
+originals. In a scoring run the FID is the fid metric's (``varbench.metrics.pointcache``).
 """
 
 from __future__ import annotations
@@ -16,10 +28,12 @@ from varbench.metrics.base import Metric, higher, lower
 from varbench.metrics.gaussian import fid_from_features
 from varbench.metrics.knn.cross import band_pairs, nearest_up_to_sign
 from varbench.metrics.knn.screening import U32, screen_eps
-from varbench.metrics.pointcache import PointCache, point_cache
+from varbench.metrics.pointcache import PointCache, point_cache, shown_rows
 
 KEY_MIFID = "mifid"
 KEY_MEM_DISTANCE = "mifid_memorisation_distance"
+KEY_MIFID_TM = "mifid_tm"
+KEY_MEM_DISTANCE_TM = "mifid_tm_memorisation_distance"
 
 
 def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,7 +49,7 @@ def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def memorisation_distance(
     real: np.ndarray, fake: np.ndarray, prepared=None, sq_dists=None
 ) -> float:
-    """Mean over real rows of min over fake rows of 1 - |cosine similarity|.
+    """Mean over real rows of min over fake rows of 1 - |cosine similarity| (torchmetrics' way).
 
     ``prepared``/``sq_dists``: a shared plan's prepared (real, fake) pair and its float32
     real x fake squared distances, which then screen the candidates (``cosine_screen``).
@@ -90,43 +104,82 @@ def cosine_screen(kr, kf, r2, f2, prepared, sq_dists: np.ndarray):
     return screen
 
 
-def mifid(real: np.ndarray, fake: np.ndarray, cosine_distance_eps: float = 0.1) -> float:
-    """FID divided by the memorisation distance when that is below ``cosine_distance_eps``."""
-    return mifid_parts(real, fake, cosine_distance_eps)[KEY_MIFID]
+def generated_memorisation_distance(train: np.ndarray, gen: np.ndarray) -> float:
+    """Mean over generated rows of min over training rows of 1 - |cosine similarity| (Kaggle's way)."""
+    _, a, _ = _unit_rows(gen)
+    _, b, _ = _unit_rows(train)
+    return float(np.mean(nearest_up_to_sign(a, b) / 2.0))
 
 
-def mifid_parts(real, fake, cosine_distance_eps: float = 0.1) -> dict[str, float]:
-    """MiFID and its memorisation distance."""
-    return mifid_from(
-        fid_from_features(real, fake), memorisation_distance(real, fake), cosine_distance_eps
-    )
+def mifid(
+    real: np.ndarray, fake: np.ndarray, cosine_distance_eps: float = 0.1, train=None
+) -> float:
+    """Kaggle's MiFID: FID(real, fake) / d, d averaged over the generated rows against ``train``
+    (default: ``real``) when below ``cosine_distance_eps``."""
+    return mifid_parts(real, fake, cosine_distance_eps, train)[KEY_MIFID]
 
 
-def mifid_from(fid: float, dist: float, cosine_distance_eps: float = 0.1) -> dict[str, float]:
-    """MiFID from the FID and the memorisation distance."""
+def mifid_tm(real: np.ndarray, fake: np.ndarray, cosine_distance_eps: float = 0.1) -> float:
+    """torchmetrics' MiFID: FID / d, d averaged over the real rows, when below the threshold."""
+    return mifid_parts(real, fake, cosine_distance_eps)[KEY_MIFID_TM]
+
+
+def mifid_parts(real, fake, cosine_distance_eps: float = 0.1, train=None) -> dict[str, float]:
+    """Both MiFIDs and their memorisation distances (``train``: Kaggle's training set, default
+    ``real``)."""
+    fid = fid_from_features(real, fake)
+    d_gen = generated_memorisation_distance(real if train is None else train, fake)
+    return {
+        **mifid_from(fid, d_gen, cosine_distance_eps),
+        **mifid_from(fid, memorisation_distance(real, fake), cosine_distance_eps, tm=True),
+    }
+
+
+def mifid_from(
+    fid: float, dist: float, cosine_distance_eps: float = 0.1, tm: bool = False
+) -> dict[str, float]:
+    """MiFID from the FID and a memorisation distance (``tm``: under torchmetrics' keys)."""
     penalty = dist if dist < cosine_distance_eps else 1.0
     value = fid / (penalty + 10e-15) if fid > 1e-8 else 0.0
+    if tm:
+        return {KEY_MIFID_TM: float(value), KEY_MEM_DISTANCE_TM: dist}
     return {KEY_MIFID: float(value), KEY_MEM_DISTANCE: dist}
 
 
-def cached_mifid(cache: PointCache, cosine_distance_eps: float = 0.1) -> dict[str, float]:
-    """MiFID and its memorisation distance from the point cache (the FID the fid metric reports)."""
+def cached_mifid(
+    cache: PointCache, cosine_distance_eps: float = 0.1, shown: np.ndarray | None = None
+) -> dict[str, float]:
+    """Both MiFIDs from the point cache (the FID the fid metric reports); ``shown``: rows of
+    the references that are Kaggle's training set (default: all)."""
 
-    def make() -> float:
+    def make_tm() -> float:
         rf = cache.screen()
         prepared = None if rf is None else cache.prepared()
         return memorisation_distance(cache.real, cache.fake, prepared, rf)
 
-    return mifid_from(cache.fid(), cache.memo("mifid_dist", make), cosine_distance_eps)
+    train = cache.real if shown is None else cache.real[shown]
+    key = ("mifid_gen_dist", None if shown is None else tuple(shown.tolist()))
+    d_gen = cache.memo(key, lambda: generated_memorisation_distance(train, cache.fake))
+    fid = cache.fid()
+    return {
+        **mifid_from(fid, d_gen, cosine_distance_eps),
+        **mifid_from(fid, cache.memo("mifid_dist", make_tm), cosine_distance_eps, tm=True),
+    }
 
 
 class MiFIDMetric(Metric):
-    """MiFID in the protocol's default feature space (``mifid_eps``, default 0.1)."""
+    """MiFID in the protocol's default feature space (``mifid_eps``, default 0.1): Kaggle's
+    against the conditioning images, torchmetrics' against all references."""
 
     name = "mifid"
-    results = (lower(KEY_MIFID, "MiFID"), higher(KEY_MEM_DISTANCE, "MiFID memorisation distance"))
+    results = (
+        lower(KEY_MIFID, "MiFID (Kaggle: memorisation of the shown images)"),
+        higher(KEY_MEM_DISTANCE, "MiFID memorisation distance (samples to nearest shown image)"),
+        lower(KEY_MIFID_TM, "MiFID (torchmetrics: memorisation averaged over references)"),
+        higher(KEY_MEM_DISTANCE_TM, "MiFID memorisation distance (torchmetrics)"),
+    )
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
         eps = float(ctx.options.get("mifid_eps", 0.1))
-        return cached_mifid(point_cache(ctx), eps)
+        return cached_mifid(point_cache(ctx), eps, shown_rows(ctx))

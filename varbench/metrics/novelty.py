@@ -1,14 +1,23 @@
-"""Novelty against the training (reference) set: authenticity (AuthPct) and the C_T test.
+"""Novelty against what a model was fitted on: authenticity (AuthPct) and the C_T test.
+
+In a K-shot run the model was shown the conditioning images and nothing else of the
+reference set, so "training set" below means the conditioning images (``shown_rows``); on
+two folders (nothing conditioned), the references.
 
 * ``authpct`` (Alaa et al. 2022 as dgm-eval computes it): a generated point is authentic when
   the training point nearest to it is closer to its own nearest other training point than to
-  the generated point (strict ``<``); the percentage of authentic points.
+  the generated point (strict ``<``); the percentage of authentic points. The "nearest other
+  training point" is a local density radius; a handful of conditioning images is too sparse
+  to give one (k = 1: one image per class, its nearest other is another class), so each
+  shown image's radius is its distance to its nearest other *reference* (``authpct_shown``).
 * ``ct_score`` (Meehan et al. 2020, dgm-eval's ``compute_CTscore``): features projected to
-  their first 64 principal components (fitted on train) when wider, k-means cells fitted on
-  train, in each cell the Mann-Whitney U of generated vs test distances to the nearest
-  training point, Z-scored with the continuity correction; cells holding more than
-  ``min_gen`` generated points (tau = 20 / m in dgm-eval) averaged with weights = test mass.
-  C_T << 0 means copying, >> 0 underfitting.
+  their first 64 principal components when wider, k-means cells fitted on train, in each cell
+  the Mann-Whitney U of generated vs test distances to the nearest training point, Z-scored
+  with the continuity correction; cells holding more than ``min_gen`` generated points
+  (tau = 20 / m in dgm-eval) averaged with weights = test mass. C_T << 0 means copying,
+  >> 0 underfitting. Train = the shown images, test = held-out real images never shown; the
+  PCA and the cells are fitted on all references (``ct_score_shown``: a handful of shown
+  images cannot span 64 axes, and cells fitted on them are left without held-out mass).
 
 Nearest neighbours come from the exact engine ``varbench.metrics.knn``; PCA is exact (an
 eigendecomposition, where scikit-learn may use a randomised solver); the cells are
@@ -28,7 +37,7 @@ from varbench.metrics.base import Metric, higher, neither
 from varbench.metrics.kmeans import kmeans_sklearn, predict
 from varbench.metrics.knn.cross import knn_cross
 from varbench.metrics.knn.neighbours import knn_exact
-from varbench.metrics.pointcache import PointCache, point_cache
+from varbench.metrics.pointcache import PointCache, point_cache, shown_rows
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,14 @@ def authpct(train: np.ndarray, gen: np.ndarray) -> float:
     from its own nearest other training point."""
     d, idx = knn_cross(gen, train, 1)
     return authpct_from_neighbours(knn_exact(train, 1)[0][:, 0], d[:, 0], idx[:, 0])
+
+
+def authpct_shown(real: np.ndarray, shown: np.ndarray, gen: np.ndarray) -> float:
+    """AuthPct against the references at rows ``shown`` (the training set), each with the
+    radius of its nearest other reference: the percentage of generated points farther from
+    their nearest shown image than that image is from its nearest other reference."""
+    d, idx = knn_cross(gen, real[shown], 1)
+    return authpct_from_neighbours(knn_exact(real, 1)[0][shown, 0], d[:, 0], idx[:, 0])
 
 
 def authpct_from_neighbours(train_nn_sq, gen_nn_sq, gen_nn_idx) -> float:
@@ -160,10 +177,41 @@ def ct_score(
     return ct_from_cells(tr, te, ge, *cells, min_gen / len(ge))
 
 
-def cached_authpct(cache: PointCache) -> float:
-    """AuthPct from the point cache's searches, equal to ``authpct(real, fake)``."""
-    d, i = cache.nearest_real()
-    return authpct_from_neighbours(cache.knn("real", 1)[:, 0], d, i)
+def ct_score_shown(
+    real: np.ndarray,
+    shown: np.ndarray,
+    test: np.ndarray,
+    gen: np.ndarray,
+    seed: int = 0,
+    pca: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
+    """C_T with the references at rows ``shown`` as training set, in cells fitted on all
+    references, projected on their principal axes when wider than ``CT_PCA_DIM`` (``pca``:
+    their mean and axes).
+
+    The cells are k-means cells of the references (a dense sample of the data, fixed before
+    any sample is scored), not of the shown images: a handful of those (k = 1: one per class)
+    leaves cells without held-out mass, where C_T is undefined.
+    """
+    ref, train, te, ge = real, np.asarray(real)[shown], test, gen
+    if np.shape(real)[1] > CT_PCA_DIM:
+        mu, axes = pca if pca is not None else pca_fit(real, CT_PCA_DIM)
+        ref, train, te, ge = (_project(a, mu, axes) for a in (real, train, test, gen))
+    else:
+        ref, train, te, ge = (np.asarray(a, np.float64) for a in (ref, train, te, ge))
+    centres, _ = kmeans_sklearn(ref, CT_CELLS, seed=seed, n_init=10)
+    cells = [predict(a, centres) for a in (train, te, ge)]
+    return ct_from_cells(train, te, ge, *cells, CT_MIN_GEN / len(ge))
+
+
+def cached_authpct(cache: PointCache, shown: np.ndarray | None = None) -> float:
+    """AuthPct from the point cache's searches, equal to ``authpct(real, fake)`` (``shown``
+    None) or ``authpct_shown(real, shown, fake)``."""
+    if shown is None:
+        d, i = cache.nearest_real()
+        return authpct_from_neighbours(cache.knn("real", 1)[:, 0], d, i)
+    d, i = knn_cross(cache.fake, cache.real[shown], 1)
+    return authpct_from_neighbours(cache.knn("real", 1)[shown, 0], d[:, 0], i[:, 0])
 
 
 def cached_pca(cache: PointCache, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,19 +222,20 @@ def cached_pca(cache: PointCache, dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class AuthPctMetric(Metric):
-    """AuthPct of the samples against the references, in the protocol's default feature space."""
+    """AuthPct of the samples against the conditioning images (radii among the references; on
+    two folders, against the references), in the protocol's default feature space."""
 
     name = "authpct"
     results = (higher(KEY_AUTHPCT, "AuthPct", "%"),)
     encoders: tuple[str, ...] = ()
 
     def compute(self, ctx) -> dict[str, float]:
-        return {KEY_AUTHPCT: cached_authpct(point_cache(ctx))}
+        return {KEY_AUTHPCT: cached_authpct(point_cache(ctx), shown_rows(ctx))}
 
 
 class CTScoreMetric(Metric):
-    """C_T with the references as training set and the run's held-out real images as test set
-    (``ct_heldout_per_class`` per class, default all), seeded by the protocol seed."""
+    """C_T with the conditioning images as training set and the run's held-out real images as
+    test set (``ct_heldout_per_class`` per class, default all), seeded by the protocol seed."""
 
     name = "ct"
     results = (neither(KEY_CT, "C_T (two-sided: < 0 copying, > 0 underfitting)"),)
@@ -200,9 +249,12 @@ class CTScoreMetric(Metric):
             return {KEY_CT: math.nan}
         test = ctx.features_of(hashes)
         plan = point_cache(ctx)
+        shown = shown_rows(ctx)
+        if shown is None:  # a context without conditioning images: the references
+            shown = np.arange(len(plan.real))
         pca = cached_pca(plan, CT_PCA_DIM) if plan.real.shape[1] > CT_PCA_DIM else None
         try:
-            value = ct_score(plan.real, test, plan.fake, seed=int(ctx.seed), pca=pca)
+            value = ct_score_shown(plan.real, shown, test, plan.fake, int(ctx.seed), pca)
         except CTCellError as exc:
             log.warning("ct_score is NaN: %s", exc)
             value = math.nan

@@ -182,3 +182,18 @@ def point_cache(ctx, encoder: str | None = None) -> PointCache:
     if shared is not None:
         shared[key] = cache
     return cache
+
+
+def shown_rows(ctx) -> np.ndarray | None:
+    """Rows of ``ctx.real()`` the model was shown: the references with a conditioning image's
+    pixels, sorted. None when the context has no conditioning images (two folders scored with
+    `varbench metrics`: the samples were conditioned on nothing this context knows).
+
+    In a K-shot protocol the conditioning images are all a model saw of the reference set, so
+    the novelty metrics ask "did it copy what it was shown?" against these rows.
+    """
+    cond = getattr(ctx, "cond_hashes", None)
+    if not cond:
+        return None
+    shown = set(cond)
+    return np.flatnonzero([h in shown for h in ctx.real_hashes])
