@@ -309,3 +309,9 @@ def test_cli_routes_labels_and_data_options(data, tmp_path):
     assert "csv" in got.stderr
     orphan = run_cli("manifest", "--protocol", str(proto), "--labels", "x.csv", check=False)
     assert orphan.returncode != 0 and "--data" in orphan.stderr
+
+
+def test_a_folder_holding_the_archive_points_at_it(data, tmp_path):
+    tar = Path(data["tar"].data)
+    with pytest.raises(DatasetError, match="point --data at the archive itself"):
+        open_listing(DataSource(str(tar.parent)), spec_for(), tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from varbench.errors import DatasetError
 from varbench.plan.datasets import DatasetListing, list_dataset
 from varbench.plan.layouts.base import DataSource, Layout, as_source, is_pattern, usage_unknown
 from varbench.plan.layouts.flat import FLAT
@@ -26,7 +27,21 @@ def _folder_detect(source: DataSource) -> bool:
 def _folder_listing(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing:
     from dataclasses import replace
 
-    listing = list_dataset(source.path, spec.layout, spec.class_names)
+    try:
+        listing = list_dataset(source.path, spec.layout, spec.class_names)
+    except DatasetError as exc:  # a folder that holds an archive, not the images: say which
+        archives = sorted(
+            p.name
+            for p in source.path.iterdir()
+            if p.name.lower().endswith((".tar", ".tar.gz", ".tgz", ".parquet"))
+        )
+        if not archives:
+            raise
+        hint = (
+            f"{source.path} holds {', '.join(archives[:3])}: point --data at the archive itself "
+            "(e.g. --data " + str(source.path / archives[0]) + ")"
+        )
+        raise DatasetError(exc.root, [*exc.problems, hint]) from None
     origin = {"container": "class folders", "path": str(listing.root), "label_source": "paths"}
     return replace(listing, origin=origin)
 
@@ -45,8 +60,6 @@ LAYOUTS: tuple[Layout, ...] = (PARQUET, TARGZ, WEBDATASET, TAR, FLAT, FOLDERS)
 def detect(source: DataSource) -> Layout:
     """The layout ``--data`` is, or a usage error listing every layout and what it expects."""
     if not is_pattern(source.data) and not source.path.exists():
-        from varbench.errors import DatasetError
-
         raise DatasetError(source.data, [f"missing: --data {source.data} does not exist"])
     for layout in LAYOUTS:
         if layout.detect(source):
