@@ -51,13 +51,19 @@ def contrast_runs(tmp_path_factory):
     dist = root / "vb_blend_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vb-blend-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[varbench.adapters]\nblend = vb_blend_plugin:Blend\n")
+    (dist / "entry_points.txt").write_text(
+        "[varbench.adapters]\nguided_blend = vb_blend_plugin:Blend\n"
+    )
     mp = pytest.MonkeyPatch()
     mp.syspath_prepend(str(root))
     out = tmp_path_factory.mktemp("contrast") / "runs"
     try:
         for protocol in ("demo_1shot", "demo_10shot"):
-            run(RunConfig(model="blend", protocol=protocol, out=out, sets={"guidance": "0,20"}))
+            run(
+                RunConfig(
+                    model="guided_blend", protocol=protocol, out=out, sets={"guidance": "0,20"}
+                )
+            )
         run(RunConfig(model="copy", protocol="demo_1shot", out=out))  # one side only
     finally:
         mp.undo()
@@ -67,7 +73,11 @@ def contrast_runs(tmp_path_factory):
 def test_recall_moves_in_opposite_directions(contrast_runs):
     panels, missing = contrast_panels(measured_frame(load_runs(contrast_runs)))
     (panel,) = panels
-    assert (panel.model, panel.one_shot, panel.full_set) == ("blend", "demo_1shot", "demo_10shot")
+    assert (panel.model, panel.one_shot, panel.full_set) == (
+        "guided_blend",
+        "demo_1shot",
+        "demo_10shot",
+    )
 
     def recall(rows):
         return {json.loads(r["params"])["guidance"]: r["recall"] for r in rows}

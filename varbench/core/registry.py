@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ T = TypeVar("T")
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ADAPTER_ENTRY_POINT_GROUP = "varbench.adapters"
+
+log = logging.getLogger(__name__)
 
 
 def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -81,6 +84,12 @@ class Registry(Generic[T]):
         for ep in metadata.entry_points(group=self.entry_point_group):
             if ep.name not in self._targets and NAME_RE.match(ep.name):
                 self._targets[ep.name] = ep.value
+            elif self._targets.get(ep.name) not in (None, ep.value) and not again:
+                log.warning(
+                    "two %ss are named %r: %s is used, %s is not; rename one (entry point group "
+                    "%s)", self.kind, ep.name, self._targets[ep.name], ep.value,
+                    self.entry_point_group,
+                )  # fmt: skip
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
