@@ -8,6 +8,8 @@ from varbench.metrics.knn import screening
 from varbench.metrics.knn.neighbours import gram_block
 from varbench.metrics.knn.screening import ScreenSet, exact_pairs, screen_eps, screen_sets
 
+DENSE = 16  # pairs with g <= hi beyond 1/16 of a block: boolean masks instead of index arrays
+
 
 # -- exact ball membership -----------------------------------------------------------------------
 @dataclass
@@ -44,20 +46,34 @@ def _decide(g, lo, hi, pa, pb, rows0, radius_of, counts_row, counts_col, pairs, 
     ``lo``/``hi`` are float32 thresholds (a column (r, 1) or a row (1, m)) rounded outward from
     radius -/+ the certified bound, so the float32 comparisons decide what exact ones would.
     ``bufs``: two flat boolean arrays of at least ``g.size``, reused across blocks.
+    One pass over the block finds the pairs with g <= hi (the balls' pairs: few, as a ball holds
+    about k points); they are split into inside and band without another pass. When they are
+    many (a sizeable share of the block), two boolean masks are cheaper than index arrays.
     """
-    sure = np.less(g, lo, out=bufs[0][: g.size].reshape(g.shape))
-    band = np.less_equal(g, hi, out=bufs[1][: g.size].reshape(g.shape))
-    band ^= sure
-    counts_row[rows0 : rows0 + g.shape[0]] += sure.sum(axis=1)
-    counts_col += sure.sum(axis=0)
-    bi, bj = np.divmod(np.flatnonzero(band.ravel()), g.shape[1])
+    r, m = g.shape
+    near = np.less_equal(g, hi, out=bufs[1][: g.size].reshape(g.shape))
+    if np.count_nonzero(near) <= g.size // DENSE:
+        flat = np.flatnonzero(near.ravel())
+        fi, fj = np.divmod(flat, m)
+        inside = g.ravel()[flat] < (lo[fi, 0] if lo.shape[1] == 1 else lo[0, fj])
+        si, sj, bi, bj = fi[inside], fj[inside], fi[~inside], fj[~inside]
+        counts_row[rows0 : rows0 + r] += np.bincount(si, minlength=r)
+        counts_col += np.bincount(sj, minlength=m)
+    else:
+        sure = np.less(g, lo, out=bufs[0][: g.size].reshape(g.shape))
+        near ^= sure
+        counts_row[rows0 : rows0 + r] += sure.sum(axis=1)
+        counts_col += sure.sum(axis=0)
+        bi, bj = np.divmod(np.flatnonzero(near.ravel()), m)
+        si = sj = None
     if len(bi):
         d2 = exact_pairs(pa.x, bi + rows0, pb.x, bj)
         ok = d2 <= radius_of(bi + rows0, bj)
         np.add.at(counts_row, bi[ok] + rows0, 1)
         np.add.at(counts_col, bj[ok], 1)
     if pairs is not None:
-        si, sj = np.divmod(np.flatnonzero(sure.ravel()), g.shape[1])
+        if si is None:
+            si, sj = np.divmod(np.flatnonzero(sure.ravel()), m)
         if len(bi):
             si = np.concatenate([si, bi[ok]])
             sj = np.concatenate([sj, bj[ok]])
