@@ -6,7 +6,13 @@ import numpy as np
 
 from varbench.metrics.knn import screening
 from varbench.metrics.knn.neighbours import gram_block
-from varbench.metrics.knn.screening import ScreenSet, exact_pairs, screen_eps, screen_sets
+from varbench.metrics.knn.screening import (
+    ScreenSet,
+    exact_pairs,
+    helper_thread,
+    screen_eps,
+    screen_sets,
+)
 
 DENSE = 16  # pairs with g <= hi beyond 1/16 of a block: boolean masks instead of index arrays
 
@@ -110,7 +116,9 @@ def ball_counts(
     nb_max = pb.nf.max()
     slack_b = pb.slack.max()
     rows = min(n, screening.BLOCK)
+    both = ra is not None and rb is not None  # the two directions then run side by side
     bufs = (np.empty(rows * m, bool), np.empty(rows * m, bool))  # reused: no page faults
+    bufs_b = (np.empty(rows * m, bool), np.empty(rows * m, bool)) if both else bufs
     gbuf = None if approx is not None else torch.empty(rows * m, dtype=torch.float32)
     for s in range(0, n, screening.BLOCK):
         e = min(n, s + screening.BLOCK)
@@ -121,13 +129,20 @@ def ball_counts(
             g = g.numpy()
         # Per-row bound covering every pair of the row.
         tol = eps * (pa.nf[s:e] + nb_max) + pa.slack[s:e] + slack_b
-        if ra is not None:
-            lo, hi = _down32(ra[s:e] - tol)[:, None], _up32(ra[s:e] + tol)[:, None]
-            _decide(g, lo, hi, pa, pb, s, lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs, bufs)
+        pending = None
         if rb is not None:
             tb = tol.max()  # one bound for the block, so thresholds are a row vector
             lo, hi = _down32(rb - tb)[None, :], _up32(rb + tb)[None, :]
-            _decide(g, lo, hi, pa, pb, s, lambda i, j: rb[j], out.a_in_b, out.b_hit, None, bufs)
+            args = (g, lo, hi, pa, pb, s, lambda i, j: rb[j], out.a_in_b, out.b_hit, None, bufs_b)
+            if both:
+                pending = helper_thread().submit(_decide, *args)
+            else:
+                _decide(*args)
+        if ra is not None:
+            lo, hi = _down32(ra[s:e] - tol)[:, None], _up32(ra[s:e] + tol)[:, None]
+            _decide(g, lo, hi, pa, pb, s, lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs, bufs)
+        if pending is not None:
+            pending.result()  # before the next block overwrites g
     if pairs is not None:
         pi = np.concatenate([p[0] for p in pairs]).astype(np.int64)
         pj = np.concatenate([p[1] for p in pairs]).astype(np.int64)

@@ -10,6 +10,7 @@ from varbench.metrics.knn.screening import (
     exact_pairs_within,
     flat_index,
     gpu_resources,
+    helper_thread,
     screen_eps,
     screen_sets,
 )
@@ -28,9 +29,11 @@ def _duplicate_groups(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     maybe = np.arange(n)
     if x.shape[1]:
         cols = np.unique(np.linspace(0, x.shape[1] - 1, min(x.shape[1], 16)).astype(np.int64))
-        probe = np.ascontiguousarray(x[:, cols]).view(np.uint8).reshape(n, -1)
-        _, inverse, counts = np.unique(probe, axis=0, return_inverse=True, return_counts=True)
-        maybe = np.flatnonzero(counts[inverse.ravel()] > k)
+        probe = np.ascontiguousarray(x[:, cols]).view(np.uint8).astype(np.uint64)
+        mix = np.random.default_rng(0).integers(1, 2**63, probe.shape[1], dtype=np.uint64) | 1
+        key = (probe * mix).sum(axis=1)  # wraps: equal bytes give equal keys
+        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        maybe = np.flatnonzero(counts[inverse] > k)
     hashes = np.fromiter((hash(x[r].tobytes()) for r in maybe), dtype=np.int64, count=len(maybe))
     _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     groups: dict[bytes, list[int]] = {}
@@ -86,12 +89,13 @@ def gram_block(pa: ScreenSet, pb: ScreenSet, rows, cols, out=None):
     """
     import torch
 
-    na, nb = pa.n32[rows], pb.n32[cols]
+    na = torch.from_numpy(pa.n32[rows])
+    nb = torch.from_numpy(pb.n32[cols])
     a = torch.from_numpy(pa.xf[rows])
     b = torch.from_numpy(pb.xf[cols])
     if out is None:
         out = torch.empty((len(na), len(nb)), dtype=torch.float32)
-    np.add(na[:, None], nb[None, :], out=out.numpy())  # numpy's broadcast: 2x torch.add's
+    torch.add(na[:, None], nb[None, :], out=out)
     return out.addmm_(a, b.T, beta=1.0, alpha=-2.0)
 
 
@@ -184,9 +188,12 @@ def _self_candidates(p: ScreenSet, kk: int, block: int | None = None):
     buf = torch.empty(min(n, block) * min(n, block), dtype=torch.float32)  # reused: no page faults
     for s, e, t, u in _upper_pairs(n, block, max(1, block // screening.DIAG_SPLIT)):
         g = gram_block(p, p, slice(s, e), slice(t, u), buf[: (e - s) * (u - t)].view(e - s, u - t))
+        pending = None
+        if t != s:  # rows of J (disjoint from I's) on the helper thread, beside I's
+            pending = helper_thread().submit(_merge_block, best_d, best_i, g, t, s, kk, True)
         _merge_block(best_d, best_i, g, s, t, kk, transposed=False)
-        if t != s:
-            _merge_block(best_d, best_i, g, t, s, kk, transposed=True)
+        if pending is not None:
+            pending.result()  # before the next product overwrites the buffer
     return sort_candidates(best_d, best_i)
 
 

@@ -48,6 +48,26 @@ def exact_pairs(x: np.ndarray, i: np.ndarray, y: np.ndarray, j: np.ndarray) -> n
     return out
 
 
+@lru_cache(maxsize=1)
+def helper_thread():
+    """One background thread for numpy work beside the caller's (numpy releases the GIL in
+    its loops), so the steps between the products use both cores of a 2-core CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(1, thread_name_prefix="varbench-knn")
+
+
+def exact_pairs_split(x: np.ndarray, i: np.ndarray, y: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``exact_pairs`` with the pairs in two halves on two threads (numpy releases the GIL in
+    its gathers, casts and sums: 1.5x on 2 cores); each pair's bits are unchanged."""
+    half = len(i) // 2
+    if half < _chunk(x.shape[1]):
+        return exact_pairs(x, i, y, j)
+    first = helper_thread().submit(exact_pairs, x, i[:half], y, j[:half])
+    second = exact_pairs(x, i[half:], y, j[half:])
+    return np.concatenate([first.result(), second])
+
+
 def exact_pairs_within(x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """``exact_pairs(x, i, x, j)`` computing each unordered pair once (mutual neighbours).
 
@@ -55,7 +75,7 @@ def exact_pairs_within(x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarra
     """
     lo, hi = np.minimum(i, j), np.maximum(i, j)
     key, inverse = np.unique(lo * np.int64(len(x)) + hi, return_inverse=True)
-    return exact_pairs(x, key // len(x), x, key % len(x))[inverse.ravel()]
+    return exact_pairs_split(x, key // len(x), x, key % len(x))[inverse.ravel()]
 
 
 # -- float32 screening ---------------------------------------------------------------------------
