@@ -5,9 +5,11 @@ Usage: python benchmarks/metrics_vs_reference.py [--n 10000] [--dim 2048] [--lpi
 Prints ``key=value`` lines. Speed ratios compare against the reference in the same run, each
 side timed as the fastest of ``--repeats`` runs (the machine may be shared, so absolute times
 vary). The precision/recall speed reference is torch-fidelity on float32 features (its usual
-input); ``prc_equal`` compares against torch-fidelity on float64 features (no float32 ties). One function per section: add a section by
-writing ``section_<name>(args, real, fake) -> dict`` and listing it in ``SECTIONS``; run a subset
-with ``--sections extract,prc``.
+input); ``prc_equal`` compares against torch-fidelity on float64 features (no float32 ties);
+``prc_floor_ratio`` is varbench's P/R time over the time of the three float32 products it needs
+(real x real, fake x fake, real x fake, plain ``torch.mm``), with their GFLOPS. One function per
+section: add a section by writing ``section_<name>(args, real, fake) -> dict`` and listing it in
+``SECTIONS``; run a subset with ``--sections extract,prc``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,18 @@ def section_prc(args: argparse.Namespace, real: np.ndarray, fake: np.ndarray) ->
     from varbench.metrics.prdc import precision_recall
 
     ours, t_ours = timed(lambda: precision_recall(real, fake, k=3), args.repeats)
+    # The floor: the three float32 products real x real, fake x fake and real x fake that an
+    # exact P/R needs (a k-NN search per set, the ball decisions between them), same run.
+    tr, tf = torch.from_numpy(real), torch.from_numpy(fake)
+
+    def products() -> None:
+        torch.mm(tr, tr.T)
+        torch.mm(tf, tf.T)
+        torch.mm(tr, tf.T)
+
+    products()  # warm-up: thread pool, allocations
+    _, t_products = timed(products, args.repeats)
+    flops = 2.0 * real.shape[1] * (len(real) ** 2 + len(fake) ** 2 + len(real) * len(fake))
 
     def reference(dtype: torch.dtype) -> dict:
         f1 = torch.from_numpy(fake).to(dtype)  # torch-fidelity: input 1 = generated
@@ -94,6 +108,9 @@ def section_prc(args: argparse.Namespace, real: np.ndarray, fake: np.ndarray) ->
         "prc_seconds": t_ours,
         "prc_torch_fidelity_seconds": t_ref,
         "prc_speedup_vs_torch_fidelity": t_ref / t_ours,
+        "prc_products_seconds": t_products,
+        "prc_products_gflops": flops / t_products / 1e9,
+        "prc_floor_ratio": t_ours / t_products,
         "prc_equal": same(ours, ref64),
         "prc_equal_float32_reference": same(ours, ref32),
     }

@@ -237,6 +237,47 @@ def test_symmetric_blocked_knn_equals_brute_force(monkeypatch, block):
     np.testing.assert_array_equal(np.take_along_axis(full, idx, axis=1), dist)
 
 
+def test_blocked_knn_when_neighbours_come_late_equals_brute_force(monkeypatch):
+    """Clusters in reverse block order: rows first see far blocks, then a block holding all of
+    their neighbours (many entries below the running k-th value: the selection's wide merge)."""
+    from varbench.metrics.knn import screening
+
+    monkeypatch.setattr(screening, "SYM_BLOCK", 32)
+    rng = _rng(12)
+    centres = 40.0 * rng.standard_normal((6, 16))
+    data = np.vstack([c + rng.standard_normal((30, 16)) for c in centres])
+    data = np.vstack([data[::2], data[1::2][::-1], data[:5]])  # copies of the first rows too
+    for k in (3, 5):
+        dist, idx = knn_exact(data, k)
+        full = _sq(data, data)
+        np.fill_diagonal(full, np.inf)
+        np.testing.assert_array_equal(dist, np.sort(full, axis=1)[:, :k])
+        np.testing.assert_array_equal(np.take_along_axis(full, idx, axis=1), dist)
+
+
+@pytest.mark.parametrize("dense", [1, 10**9])
+def test_ball_decisions_by_pairs_or_by_masks_equal_brute_force(monkeypatch, dense):
+    """Both routes of the ball decisions (index arrays of the pairs with g <= hi, or boolean
+    masks when those are dense) give the brute-force counts and pairs."""
+    from varbench.metrics.knn import balls
+
+    monkeypatch.setattr(balls, "DENSE", dense)
+    real, fake = _with_duplicates(*_pair(n=120, m=100, d=8, seed=13))
+    ra, rb = _brute_radii(real, 5), _brute_radii(fake, 3)
+    d = _sq(real, fake)
+    c = balls.ball_counts(real, fake, ra=ra, rb=rb, keep_pairs_a=True)
+    np.testing.assert_array_equal(c.b_in_a, (d <= ra[:, None]).sum(axis=0))
+    np.testing.assert_array_equal(c.a_hit, (d <= ra[:, None]).sum(axis=1))
+    np.testing.assert_array_equal(c.a_in_b, (d <= rb[None, :]).sum(axis=1))
+    np.testing.assert_array_equal(c.b_hit, (d <= rb[None, :]).sum(axis=0))
+    pi, pj, d2 = c.pairs_a
+    got = np.zeros(d.shape, bool)
+    got[pi, pj] = True
+    assert len(pi) == got.sum()  # each pair once
+    np.testing.assert_array_equal(got, d <= ra[:, None])
+    np.testing.assert_array_equal(d2, d[pi, pj])
+
+
 def test_knn_radii_with_many_exact_ties_and_duplicates():
     """More duplicates than faiss candidates (self not returned) and a lattice (band overflow)."""
     rng = _rng(8)

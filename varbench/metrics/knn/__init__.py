@@ -11,11 +11,17 @@ Every decision equals the one made with exact float64 direct-difference distance
 
 * k-NN radii: float32 candidates come from the self-distance matrix computed one block pair
   at a time over its upper triangle (each product serves the rows of both blocks, so a set
-  costs half a full product; on a GPU an exact flat faiss index is used instead); every
-  candidate that could be among the true k nearest under a certified float32 error bound is
-  re-ranked with exact distances.
+  costs half a full product; on a GPU an exact flat faiss index is used instead), selected
+  while each block is fresh (a top-k on the diagonal blocks, then only the entries below a
+  row's running candidate bound); every candidate that could be among the true k nearest
+  under a certified float32 error bound is re-ranked with exact distances.
 * ball membership: one float32 GEMM per pair of sets serves both directions (precision and
-  recall); pairs whose margin lies within the certified bound are re-decided exactly.
+  recall); one comparison pass per block and direction finds the few pairs near or inside a
+  ball, and those whose margin lies within the certified bound are re-decided exactly.
+
+The steps between the products are numpy passes on one core; the transposed half of each
+block, the second ball direction and half of the re-ranking run on a helper thread
+(``screening.helper_thread``) beside them, on disjoint rows, so results do not depend on it.
 
 The bound: for float32 inputs centred by a common shift, |approx - exact| <=
 ``screen_eps(d) * (|x|^2 + |y|^2)`` holds for any summation order (gamma_d for the dot product and the

@@ -6,7 +6,15 @@ import numpy as np
 
 from varbench.metrics.knn import screening
 from varbench.metrics.knn.neighbours import gram_block
-from varbench.metrics.knn.screening import ScreenSet, exact_pairs, screen_eps, screen_sets
+from varbench.metrics.knn.screening import (
+    ScreenSet,
+    exact_pairs,
+    helper_thread,
+    screen_eps,
+    screen_sets,
+)
+
+DENSE = 16  # pairs with g <= hi beyond 1/16 of a block: boolean masks instead of index arrays
 
 
 # -- exact ball membership -----------------------------------------------------------------------
@@ -44,20 +52,34 @@ def _decide(g, lo, hi, pa, pb, rows0, radius_of, counts_row, counts_col, pairs, 
     ``lo``/``hi`` are float32 thresholds (a column (r, 1) or a row (1, m)) rounded outward from
     radius -/+ the certified bound, so the float32 comparisons decide what exact ones would.
     ``bufs``: two flat boolean arrays of at least ``g.size``, reused across blocks.
+    One pass over the block finds the pairs with g <= hi (the balls' pairs: few, as a ball holds
+    about k points); they are split into inside and band without another pass. When they are
+    many (a sizeable share of the block), two boolean masks are cheaper than index arrays.
     """
-    sure = np.less(g, lo, out=bufs[0][: g.size].reshape(g.shape))
-    band = np.less_equal(g, hi, out=bufs[1][: g.size].reshape(g.shape))
-    band ^= sure
-    counts_row[rows0 : rows0 + g.shape[0]] += sure.sum(axis=1)
-    counts_col += sure.sum(axis=0)
-    bi, bj = np.divmod(np.flatnonzero(band.ravel()), g.shape[1])
+    r, m = g.shape
+    near = np.less_equal(g, hi, out=bufs[1][: g.size].reshape(g.shape))
+    if np.count_nonzero(near) <= g.size // DENSE:
+        flat = np.flatnonzero(near.ravel())
+        fi, fj = np.divmod(flat, m)
+        inside = g.ravel()[flat] < (lo[fi, 0] if lo.shape[1] == 1 else lo[0, fj])
+        si, sj, bi, bj = fi[inside], fj[inside], fi[~inside], fj[~inside]
+        counts_row[rows0 : rows0 + r] += np.bincount(si, minlength=r)
+        counts_col += np.bincount(sj, minlength=m)
+    else:
+        sure = np.less(g, lo, out=bufs[0][: g.size].reshape(g.shape))
+        near ^= sure
+        counts_row[rows0 : rows0 + r] += sure.sum(axis=1)
+        counts_col += sure.sum(axis=0)
+        bi, bj = np.divmod(np.flatnonzero(near.ravel()), m)
+        si = sj = None
     if len(bi):
         d2 = exact_pairs(pa.x, bi + rows0, pb.x, bj)
         ok = d2 <= radius_of(bi + rows0, bj)
         np.add.at(counts_row, bi[ok] + rows0, 1)
         np.add.at(counts_col, bj[ok], 1)
     if pairs is not None:
-        si, sj = np.divmod(np.flatnonzero(sure.ravel()), g.shape[1])
+        if si is None:
+            si, sj = np.divmod(np.flatnonzero(sure.ravel()), m)
         if len(bi):
             si = np.concatenate([si, bi[ok]])
             sj = np.concatenate([sj, bj[ok]])
@@ -94,7 +116,9 @@ def ball_counts(
     nb_max = pb.nf.max()
     slack_b = pb.slack.max()
     rows = min(n, screening.BLOCK)
+    both = ra is not None and rb is not None  # the two directions then run side by side
     bufs = (np.empty(rows * m, bool), np.empty(rows * m, bool))  # reused: no page faults
+    bufs_b = (np.empty(rows * m, bool), np.empty(rows * m, bool)) if both else bufs
     gbuf = None if approx is not None else torch.empty(rows * m, dtype=torch.float32)
     for s in range(0, n, screening.BLOCK):
         e = min(n, s + screening.BLOCK)
@@ -105,13 +129,20 @@ def ball_counts(
             g = g.numpy()
         # Per-row bound covering every pair of the row.
         tol = eps * (pa.nf[s:e] + nb_max) + pa.slack[s:e] + slack_b
-        if ra is not None:
-            lo, hi = _down32(ra[s:e] - tol)[:, None], _up32(ra[s:e] + tol)[:, None]
-            _decide(g, lo, hi, pa, pb, s, lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs, bufs)
+        pending = None
         if rb is not None:
             tb = tol.max()  # one bound for the block, so thresholds are a row vector
             lo, hi = _down32(rb - tb)[None, :], _up32(rb + tb)[None, :]
-            _decide(g, lo, hi, pa, pb, s, lambda i, j: rb[j], out.a_in_b, out.b_hit, None, bufs)
+            args = (g, lo, hi, pa, pb, s, lambda i, j: rb[j], out.a_in_b, out.b_hit, None, bufs_b)
+            if both:
+                pending = helper_thread().submit(_decide, *args)
+            else:
+                _decide(*args)
+        if ra is not None:
+            lo, hi = _down32(ra[s:e] - tol)[:, None], _up32(ra[s:e] + tol)[:, None]
+            _decide(g, lo, hi, pa, pb, s, lambda i, j: ra[i], out.a_hit, out.b_in_a, pairs, bufs)
+        if pending is not None:
+            pending.result()  # before the next block overwrites g
     if pairs is not None:
         pi = np.concatenate([p[0] for p in pairs]).astype(np.int64)
         pj = np.concatenate([p[1] for p in pairs]).astype(np.int64)
