@@ -102,6 +102,9 @@ def show_listing(listing) -> None:
         mid = counts[len(counts) // 2]
         table.add_row("images per class", f"min {counts[0]}, median {mid}, max {counts[-1]}")
     table.add_row("images", str(sum(counts)))
+    first = next((v[0] for v in listing.classes.values() if v), None)
+    if first is not None:  # what selection ranks: compare with another form of the same data
+        table.add_row("entry names", f"e.g. {first}")
     for key, value in origin.items():
         if key != "given":
             table.add_row(key, str(value))
