@@ -315,3 +315,30 @@ def test_a_folder_holding_the_archive_points_at_it(data, tmp_path):
     tar = Path(data["tar"].data)
     with pytest.raises(DatasetError, match="point --data at the archive itself"):
         open_listing(DataSource(str(tar.parent)), spec_for(), tmp_path)
+
+
+def test_tar_cut_at_a_member_boundary_or_damaged_mid_way(data, tmp_path):
+    """tarfile stops quietly at a damaged header: the index must not list half an archive."""
+    tar = Path(data["tar"].data)
+    with tarfile.open(tar) as tf:
+        members = tf.getmembers()
+    raw = tar.read_bytes()
+    cut = tmp_path / "cut.tar"  # ends right after a member's data: no end-of-archive blocks
+    end = members[9].offset_data + -(-members[9].size // 512) * 512
+    cut.write_bytes(raw[:end])
+    with pytest.raises(DatasetError, match="no end-of-archive marker"):
+        open_listing(DataSource(str(cut)), spec_for(), tmp_path / "c1")
+    hurt = tmp_path / "hurt.tar"  # the 10th member's header overwritten
+    at = members[10].offset
+    hurt.write_bytes(raw[:at] + b"\x7f" * 512 + raw[at + 512 :])
+    with pytest.raises(DatasetError, match=f"header at byte {at:,} is not a tar header"):
+        open_listing(DataSource(str(hurt)), spec_for(), tmp_path / "c2")
+
+
+def test_truncated_tar_gz_is_named(data, tmp_path):
+    gz = Path(data["tar.gz"].data)
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(gz.read_bytes()[: gz.stat().st_size * 2 // 3])
+    with pytest.raises(DatasetError, match="truncated or corrupt") as e:
+        open_listing(DataSource(str(cut)), spec_for(), tmp_path)
+    assert "gunzip" in str(e.value)

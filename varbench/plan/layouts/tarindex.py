@@ -101,14 +101,35 @@ def _scan(path: Path) -> dict[str, tuple[int, int]]:
                 members[name] = (info.offset_data, info.size)
                 advance(end - done)
                 done = end
+            end_at = tf.offset
     except tarfile.TarError as exc:
         raise DatasetError(str(path), [f"{path} is not a readable tar ({exc}); {_FIX}"]) from None
+    _check_end(path, end_at, size)
     if duplicates:
         raise DatasetError(str(path), [
             f"{path} holds {len(duplicates)} member name(s) twice (e.g. {duplicates[0]!r}); which "
             "copy is meant is ambiguous; fix: rebuild the archive without duplicates"
         ])  # fmt: skip
     return members
+
+
+def _check_end(path: Path, end_at: int, size: int) -> None:
+    """tarfile stops quietly at a damaged header after the first one: a tar must end in zero
+    blocks where the members stop, or the rest of the archive was lost (a truncated download, or
+    bytes overwritten in the middle)."""
+    with open(path, "rb") as f:
+        f.seek(end_at)
+        block = f.read(512)
+    if len(block) < 512:
+        raise DatasetError(str(path), [
+            f"{path} is truncated: it stops at byte {size:,} with no end-of-archive marker after "
+            f"its last member; {_FIX}"
+        ])  # fmt: skip
+    if block.strip(b"\0"):
+        raise DatasetError(str(path), [
+            f"{path} is corrupt: the member header at byte {end_at:,} is not a tar header (the "
+            f"members after it, up to byte {size:,}, cannot be listed); {_FIX}"
+        ])  # fmt: skip
 
 
 def tar_index(path: Path, cache_dir: Path | None) -> TarIndex:
