@@ -39,10 +39,11 @@ class DataSource:
         return Path(self.data).expanduser()
 
     def describe(self) -> dict[str, str]:
-        """The user's own words, for provenance."""
-        out = {"data": self.data}
+        """What the user gave, made absolute (a run's report may be built from another folder),
+        for provenance and to list the container again."""
+        out = {"data": os.path.abspath(os.path.expanduser(self.data))}
         if self.labels:
-            out["labels"] = self.labels
+            out["labels"] = os.path.abspath(os.path.expanduser(self.labels))
         if self.image_column:
             out["data_image_column"] = self.image_column
         if self.label_column:
