@@ -157,6 +157,13 @@ def report(prefix: str, m: Measured) -> None:
         figure(f"{prefix}_{k}", v)
 
 
+def need_room(tmp: Path, need: float) -> None:
+    """Stop before generating data the disk cannot hold (keeping a fifth of it free)."""
+    free = shutil.disk_usage(tmp).free
+    if need > free * 0.8:
+        raise SystemExit(f"needs ~{need / GIB:.1f} GiB in {tmp}, {free / GIB:.1f} GiB free")
+
+
 def log(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
 
@@ -287,10 +294,7 @@ def parquet_work(data: str, cache: str, n_classes: int) -> dict:
 def section_parquet(args, tmp: Path) -> None:
     rows = args.rows
     n_classes = min(1000, max(1, rows // PER_CLASS))
-    need = rows * 115_000 * 1.45  # shards, and the cache of the top 2 x 10 of 50 per class
-    free = shutil.disk_usage(tmp).free
-    if need > free * 0.8:
-        raise SystemExit(f"needs ~{need / GIB:.1f} GiB in {tmp}, {free / GIB:.1f} GiB free")
+    need_room(tmp, rows * 115_000 * 1.45)  # shards, and the cache of the top 2 x 10 of 50 per class
     t = time.perf_counter()
     data = make_parquet(tmp / "parquet", rows)
     log(f"generated {rows:,} rows in {time.perf_counter() - t:.0f} s")
@@ -398,10 +402,7 @@ def tar_manifest_work(tar: str, cache: str, n_classes: int) -> dict:
 def section_tar(args, tmp: Path) -> None:
     members = args.members
     n_classes = min(1000, max(1, members // PER_CLASS))
-    need = members * 135_000
-    free = shutil.disk_usage(tmp).free
-    if need > free * 0.8:
-        raise SystemExit(f"needs ~{need / GIB:.1f} GiB in {tmp}, {free / GIB:.1f} GiB free")
+    need_room(tmp, members * 135_000)
     t = time.perf_counter()
     tar = make_tar(tmp / "tar", members)
     log(f"generated {members:,} members in {time.perf_counter() - t:.0f} s")

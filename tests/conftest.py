@@ -178,6 +178,19 @@ def run_json(*args: str, env: dict | None = None):
     return json.loads(run_cli(*args, env=env).stdout)
 
 
+def random_lpips_file(folder: Path):
+    """LPIPS v0.1 (AlexNet) with a seeded random trunk and the package's linear layers, saved
+    as the state dict `--weights lpips=PATH` takes; returns (net, path)."""
+    import lpips
+    import torch
+
+    torch.manual_seed(0)
+    net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    path = Path(folder) / "lpips.pth"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
 def random_inception_file(path: Path, images: list[np.ndarray]) -> Path:
     """Random-weight torch-fidelity Inception, BatchNorm recalibrated on ``images``, saved.
 

@@ -7,20 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder_dataset, run_json
+from conftest import make_folder_dataset, random_lpips_file, run_json
 
 from varbench.plan.demo_data import demo_image
 
 
 @pytest.fixture(scope="module")
 def lpips_file(tmp_path_factory):
-    import lpips
-
-    torch.manual_seed(0)
-    net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
-    path = tmp_path_factory.mktemp("w") / "lpips.pth"
-    torch.save(net.state_dict(), path)
-    return net, path
+    return random_lpips_file(tmp_path_factory.mktemp("w"))
 
 
 def test_phi_squared_distance_equals_lpips_forward(lpips_file):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_lpips_file
 
 W = (0.0, 0.25, 0.5, 0.75)  # w = 1 is the copy model itself (tested pixel for pixel below)
 METRICS = ["fid", "authpct", "ct", "mifid", "fls", "memorisation"]
@@ -37,13 +38,7 @@ def _w(row) -> float:
 
 @pytest.fixture(scope="module")
 def lpips_weights(tmp_path_factory):
-    import lpips
-
-    torch.manual_seed(0)
-    net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
-    path = tmp_path_factory.mktemp("w") / "lpips.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    return random_lpips_file(tmp_path_factory.mktemp("w"))[1]
 
 
 @pytest.fixture(scope="module", params=[1, 5], ids=["k1", "k5"])

@@ -10,7 +10,7 @@ import re
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,13 +97,18 @@ def remove_dead_writers_temps(folder: str | os.PathLike) -> int:
     return removed
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part.
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes | Sequence[bytes], sync: bool = True
+) -> None:
+    """Write ``data`` (or its chunks, in order) to ``path`` so readers see the old file or the
+    whole new one, never a part.
 
     The file gets the mode the umask gives ordinary files (mkstemp alone would leave 0600, which
     makes a team's shared runs folder unreadable), and a full disk raises ``DiskFullError``. The
     temp file's name carries ``writer_tag()``, so a resume can tell a killed writer's leftover
-    (``remove_dead_writers_temps``) from a live one's.
+    (``remove_dead_writers_temps``) from a live one's. ``sync=False`` skips the fsync, for caches
+    of many files copied from a dataset (thousands of fsyncs would dominate): a file a crash cut
+    short must then be caught by its reader (size check, or decoding).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,9 +123,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            for chunk in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
+                f.write(chunk)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):

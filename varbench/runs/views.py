@@ -145,12 +145,13 @@ class RunView:
     @cached_property
     def _container_listing(self):
         """The run's container listed again from run.json's ``data_origin`` (None: folders)."""
-        origin = self.info.get("data_origin") or {}
-        if origin.get("container") in (None, "class folders", "embedded demo"):
-            return None
         from varbench.core.env import default_cache_dir
-        from varbench.plan.planner import listing_of_run
+        from varbench.plan.planner import FOLDER_CONTAINERS, listing_of_run
         from varbench.plan.protocol import protocol_of_run
+
+        origin = self.info.get("data_origin") or {}
+        if origin.get("container") in (None, *FOLDER_CONTAINERS):
+            return None
 
         try:
             spec = protocol_of_run(self.info, str(self.folder / "run.json"), "")

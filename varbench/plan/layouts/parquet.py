@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from varbench.core.files import Blob, disk_full, is_disk_full
+from varbench.core.files import Blob, atomic_write_bytes
 from varbench.core.progress import progress_bar
 from varbench.errors import DatasetError
 from varbench.plan.datasets import DatasetListing, _default_label, imagenet_labels
@@ -366,8 +366,8 @@ def _read_index(path: Path | None) -> dict[int, tuple[int, int]] | None:
 
 
 def _store_rows(path: Path, rows: list[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
-    """Write rows' bytes as one file (magic, count, (row, size) pairs, the bytes) through a
-    temporary file of this thread renamed into place; return its index.
+    """Write rows' bytes as one file (magic, count, (row, size) pairs, the bytes), atomically;
+    return its index.
 
     Not fsynced (one fsync per row group would dominate a manifest's reads); a file a crash cut
     short fails the size check of ``_read_index`` and is read again from the shard.
@@ -378,20 +378,7 @@ def _store_rows(path: Path, rows: list[tuple[int, bytes]]) -> dict[int, tuple[in
     for r, v in rows:
         index[r] = (offset, len(v))
         offset += len(v)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            for _r, v in rows:
-                f.write(v)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
-            raise disk_full(path, exc) from exc
-        raise
+    atomic_write_bytes(path, [header, *(v for _r, v in rows)], sync=False)
     return index
 
 
