@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-from varbench.core.files import atomic_write_bytes
+from varbench.core.files import disk_full, is_disk_full
 from varbench.core.progress import progress_bar
 from varbench.errors import DatasetError
 from varbench.plan.datasets import IMAGE_EXTENSIONS, ClassSource, DatasetListing
@@ -134,22 +134,36 @@ def rank_keys(path: Path, txn, spec: ProtocolSpec, total: int) -> tuple[list, st
     return top, digest.hexdigest()
 
 
-def _store(data: bytes, name: str, ext: str, cache_dir: Path) -> Path:
+def _store(data: bytes, name: str, ext: str, cache_dir: Path, made: set[Path]) -> Path:
     """Keep a value's bytes exactly, under their sha256 (content-addressed), named by the key too.
 
-    Written atomically (readers, other shards, never see a part) but not fsynced (20,000 fsyncs
-    would dominate the listing): a file cut by a crash fails the size check below, or
-    validation, which names it by its key; deleting it recovers.
+    Written to a temporary file of this process and renamed, so readers (other shards) never see
+    a part; not fsynced (20,000 fsyncs would dominate the listing): a file cut by a crash fails
+    the size check below, or validation, which names it by its key; deleting it recovers.
     """
     digest = hashlib.sha256(data).hexdigest()
     stem = name if len(name) <= 160 else hashlib.sha256(name.encode()).hexdigest()
-    path = Path(cache_dir) / "lsun" / digest[:2] / f"{digest[:32]}.{stem}{ext}"
+    folder = Path(cache_dir) / "lsun" / digest[:2]
+    path = folder / f"{digest[:32]}.{stem}{ext}"
     try:
         if path.stat().st_size == len(data):
             return path
     except OSError:
         pass
-    atomic_write_bytes(path, data, sync=False)
+    tmp = folder / f".{path.name}.{os.getpid()}.part"
+    try:
+        if folder not in made:
+            folder.mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path, exc) from exc
+        raise
     return path
 
 
@@ -161,6 +175,7 @@ def list_lmdb(path: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing
     cls = spec.category or ""
     files: dict[str, Path] = {}
     problems: list[str] = []
+    made: set[Path] = set()
     try:
         total = env.stat()["entries"]
         with env.begin(buffers=False) as txn:
@@ -184,7 +199,7 @@ def list_lmdb(path: Path, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing
                             )
                         else:
                             batch.append((data, name, ext))
-                    stored = pool.map(lambda b: _store(*b, cache_dir), batch)
+                    stored = pool.map(lambda b: _store(*b, cache_dir, made), batch)
                     for (_data, name, _ext), file in zip(batch, stored, strict=True):
                         files[name] = file
                     advance(len(chosen[start : start + _BATCH]))
