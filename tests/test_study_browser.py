@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -96,6 +97,18 @@ def _watch(page, problems: list[str]) -> None:
 
 def _ready(target) -> None:
     target.locator("body[data-ready='1']").wait_for(timeout=15000)
+
+
+@contextmanager
+def _leaving(target):
+    """The block's click or key loads another page: wait until the old page has gone.
+
+    Without it the next wait can match the old page (its ``data-ready``, its ``h1``) before the
+    browser has replaced it, and read a stale trial or stop early on a busy machine.
+    """
+    target.locator("body").evaluate("b => b.setAttribute('data-left', '1')")
+    yield
+    target.locator("body:not([data-left])").wait_for(timeout=15000)
 
 
 def _trial_id(target) -> int:
@@ -208,8 +221,8 @@ def test_prolific_participant_walks_to_the_completion_redirect(runs, tmp_path):
             _layout_ok(page, 1280, 800)
             page.screenshot(path=str(shots / "study-trial.png"))
             time.sleep(0.4)
-            page.locator("#left").click()
-            page.wait_for_url("**/r/**")
+            with _leaving(page):
+                page.locator("#left").click()
             t_voted = time.monotonic()
             choices = {first: "left"}
             n = 1
@@ -218,11 +231,11 @@ def test_prolific_participant_walks_to_the_completion_redirect(runs, tmp_path):
                 trial = _trial_id(page)
                 kind, expected, _ = info[trial]
                 pick = expected if kind == "check" else ("left", "right")[n % 2]
-                if n % 2:
-                    page.keyboard.press("ArrowRight" if pick == "right" else "ArrowLeft")
-                else:
-                    page.locator(f"#{pick}").click()
-                page.wait_for_load_state()
+                with _leaving(page):
+                    if n % 2:
+                        page.keyboard.press("ArrowRight" if pick == "right" else "ArrowLeft")
+                    else:
+                        page.locator(f"#{pick}").click()
                 choices[trial] = pick
                 n += 1
             assert page.locator("#code").inner_text() == "C0MPLETE"
@@ -264,8 +277,8 @@ def test_phone_width_participant(runs, tmp_path):
         _ready(page)
         _layout_ok(page, 390, 844)
         page.screenshot(path=str(shots / "study-trial-phone.png"))
-        page.locator("#right").tap()
-        page.wait_for_load_state()
+        with _leaving(page):
+            page.locator("#right").tap()
         _ready(page)
         assert page.locator("#count").inner_text() == "1 / 7"
         page.reload()  # a reload keeps the place
@@ -359,22 +372,26 @@ def test_mturk_runs_in_its_iframe_and_posts_to_external_submit(runs, tmp_path):
         for _ in range(2):  # practice
             _ready(frame)
             frame.locator(f"#{info[_trial_id(frame)][1]}").click()
-            frame.locator("#continue").click()
+            with _leaving(frame):
+                frame.locator("#continue").click()
         n = 0
         while n < 20:
-            frame.locator("body[data-ready='1'], #submit-hit, h1").first.wait_for()
+            # a trial ready to vote, or the page after the last one (thanks, then MTurk's)
+            frame.locator("body[data-ready='1'], h1").first.wait_for()
             if frame.locator("body[data-ready='1']").count() == 0:
                 break
             if n == 0:
                 page.screenshot(path=str(shots / "study-mturk-iframe.png"))
             kind, expected, _ = info[_trial_id(frame)]
-            frame.locator(f"#{expected if kind == 'check' else ('left', 'right')[n % 2]}").click()
+            pick = expected if kind == "check" else ("left", "right")[n % 2]
+            with _leaving(frame):
+                frame.locator(f"#{pick}").click()
             n += 1
         deadline = time.monotonic() + 10
         while not submitted and time.monotonic() < deadline:
             page.wait_for_timeout(100)
-        assert submitted == [{"assignmentId": "ASSIGN1", "outcome": "completed", "code": "MTK0K"}]
         assert n == 7
+        assert submitted == [{"assignmentId": "ASSIGN1", "outcome": "completed", "code": "MTK0K"}]
         # a study made for another platform refuses to be framed, even by MTurk
         page.goto(f"{MTURK}/mturk/preview?plain=1")
         page.wait_for_timeout(1500)
