@@ -245,11 +245,12 @@ def make_parquet(folder: Path, rows: int) -> Path:
 
 def parquet_work(data: str, cache: str, n_classes: int) -> dict:
     """`varbench manifest`'s data work on the shards: listing, ranking, reading what it validates
-    (the top 2 x n_per_class of each class, 4 threads as validation uses), no decoding."""
+    (the top 2 x n_per_class of each class, in its order, 4 threads as it uses), no decoding."""
     import os as _os
     from concurrent.futures import ThreadPoolExecutor
 
     _os.environ["VARBENCH_NO_PROGRESS"] = "1"
+    from varbench.plan.datasets import storage_order
     from varbench.plan.layouts import parquet
     from varbench.plan.layouts.base import DataSource
     from varbench.plan.manifest import _ranked
@@ -264,6 +265,8 @@ def parquet_work(data: str, cache: str, n_classes: int) -> dict:
         for c, fs in listing.classes.items()
         for f in _ranked(fs, c, spec.seed)[: 2 * spec.n_per_class]
     ]
+    # in the order validation reads them (storage order)
+    todo = [f for f, _s in storage_order(listing, [(f, list(listing.path(f).stamp)) for f in todo])]
     t = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         # sizes only, as validation keeps hashes only: no entry outlives its reading thread

@@ -139,7 +139,7 @@ def test_manifest_same_as_folder_tree(hf, tmp_path):
     assert got.sha256 == want.sha256  # the root is informational: same images, same manifest
 
 
-def test_reads_only_row_groups_holding_chosen_rows(tmp_path):
+def test_reads_only_row_groups_holding_chosen_rows(tmp_path, monkeypatch):
     n = 1  # a run reads the top 2 of each class: 6 rows, the first 2 row groups of 6
     paths = write_shards(tmp_path / "d", chosen_first(rows(), n))
     spec = folder_spec(n)
@@ -168,12 +168,19 @@ def test_reads_only_row_groups_holding_chosen_rows(tmp_path):
     assert third.path(name).read() == again.path(name).read()
     assert P.READS["row_groups"] - before["row_groups"] == 1
     assert sorted(P._read_index(kept[0])) == [0, 1, 2, 3]
-    # a row no run reads is served from its row group and not kept
+    # a row no run reads is served from its row group (read once: the group stays in memory
+    # for the next reads) and not kept
     other = next(n for n in third.files if third.files[n].stamp[1:] == (2, 8))
     before = dict(P.READS)
     assert third.path(other).read() == third.path(other).read()
-    assert P.READS["row_groups"] - before["row_groups"] == 2
+    assert P.READS["row_groups"] - before["row_groups"] == 1
     assert len(list((tmp_path / "c" / "parquet").rglob("*.rows"))) == 2
+    # with no group kept in memory, each read of it reads its group
+    monkeypatch.setattr(P, "_RECENT_GROUPS", 0)
+    fourth = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
+    before = dict(P.READS)
+    assert fourth.path(other).read() == fourth.path(other).read() == third.path(other).read()
+    assert P.READS["row_groups"] - before["row_groups"] == 2
 
 
 def test_threads_read_a_row_group_once(tmp_path):
@@ -331,3 +338,27 @@ def test_webdataset_style_columns(tmp_path):
     listing = P.PARQUET.listing(DataSource(str(tmp_path / "w.parquet")), folder_spec(1), tmp_path)
     assert listing.classes == {"3": ("3/x1.jpg",), "4": ("4/x2.jpg",)}
     assert listing.origin["label_source"] == "column cls"
+
+
+@pytest.mark.parametrize("kind", [pa.binary(), pa.large_binary()])
+def test_kept_rows_are_the_rows_bytes(kind):
+    """The cache writer's views into a column equal each row's bytes (nulls and empties skipped),
+    on a sliced column and on a struct's child as Hugging Face's Image holds them."""
+    rng = np.random.default_rng(0)
+    values = [
+        None if i % 7 == 3 else (b"" if i % 5 == 1 else rng.bytes(int(rng.integers(1, 50))))
+        for i in range(60)
+    ]
+    column = pa.array(values, type=kind).slice(5, 50)
+    gone = [i % 11 == 4 for i in range(60)]  # the struct itself null: no bytes either
+    image = pa.StructArray.from_arrays(
+        [pa.array(values, type=kind)], names=["bytes"], mask=pa.array(gone)
+    ).slice(5, 50)
+    struct_values = [None if g else v for v, g in zip(values, gone, strict=True)]
+    for col, vals in ((column, values), (P._child(image, "image.bytes"), struct_values)):
+        idx = sorted(rng.choice(50, size=30, replace=False).tolist())
+        kept, sizes, views = P._nonempty(col, idx)
+        expect = [(i, vals[5 + i]) for i in idx if vals[5 + i]]
+        assert kept == [i for i, _v in expect]
+        assert [bytes(v) for v in views] == [v for _i, v in expect]
+        assert sizes == [len(v) for _i, v in expect]

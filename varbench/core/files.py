@@ -168,7 +168,8 @@ class Blob:
     """An image stored inside a container (a tar member, a parquet row), read in place on demand.
 
     ``name`` names it in every message (``<container>::<member>``); ``stamp`` identifies its
-    bytes for caches the way (size, mtime) identifies a file's.
+    bytes for caches the way (size, mtime) identifies a file's, and sorts in storage order
+    (container fingerprint, then position), so reads sorted by it go through each container once.
     """
 
     name: str

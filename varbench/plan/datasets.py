@@ -242,6 +242,15 @@ class ValidationReport:
     problems: list[str]
 
 
+def storage_order(listing: DatasetListing, todo: list[tuple[str, list]]) -> list[tuple[str, list]]:
+    """``(entry, stamp)`` pairs in the order to read them: a container's in storage order (its
+    stamps sort so), so each tar is read front to back and each parquet row group once, while it
+    is still in memory; files as listed. Results never depend on it: they are keyed by entry."""
+    if todo and isinstance(listing.path(todo[0][0]), Blob):
+        return sorted(todo, key=lambda t: t[1])
+    return todo
+
+
 def validate_files(
     listing: DatasetListing, files: Iterable[str], cache_dir: Path | None, workers: int = 4
 ) -> ValidationReport:
@@ -283,6 +292,7 @@ def validate_files(
             hashes[rel] = hit[-1]
         else:
             todo.append((rel, stamp))
+    todo = storage_order(listing, todo)
     if todo:
         with (
             policy_warnings_silenced(),

@@ -10,9 +10,11 @@ The first read of any row of a group reads that chunk once (under a per-group lo
 never read a group twice), keeps those of its rows a run may read (the top ``2 x n_per_class``
 of each class in selection order: references, then as many held out) in one cache file per
 group (under the shard's fingerprint and the column), and serves later reads, in this process
-and the next, from those files. So a manifest reads only the row groups holding chosen rows
-(with rows in random class order, as Hugging Face's ImageNet validation split has them, that is
-nearly all of them), and memory is one row group per reading thread.
+and the next, from those files. The last few groups read stay in memory, so reads in storage
+order (as validation makes them: ``Blob.stamp`` sorts so) take each group's rows from there. So
+a manifest reads only the row groups holding chosen rows (with rows in random class order, as
+Hugging Face's ImageNet validation split has them, that is nearly all of them), each once, and
+memory is a few row groups.
 
 Rows without a file name (a binary column, or an Image struct whose ``path`` is empty) are named
 ``<class>/<shard stem>-<row:08d><ext>``: such names cannot match a folder tree of the same
@@ -30,6 +32,7 @@ import re
 import struct
 import threading
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,7 @@ _SPLIT = re.compile(r"^(?P<split>.+?)-\d+-of-\d+$")  # HF shard names: validatio
 _SHARD_FIX = "fix: download the shard again (compare its size with the source's)"
 _MAGIC = b"varbench parquet rows 1\n"  # a row group's kept rows in the cache
 _ROW_BITS = 40  # an entry's location packed in one int: shard << 40 | row within the shard
+_RECENT_GROUPS = 4  # row groups kept in memory after their read (about 11 MB each for ImageNet)
 
 READS: dict[str, int] = {"row_groups": 0, "bytes": 0}  # image chunks read (tests, benchmarks)
 _reads_lock = threading.Lock()
@@ -225,6 +229,8 @@ class Shards:
         self.cache = Path(cache_dir) / "parquet" if cache_dir is not None else None
         self._locks: dict[tuple[int, int], threading.Lock] = {}
         self._indexes: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}  # kept rows
+        self._paths: dict[tuple[int, int], Path] = {}
+        self._recent: OrderedDict[tuple[int, int], Any] = OrderedDict()  # group -> its column
         self._locks_lock = threading.Lock()
 
     def add_shard(self, meta) -> None:
@@ -259,19 +265,31 @@ class Shards:
         """One row group's kept rows (by the shard's content and the column: it names the image)."""
         if self.cache is None:
             return None
-        column = quote(self.leaf, safe="")
-        return self.cache / self.fingerprints[shard][:32] / column / f"rg{rg:06d}.rows"
+        path = self._paths.get((shard, rg))
+        if path is None:
+            column = quote(self.leaf, safe="")
+            path = self.cache / self.fingerprints[shard][:32] / column / f"rg{rg:06d}.rows"
+            self._paths[(shard, rg)] = path
+        return path
 
     def read(self, shard: int, rg: int, i: int, row: int) -> bytes:
-        """One row's image bytes: from the cache, else from its row group (read once)."""
-        data = self._from_cache(shard, rg, row)
+        """One row's image bytes: from a group read lately, the cache, else its row group."""
+        data = self._from_recent(shard, rg, i)
+        if data is None:
+            data = self._from_cache(shard, rg, row)
         if data is None:
             with self._lock(shard, rg):
-                data = self._from_cache(shard, rg, row)  # another thread kept the group meanwhile
+                data = self._from_recent(shard, rg, i)  # another thread read the group meanwhile
+                if data is None:
+                    data = self._from_cache(shard, rg, row)
                 if data is None:
                     column = self.group(shard, rg)
                     self._keep(shard, rg, column)
-                    data = column[i].as_py()
+                    with self._locks_lock:
+                        self._recent[(shard, rg)] = column
+                        while len(self._recent) > _RECENT_GROUPS:
+                            self._recent.popitem(last=False)
+                    data = column[i].as_py() or b""
         if not data:
             raise OSError(
                 f"row {row} of {self.paths[shard]} has no image bytes (null or empty in column "
@@ -279,6 +297,11 @@ class Shards:
                 "dataset with the image bytes embedded, or download the shard again"
             )
         return data
+
+    def _from_recent(self, shard: int, rg: int, i: int) -> bytes | None:
+        with self._locks_lock:
+            column = self._recent.get((shard, rg))
+        return None if column is None else (column[i].as_py() or b"")
 
     def _from_cache(self, shard: int, rg: int, row: int) -> bytes | None:
         key = (shard, rg)
@@ -305,9 +328,9 @@ class Shards:
         if path is None or rows == old:  # no cache, or all kept already (a row it does not keep)
             return
         start = self.starts[shard][rg]
-        kept = [(r, v) for r in sorted(rows) if (v := column[r - start].as_py())]
-        if kept:
-            self._indexes[(shard, rg)] = _store_rows(path, kept)
+        idx, sizes, data = _nonempty(column, [r - start for r in sorted(rows)])
+        if idx:
+            self._indexes[(shard, rg)] = _store_rows(path, [i + start for i in idx], sizes, data)
 
     def group(self, shard: int, rg: int):
         """The image bytes of every row of one row group (that column chunk only), as an Arrow
@@ -318,10 +341,12 @@ class Shards:
         path = self.paths[shard]
         try:
             pf = pq.ParquetFile(path, memory_map=True)  # no copy into a read buffer: 30 % faster
-            table = pf.read_row_group(rg, columns=[self.leaf])
+            # one thread: validation's own threads read other groups
+            table = pf.read_row_group(rg, columns=[self.leaf], use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise OSError(f"cannot read row group {rg} of {path} ({exc}); {_SHARD_FIX}") from None
-        column = table.column(0).combine_chunks()
+        chunks = table.column(0)
+        column = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
         if "." in self.leaf:  # a struct read with one child
             column = _child(column, self.leaf)
         with _reads_lock:
@@ -365,7 +390,29 @@ def _read_index(path: Path | None) -> dict[int, tuple[int, int]] | None:
     return index if offset == size else None
 
 
-def _store_rows(path: Path, rows: list[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
+def _nonempty(column, idx: list[int]) -> tuple[list[int], list[int], list[memoryview]]:
+    """The rows ``idx`` of a binary column that hold bytes: their indices, sizes and bytes (views
+    into the column's buffer: no copy, no Python object per row until written)."""
+    import numpy as np
+    import pyarrow as pa
+
+    wide = pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type)
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64 if wide else np.int32)
+    at = np.asarray(idx, dtype=np.int64) + column.offset
+    starts, ends = offsets[at].tolist(), offsets[at + 1].tolist()
+    valid = [column[i].is_valid for i in idx] if column.null_count else [True] * len(idx)
+    data = memoryview(column.buffers()[2]) if column.buffers()[2] is not None else memoryview(b"")
+    kept = [
+        (i, e - s0, data[s0:e])
+        for i, s0, e, ok in zip(idx, starts, ends, valid, strict=True)
+        if ok and e > s0
+    ]
+    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+
+
+def _store_rows(
+    path: Path, rows: list[int], sizes: list[int], data: list[memoryview]
+) -> dict[int, tuple[int, int]]:
     """Write rows' bytes as one file (magic, count, (row, size) pairs, the bytes), atomically;
     return its index.
 
@@ -373,12 +420,12 @@ def _store_rows(path: Path, rows: list[tuple[int, bytes]]) -> dict[int, tuple[in
     short fails the size check of ``_read_index`` and is read again from the shard.
     """
     header = _MAGIC + struct.pack("<I", len(rows))
-    header += b"".join(struct.pack("<QQ", r, len(v)) for r, v in rows)
+    header += b"".join(struct.pack("<QQ", r, n) for r, n in zip(rows, sizes, strict=True))
     index, offset = {}, len(header)
-    for r, v in rows:
-        index[r] = (offset, len(v))
-        offset += len(v)
-    atomic_write_bytes(path, [header, *(v for _r, v in rows)], sync=False)
+    for r, n in zip(rows, sizes, strict=True):
+        index[r] = (offset, n)
+        offset += n
+    atomic_write_bytes(path, [header, *data], sync=False)
     return index
 
 
