@@ -342,3 +342,28 @@ def test_truncated_tar_gz_is_named(data, tmp_path):
     with pytest.raises(DatasetError, match="truncated or corrupt") as e:
         open_listing(DataSource(str(cut)), spec_for(), tmp_path)
     assert "gunzip" in str(e.value)
+
+
+def test_tar_links_read_their_targets(tmp_path):
+    """A tarred tree in which GNU tar stored repeated files as hard links (and one symbolic link)
+    lists every name, each read at its target's bytes, like the tree it was made from."""
+    tree = lb.folders(tmp_path / "tree")
+    files = sorted(p for p in tree.rglob("*") if p.is_file())
+    first, second, third = files[0], files[1], files[-1]
+    second.unlink()
+    second.hardlink_to(first)  # the tree as tar sees it: two names of one inode
+    third.unlink()
+    third.symlink_to(Path("..") / first.parent.name / first.name)
+    tar = tmp_path / "tree.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as tf:
+        tf.add(tree, arcname=".")
+    with tarfile.open(tar) as tf:  # the archive really holds links
+        kinds = {m.name.removeprefix("./"): m for m in tf.getmembers()}
+    rel = lambda p: p.relative_to(tree).as_posix()  # noqa: E731
+    assert kinds[rel(second)].islnk() and kinds[rel(third)].issym()
+    spec = spec_for()
+    folder = open_listing(DataSource(str(tree)), spec, tmp_path / "c")
+    listing = open_listing(DataSource(str(tar)), spec, tmp_path / "c")
+    assert listing.classes == folder.classes
+    for p in (first, second, third):
+        assert listing.path(rel(p)).read() == first.read_bytes()

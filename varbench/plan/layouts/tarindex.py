@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from varbench.core.files import Blob, atomic_write_json
 from varbench.core.progress import progress_bar
 from varbench.errors import DatasetError
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: links indexed at their targets
 _MIB = 1 << 20
 _FIX = "fix: download the archive again (compare its size and checksum with the release's)"
 
@@ -72,9 +73,14 @@ def fingerprint(path: Path) -> str:
 
 
 def _scan(path: Path) -> dict[str, tuple[int, int]]:
-    """Headers only: (offset, size) of every regular file member, checked against the file size."""
+    """Headers only: (offset, size) of every regular file member, checked against the file size.
+
+    A hard or symbolic link to a regular member (GNU tar stores a second copy of an inode as a
+    hard link) is indexed at its target's bytes.
+    """
     size = path.stat().st_size
     members: dict[str, tuple[int, int]] = {}
+    links: dict[str, str] = {}  # link member -> the member it names
     duplicates: list[str] = []
     try:
         with (
@@ -87,6 +93,13 @@ def _scan(path: Path) -> dict[str, tuple[int, int]]:
                 if info is None:
                     break
                 tf.members.clear()  # keep memory flat: the index is ours, not tarfile's list
+                if info.islnk() or info.issym():
+                    name = info.name.removeprefix("./")
+                    target = info.linkname.removeprefix("./")
+                    if info.issym():  # relative to the link's folder
+                        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+                    links[name] = target
+                    continue
                 if not info.isfile():
                     continue
                 end = info.offset_data + info.size
@@ -105,6 +118,15 @@ def _scan(path: Path) -> dict[str, tuple[int, int]]:
     except tarfile.TarError as exc:
         raise DatasetError(str(path), [f"{path} is not a readable tar ({exc}); {_FIX}"]) from None
     _check_end(path, end_at, size)
+    for name, target in links.items():
+        for _hop in range(8):  # a link to a link (bounded: a cycle names nothing)
+            if target not in links:
+                break
+            target = links[target]
+        if target in members:
+            if name in members:
+                duplicates.append(name)
+            members[name] = members[target]
     if duplicates:
         raise DatasetError(str(path), [
             f"{path} holds {len(duplicates)} member name(s) twice (e.g. {duplicates[0]!r}); which "
