@@ -147,6 +147,7 @@ def test_reads_only_row_groups_holding_chosen_rows(tmp_path, monkeypatch):
     listing = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
     assert P.READS == before  # listing reads no image bytes
     build_manifest(spec, listing, tmp_path / "c")
+    P.flush()  # the cache writer's thread is done
     meta = pq.ParquetFile(paths[0]).metadata
     image_bytes = sum(P._chunk_bytes(meta, rg, "image.bytes") for rg in (0, 1))
     assert P.READS["row_groups"] - before["row_groups"] == 2
@@ -167,6 +168,7 @@ def test_reads_only_row_groups_holding_chosen_rows(tmp_path, monkeypatch):
     name = next(n for n in third.files if third.files[n].stamp[1:] == (0, 0))
     assert third.path(name).read() == again.path(name).read()
     assert P.READS["row_groups"] - before["row_groups"] == 1
+    P.flush()
     assert sorted(P._read_index(kept[0])) == [0, 1, 2, 3]
     # a row no run reads is served from its row group (read once: the group stays in memory
     # for the next reads) and not kept
@@ -174,6 +176,7 @@ def test_reads_only_row_groups_holding_chosen_rows(tmp_path, monkeypatch):
     before = dict(P.READS)
     assert third.path(other).read() == third.path(other).read()
     assert P.READS["row_groups"] - before["row_groups"] == 1
+    P.flush()
     assert len(list((tmp_path / "c" / "parquet").rglob("*.rows"))) == 2
     # with no group kept in memory, each read of it reads its group
     monkeypatch.setattr(P, "_RECENT_GROUPS", 0)

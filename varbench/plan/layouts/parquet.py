@@ -31,9 +31,11 @@ import os
 import re
 import struct
 import threading
+import warnings
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +68,54 @@ _SHARD_FIX = "fix: download the shard again (compare its size with the source's)
 _MAGIC = b"varbench parquet rows 1\n"  # a row group's kept rows in the cache
 _ROW_BITS = 40  # an entry's location packed in one int: shard << 40 | row within the shard
 _RECENT_GROUPS = 4  # row groups kept in memory after their read (about 11 MB each for ImageNet)
+_PENDING_WRITES = 4  # row groups' kept rows waiting for the cache writer (views: no copies)
 
 READS: dict[str, int] = {"row_groups": 0, "bytes": 0}  # image chunks read (tests, benchmarks)
 _reads_lock = threading.Lock()
+
+
+class _Writer:
+    """Writes row groups' kept rows to the cache on one background thread, so the next group's
+    read goes on meanwhile (a write into the page cache costs about half a read). At most
+    ``_PENDING_WRITES`` wait; a failed write is a warning (the rows are read from the shard
+    again), and ``flush`` waits for all of them."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(_PENDING_WRITES)
+        self._lock = threading.Lock()
+        self._futures: set[Future] = set()
+
+    def submit(self, fn, *args) -> None:
+        self._slots.acquire()
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="varbench-parquet-cache")
+            future = self._pool.submit(fn, *args)
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future) -> None:
+        with self._lock:
+            self._futures.discard(future)
+        self._slots.release()
+        exc = future.exception()
+        if exc is not None:
+            warnings.warn(f"parquet row cache not written ({exc}); rows are read from the shard "
+                          "again", stacklevel=1)  # fmt: skip
+
+    def flush(self) -> None:
+        with self._lock:
+            pending = list(self._futures)
+        wait(pending)
+
+
+_WRITER = _Writer()
+
+
+def flush() -> None:
+    """Wait until every kept row group is in the cache (tests, benchmarks: the writes count)."""
+    _WRITER.flush()
 
 
 def shards_of(data: str) -> list[Path]:
@@ -330,7 +377,10 @@ class Shards:
         start = self.starts[shard][rg]
         idx, sizes, data = _nonempty(column, [r - start for r in sorted(rows)])
         if idx:
-            self._indexes[(shard, rg)] = _store_rows(path, [i + start for i in idx], sizes, data)
+            _WRITER.submit(self._store, (shard, rg), path, [i + start for i in idx], sizes, data)
+
+    def _store(self, key: tuple[int, int], path: Path, rows: list[int], sizes, data) -> None:
+        self._indexes[key] = _store_rows(path, rows, sizes, data)
 
     def group(self, shard: int, rg: int):
         """The image bytes of every row of one row group (that column chunk only), as an Arrow
