@@ -151,6 +151,30 @@ def test_webdataset_duplicate_keys(data, tmp_path):
         open_listing(DataSource(str(twin / "s-{0..1}.tar")), spec_for(), tmp_path)
 
 
+def test_webdataset_labels_are_read_once_per_shard_version(tmp_path, monkeypatch):
+    from varbench.plan.layouts import webdataset as W
+
+    shards = lb.webdataset(tmp_path / "wds")
+    reads: list[str] = []
+    real = W._read_small
+    monkeypatch.setattr(W, "_read_small", lambda index, m: reads.append(m) or real(index, m))
+    first = open_listing(DataSource(shards), spec_for(), tmp_path / "c")
+    n_small = len(reads)
+    n0, n1 = len(lb.images()[0::2]), len(lb.images()[1::2])
+    assert n_small == 2 * n0 + n1  # .cls each, and .json in the first shard
+    again = open_listing(DataSource(shards), spec_for(), tmp_path / "c")
+    assert len(reads) == n_small and again.classes == first.classes  # from the cache
+    # a shard written again with other labels is read again
+    with tarfile.open(expand(shards)[1], "w") as tf:
+        for name, _wnid, data in lb.images()[1::2]:
+            key = name.rsplit(".", 1)[0]
+            lb.add(tf, f"{key}.JPEG", data)
+            lb.add(tf, f"{key}.cls", b"7")
+    changed = open_listing(DataSource(shards), spec_for(), tmp_path / "c")
+    assert len(reads) == n_small + n1  # the changed shard's .cls only
+    assert len(changed.classes[lb.imagenet_wnids()[7]]) == n1
+
+
 def test_webdataset_label_out_of_range(tmp_path):
     with tarfile.open(tmp_path / "s-0.tar", "w") as tf:
         lb.add(tf, "a.jpg", lb.images()[0][2])

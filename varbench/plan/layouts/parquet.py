@@ -9,7 +9,8 @@ Bytes live in row groups: reading one row means reading its row group's image co
 The first read of any row of a group reads that chunk once (under a per-group lock, so threads
 never read a group twice), keeps those of its rows a run may read (the top ``2 x n_per_class``
 of each class in selection order: references, then as many held out) in one cache file per
-group (under the shard's fingerprint and the column), and serves later reads, in this process
+group (under the shard's fingerprint and the column; written by a background thread while the
+next group is read), and serves later reads, in this process
 and the next, from those files. The last few groups read stay in memory, so reads in storage
 order (as validation makes them: ``Blob.stamp`` sorts so) take each group's rows from there. So
 a manifest reads only the row groups holding chosen rows (with rows in random class order, as
