@@ -149,3 +149,13 @@ def test_dataset_error_lists_every_problem(tmp_path):
     with pytest.raises(DatasetError) as exc:
         build_manifest(spec, list_dataset(data, "imagefolder"), None)
     assert len(exc.value.problems) == 2
+
+
+def test_dataset_error_shows_the_first_problems_and_keeps_all():
+    from varbench.errors import DatasetError
+
+    err = DatasetError("/data", [f"class c{i} has 3 image(s)" for i in range(100)])
+    text = str(err)
+    assert "has 100 problem(s)" in text and "c39 has" in text and "c40 has" not in text
+    assert text.endswith(f"... and {100 - DatasetError.SHOWN} more")
+    assert len(err.problems) == 100

@@ -365,3 +365,23 @@ def test_kept_rows_are_the_rows_bytes(kind):
         assert kept == [i for i, _v in expect]
         assert [bytes(v) for v in views] == [v for _i, v in expect]
         assert sizes == [len(v) for _i, v in expect]
+
+
+def test_a_damaged_row_group_is_one_problem_with_a_count(tmp_path):
+    """Every row of a row group that cannot be read fails for one reason: one line names the
+    group and the fix, with the count of entries, rather than one line per row."""
+    (path,) = write_shards(tmp_path / "d", chosen_first(rows(), 1), n_shards=1)
+    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    assert column.path_in_schema == "image.bytes"
+    start = column.dictionary_page_offset or column.data_page_offset
+    with open(path, "r+b") as f:  # the group's image chunk overwritten past its page header
+        f.seek(start + 64)
+        f.write(b"\xff" * (column.total_compressed_size - 128))
+    spec = folder_spec(1)
+    listing = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
+    with pytest.raises(DatasetError) as err:
+        build_manifest(spec, listing, tmp_path / "c")
+    lines = [p for p in err.value.problems if "row group 0" in p]
+    assert len(lines) == 1, err.value.problems
+    assert "(and 3 more entries with the same problem)" in lines[0]
+    assert lines[0].count("fix:") == 1 and "download the shard again" in lines[0]

@@ -14,12 +14,16 @@ class UsageError(VarbenchError):
 
 
 class DatasetError(VarbenchError):
-    """The dataset on disk does not fit the protocol (all problems listed at once)."""
+    """The dataset on disk does not fit the protocol (all problems found at once)."""
+
+    SHOWN = 40  # problems in the message: a wrong folder can give one per class
 
     def __init__(self, root: str, problems: list[str], outcome: str = "nothing was generated"):
         self.root = root
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
+        self.problems = list(problems)  # all of them; the message shows the first SHOWN
+        lines = "\n".join(f"  - {p}" for p in self.problems[: self.SHOWN])
+        if len(self.problems) > self.SHOWN:
+            lines += f"\n  ... and {len(self.problems) - self.SHOWN} more"
         super().__init__(f"dataset {root} has {len(self.problems)} problem(s); {outcome}:\n{lines}")
 
 

@@ -97,7 +97,8 @@ def _open_problem(path: ImageSource, exc: Exception) -> str:
         )
     if isinstance(exc, OSError) and not isinstance(exc, UnidentifiedImageError):
         if isinstance(path, Blob):
-            return f"unreadable entry {path}: {exc}; fix: repair or re-download the archive"
+            fix = "" if "fix:" in str(exc) else "; fix: repair or re-download the archive"
+            return f"unreadable entry {path}: {exc}{fix}"
         return os_problem(path, exc)
     return (
         f"not a decodable image {path}: PIL cannot identify it (wrong extension, a format such as "
@@ -142,10 +143,8 @@ def _entry_bytes(src: Blob) -> bytes:
     try:
         data = src.read()
     except Exception as exc:  # noqa: BLE001 - a container read failure names the entry
-        raise ImageRejected(
-            f"unreadable entry {src}: {type(exc).__name__}: {exc}; "
-            "fix: repair or re-download the archive"
-        ) from exc
+        fix = "" if "fix:" in str(exc) else "; fix: repair or re-download the archive"
+        raise ImageRejected(f"unreadable entry {src}: {type(exc).__name__}: {exc}{fix}") from exc
     if not data:
         raise ImageRejected(f"empty entry (0 bytes) {src}; fix: repair or re-download the archive")
     return data

@@ -293,6 +293,7 @@ def validate_files(
         else:
             todo.append((rel, stamp))
     todo = storage_order(listing, todo)
+    same: dict[str, list[str]] = {}  # a read failure with its entry's name taken out -> those
     if todo:
         with (
             policy_warnings_silenced(),
@@ -303,11 +304,19 @@ def validate_files(
                 todo, pool.map(lambda t: check_image_file(listing.path(t[0])), todo), strict=True
             ):
                 advance(1)
-                if problem:
+                if problem and problem.startswith("unreadable entry"):  # the container's
+                    key = problem.replace(str(listing.path(rel)), "\0")  # fault, not the image's
+                    same.setdefault(key, []).append(problem)
+                elif problem:
                     problems.append(problem)
                 else:
                     hashes[rel] = digest
                     cache[rel] = [*stamp, digest]
         if cache_path is not None:
             atomic_write_json(cache_path, cache)
+    for group in same.values():  # one damaged row group or shard: one line, with a count
+        more = (
+            f" (and {len(group) - 1} more entries with the same problem)" if len(group) > 1 else ""
+        )
+        problems.append(min(group) + more)
     return ValidationReport(pixel_hashes=hashes, problems=sorted(problems))
