@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -385,3 +387,30 @@ def test_a_damaged_row_group_is_one_problem_with_a_count(tmp_path):
     assert len(lines) == 1, err.value.problems
     assert "(and 3 more entries with the same problem)" in lines[0]
     assert lines[0].count("fix:") == 1 and "download the shard again" in lines[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_cache_writes_work_in_a_forked_child(tmp_path):
+    """A data loader's forked worker reads rows whose groups were not kept yet: its writes run
+    (the parent's writer thread does not exist in the child)."""
+    write_shards(tmp_path / "d", chosen_first(rows(), 1), n_shards=1)
+    spec = folder_spec(1)
+    listing = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
+    names = list(listing.files)
+    listing.path(names[0]).read()  # the parent's writer thread exists now
+    P.flush()
+    kept = set((tmp_path / "c" / "parquet").rglob("*.rows"))
+    _FORKED["listing"], _FORKED["names"] = listing, names  # inherited by the child, not pickled
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        sizes = pool.apply_async(_read_all_and_flush).get(timeout=60)
+    assert sizes == [len(listing.path(n).read()) for n in names]
+    assert set((tmp_path / "c" / "parquet").rglob("*.rows")) > kept  # the child's writes
+
+
+_FORKED: dict = {}
+
+
+def _read_all_and_flush() -> list[int]:
+    out = [len(_FORKED["listing"].path(n).read()) for n in _FORKED["names"]]
+    P.flush()
+    return out

@@ -82,12 +82,20 @@ class _Writer:
     again), and ``flush`` waits for all of them."""
 
     def __init__(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        """A fresh state; again in a forked child (a data loader's worker), whose copy of the
+        parent's thread does not run."""
+        self._pid = os.getpid()
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(_PENDING_WRITES)
         self._lock = threading.Lock()
         self._futures: set[Future] = set()
 
     def submit(self, fn, *args) -> None:
+        if self._pid != os.getpid():
+            self._start()
         self._slots.acquire()
         with self._lock:
             if self._pool is None:
@@ -106,6 +114,8 @@ class _Writer:
                           "again", stacklevel=1)  # fmt: skip
 
     def flush(self) -> None:
+        if self._pid != os.getpid():
+            self._start()
         with self._lock:
             pending = list(self._futures)
         wait(pending)
