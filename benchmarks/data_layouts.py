@@ -252,7 +252,7 @@ def parquet_work(data: str, cache: str, n_classes: int) -> dict:
 
     _os.environ["VARBENCH_NO_PROGRESS"] = "1"
     from varbench.plan.datasets import storage_order
-    from varbench.plan.layouts import parquet
+    from varbench.plan.layouts import parquet, rowgroups
     from varbench.plan.layouts.base import DataSource
     from varbench.plan.manifest import _ranked
     from varbench.plan.protocol import load_protocol
@@ -272,7 +272,7 @@ def parquet_work(data: str, cache: str, n_classes: int) -> dict:
     with ThreadPoolExecutor(4) as pool:
         # sizes only, as validation keeps hashes only: no entry outlives its reading thread
         n_bytes = sum(pool.map(lambda f: len(listing.path(f).read()), todo))
-    parquet.flush()  # the cache writes are part of the work
+    rowgroups.flush()  # the cache writes are part of the work
     t_read, io2 = time.perf_counter() - t, _io_bytes()
     files = sum(Path(p).stat().st_size for p in listing.origin["shards"])
     groups = 0
@@ -285,9 +285,9 @@ def parquet_work(data: str, cache: str, n_classes: int) -> dict:
         "read_chosen_s": t_read,
         "entries_read": len(todo),
         "entry_bytes": n_bytes,
-        "row_groups_read": parquet.READS["row_groups"],
+        "row_groups_read": rowgroups.READS["row_groups"],
         "row_groups": groups,
-        "bytes_read_fraction": parquet.READS["bytes"] / files,
+        "bytes_read_fraction": rowgroups.READS["bytes"] / files,
         "file_bytes": files,
         # read()/pread() bytes, page cache included: listing (labels, file names, the shards'
         # fingerprints: 2 MiB each) and reading the chosen entries (row groups, then the cache)

@@ -21,6 +21,7 @@ from varbench.core.files import Blob, read_rgb
 from varbench.errors import DatasetError
 from varbench.plan.datasets import imagenet_labels, list_dataset
 from varbench.plan.layouts import parquet as P
+from varbench.plan.layouts import rowgroups as R
 from varbench.plan.layouts.base import DataSource, imagenet_wnids
 from varbench.plan.manifest import _ranked, build_manifest
 from varbench.plan.protocol import load_protocol
@@ -145,47 +146,47 @@ def test_reads_only_row_groups_holding_chosen_rows(tmp_path, monkeypatch):
     n = 1  # a run reads the top 2 of each class: 6 rows, the first 2 row groups of 6
     paths = write_shards(tmp_path / "d", chosen_first(rows(), n))
     spec = folder_spec(n)
-    before = dict(P.READS)
+    before = dict(R.READS)
     listing = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
-    assert P.READS == before  # listing reads no image bytes
+    assert R.READS == before  # listing reads no image bytes
     build_manifest(spec, listing, tmp_path / "c")
-    P.flush()  # the cache writer's thread is done
+    R.flush()  # the cache writer's thread is done
     meta = pq.ParquetFile(paths[0]).metadata
-    image_bytes = sum(P._chunk_bytes(meta, rg, "image.bytes") for rg in (0, 1))
-    assert P.READS["row_groups"] - before["row_groups"] == 2
-    assert P.READS["bytes"] - before["bytes"] == image_bytes
+    image_bytes = sum(R._chunk_bytes(meta, rg, "image.bytes") for rg in (0, 1))
+    assert R.READS["row_groups"] - before["row_groups"] == 2
+    assert R.READS["bytes"] - before["bytes"] == image_bytes
     kept = sorted((tmp_path / "c" / "parquet").rglob("*.rows"))
     assert [p.name for p in kept] == ["rg000000.rows", "rg000001.rows"]
-    assert sorted(P._read_index(kept[0])) == [0, 1, 2, 3]
+    assert sorted(R._read_index(kept[0])) == [0, 1, 2, 3]
     # a fresh listing (the run after the manifest) serves the chosen rows from the cache
     again = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
-    before = dict(P.READS)
+    before = dict(R.READS)
     for cls in again.classes:
         for name in _ranked(again.classes[cls], cls, 0)[:2]:
             again.path(name).read()
-    assert P.READS == before
+    assert R.READS == before
     # a cache file cut short (a crash before its data reached disk) is read from the shard again
     kept[0].write_bytes(kept[0].read_bytes()[:-10])
     third = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
     name = next(n for n in third.files if third.files[n].stamp[1:] == (0, 0))
     assert third.path(name).read() == again.path(name).read()
-    assert P.READS["row_groups"] - before["row_groups"] == 1
-    P.flush()
-    assert sorted(P._read_index(kept[0])) == [0, 1, 2, 3]
+    assert R.READS["row_groups"] - before["row_groups"] == 1
+    R.flush()
+    assert sorted(R._read_index(kept[0])) == [0, 1, 2, 3]
     # a row no run reads is served from its row group (read once: the group stays in memory
     # for the next reads) and not kept
     other = next(n for n in third.files if third.files[n].stamp[1:] == (2, 8))
-    before = dict(P.READS)
+    before = dict(R.READS)
     assert third.path(other).read() == third.path(other).read()
-    assert P.READS["row_groups"] - before["row_groups"] == 1
-    P.flush()
+    assert R.READS["row_groups"] - before["row_groups"] == 1
+    R.flush()
     assert len(list((tmp_path / "c" / "parquet").rglob("*.rows"))) == 2
     # with no group kept in memory, each read of it reads its group
-    monkeypatch.setattr(P, "_RECENT_GROUPS", 0)
+    monkeypatch.setattr(R, "_RECENT_GROUPS", 0)
     fourth = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
-    before = dict(P.READS)
+    before = dict(R.READS)
     assert fourth.path(other).read() == fourth.path(other).read() == third.path(other).read()
-    assert P.READS["row_groups"] - before["row_groups"] == 2
+    assert R.READS["row_groups"] - before["row_groups"] == 2
 
 
 def test_threads_read_a_row_group_once(tmp_path):
@@ -195,7 +196,7 @@ def test_threads_read_a_row_group_once(tmp_path):
         n for n in listing.files if listing.files[n].stamp[1:] in {(0, r) for r in range(4)}
     ]
     assert len(first_group) == 4
-    before = P.READS["row_groups"]
+    before = R.READS["row_groups"]
     start = threading.Barrier(4)
 
     def read(name):
@@ -204,7 +205,7 @@ def test_threads_read_a_row_group_once(tmp_path):
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(read, first_group))
-    assert P.READS["row_groups"] - before == 1
+    assert R.READS["row_groups"] - before == 1
 
 
 def test_imagenet_labels_and_names(tmp_path):
@@ -360,9 +361,9 @@ def test_kept_rows_are_the_rows_bytes(kind):
         [pa.array(values, type=kind)], names=["bytes"], mask=pa.array(gone)
     ).slice(5, 50)
     struct_values = [None if g else v for v, g in zip(values, gone, strict=True)]
-    for col, vals in ((column, values), (P._child(image, "image.bytes"), struct_values)):
+    for col, vals in ((column, values), (R.child(image, "image.bytes"), struct_values)):
         idx = sorted(rng.choice(50, size=30, replace=False).tolist())
-        kept, sizes, views = P._nonempty(col, idx)
+        kept, sizes, views = R._nonempty(col, idx)
         expect = [(i, vals[5 + i]) for i in idx if vals[5 + i]]
         assert kept == [i for i, _v in expect]
         assert [bytes(v) for v in views] == [v for _i, v in expect]
@@ -398,7 +399,7 @@ def test_cache_writes_work_in_a_forked_child(tmp_path):
     listing = P.PARQUET.listing(DataSource(str(tmp_path / "d")), spec, tmp_path / "c")
     names = list(listing.files)
     listing.path(names[0]).read()  # the parent's writer thread exists now
-    P.flush()
+    R.flush()
     kept = set((tmp_path / "c" / "parquet").rglob("*.rows"))
     _FORKED["listing"], _FORKED["names"] = listing, names  # inherited by the child, not pickled
     with multiprocessing.get_context("fork").Pool(1) as pool:
@@ -412,5 +413,5 @@ _FORKED: dict = {}
 
 def _read_all_and_flush() -> list[int]:
     out = [len(_FORKED["listing"].path(n).read()) for n in _FORKED["names"]]
-    P.flush()
+    R.flush()
     return out
