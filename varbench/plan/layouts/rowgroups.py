@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from varbench.core.files import Blob, atomic_write_bytes
@@ -114,8 +113,9 @@ class Shards:
         self._locks: dict[tuple[int, int], threading.Lock] = {}
         self._indexes: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}  # kept rows
         self._paths: dict[tuple[int, int], Path] = {}
-        self._recent: OrderedDict[tuple[int, int], Any] = OrderedDict()  # group -> its column
+        self._recent: OrderedDict[tuple[int, int], _Rows] = OrderedDict()  # groups read lately
         self._locks_lock = threading.Lock()
+        self._files = threading.local()  # per thread: shard -> its open ParquetFile
 
     def add_shard(self, meta) -> None:
         starts, row = [], 0
@@ -167,13 +167,13 @@ class Shards:
                 if data is None:
                     data = self._from_cache(shard, rg, row)
                 if data is None:
-                    column = self.group(shard, rg)
-                    self._keep(shard, rg, column)
+                    rows = _Rows(self.group(shard, rg))
+                    self._keep(shard, rg, rows)
                     with self._locks_lock:
-                        self._recent[(shard, rg)] = column
+                        self._recent[(shard, rg)] = rows
                         while len(self._recent) > _RECENT_GROUPS:
                             self._recent.popitem(last=False)
-                    data = column[i].as_py() or b""
+                    data = rows.row(i)
         if not data:
             raise OSError(
                 f"row {row} of {self.paths[shard]} has no image bytes (null or empty in column "
@@ -184,8 +184,8 @@ class Shards:
 
     def _from_recent(self, shard: int, rg: int, i: int) -> bytes | None:
         with self._locks_lock:
-            column = self._recent.get((shard, rg))
-        return None if column is None else (column[i].as_py() or b"")
+            rows = self._recent.get((shard, rg))
+        return None if rows is None else rows.row(i)
 
     def _from_cache(self, shard: int, rg: int, row: int) -> bytes | None:
         key = (shard, rg)
@@ -205,14 +205,14 @@ class Shards:
             return None
         return data if len(data) == size else None
 
-    def _keep(self, shard: int, rg: int, column) -> None:
+    def _keep(self, shard: int, rg: int, group: _Rows) -> None:
         """Store the group's wanted rows (and those a file of an earlier run kept) in one file."""
         path, old = self.cached(shard, rg), set(self._indexes.get((shard, rg)) or ())
         rows = self.wanted.get((shard, rg), set()) | old
         if path is None or rows == old:  # no cache, or all kept already (a row it does not keep)
             return
         start = self.starts[shard][rg]
-        idx, sizes, data = _nonempty(column, [r - start for r in sorted(rows)])
+        idx, sizes, data = group.spans([r - start for r in sorted(rows)])
         if idx:
             _WRITER.submit(self._store, (shard, rg), path, [i + start for i in idx], sizes, data)
 
@@ -223,11 +223,10 @@ class Shards:
         """The image bytes of every row of one row group (that column chunk only), as an Arrow
         array: only the rows asked for become Python bytes."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         path = self.paths[shard]
         try:
-            pf = pq.ParquetFile(path, memory_map=True)  # no copy into a read buffer: 30 % faster
+            pf = self._file(shard)
             # one thread: validation's own threads read other groups
             table = pf.read_row_group(rg, columns=[self.leaf], use_threads=False)
         except (pa.ArrowException, OSError) as exc:
@@ -240,6 +239,20 @@ class Shards:
             READS["row_groups"] += 1
             READS["bytes"] += _chunk_bytes(pf.metadata, rg, self.leaf)
         return column
+
+    def _file(self, shard: int):
+        """This thread's open ``ParquetFile`` of a shard (opening one costs about 1 ms; a reader
+        is not shared between threads), memory-mapped: no copy into a read buffer."""
+        import pyarrow.parquet as pq
+
+        files = getattr(self._files, "by_shard", None)
+        if files is None or self._files.pid != os.getpid():  # a forked child opens its own
+            files = self._files.by_shard = {}
+            self._files.pid = os.getpid()
+        pf = files.get(shard)
+        if pf is None:
+            pf = files[shard] = pq.ParquetFile(self.paths[shard], memory_map=True)
+        return pf
 
     def _lock(self, shard: int, rg: int) -> threading.Lock:
         with self._locks_lock:
@@ -277,24 +290,41 @@ def _read_index(path: Path | None) -> dict[int, tuple[int, int]] | None:
     return index if offset == size else None
 
 
-def _nonempty(column, idx: list[int]) -> tuple[list[int], list[int], list[memoryview]]:
-    """The rows ``idx`` of a binary column that hold bytes: their indices, sizes and bytes (views
-    into the column's buffer: no copy, no Python object per row until written)."""
-    import numpy as np
-    import pyarrow as pa
+class _Rows:
+    """A row group's binary column as spans of one buffer: a row's bytes are one slice (no Arrow
+    scalar per row), b"" when null."""
 
-    wide = pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type)
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64 if wide else np.int32)
-    at = np.asarray(idx, dtype=np.int64) + column.offset
-    starts, ends = offsets[at].tolist(), offsets[at + 1].tolist()
-    valid = [column[i].is_valid for i in idx] if column.null_count else [True] * len(idx)
-    data = memoryview(column.buffers()[2]) if column.buffers()[2] is not None else memoryview(b"")
-    kept = [
-        (i, e - s0, data[s0:e])
-        for i, s0, e, ok in zip(idx, starts, ends, valid, strict=True)
-        if ok and e > s0
-    ]
-    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+    def __init__(self, column):
+        import numpy as np
+        import pyarrow as pa
+
+        wide = pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type)
+        n, at = len(column), column.offset
+        offsets = np.frombuffer(column.buffers()[1], dtype=np.int64 if wide else np.int32)
+        starts, ends = offsets[at : at + n].copy(), offsets[at + 1 : at + n + 1].copy()
+        if column.null_count:
+            nulls = column.is_null().to_numpy(zero_copy_only=False)
+            ends[nulls] = starts[nulls]
+        self.starts, self.ends = starts.tolist(), ends.tolist()
+        buffer = column.buffers()[2]
+        self.data = memoryview(buffer) if buffer is not None else memoryview(b"")
+
+    def row(self, i: int) -> bytes:
+        return bytes(self.data[self.starts[i] : self.ends[i]])
+
+    def spans(self, idx: list[int]) -> tuple[list[int], list[int], list[memoryview]]:
+        """The rows ``idx`` that hold bytes: their indices, sizes and bytes (views: no copy)."""
+        kept = [i for i in idx if self.ends[i] > self.starts[i]]
+        return (
+            kept,
+            [self.ends[i] - self.starts[i] for i in kept],
+            [self.data[self.starts[i] : self.ends[i]] for i in kept],
+        )
+
+
+def _nonempty(column, idx: list[int]) -> tuple[list[int], list[int], list[memoryview]]:
+    """The rows ``idx`` of a binary column that hold bytes: indices, sizes and views."""
+    return _Rows(column).spans(idx)
 
 
 def _store_rows(
