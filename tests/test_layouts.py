@@ -238,6 +238,16 @@ def test_runs_from_every_container_are_the_same_run(data, tmp_path):
         for key in ("fid", "precision", "recall"):
             assert row[key] == ref[key], (name, key)
         assert json.loads(row["data_source"])["container"] in name
+    # reports and studies show a container run's references: the entry's bytes as a file
+    from varbench.runs.views import load_runs
+
+    tree = Path(data["class folders"].data)
+    for name in ("tar", "parquet", "webdataset"):
+        (view,) = load_runs(tmp_path / name.replace(" ", "_"))
+        refs = [r for c in view.manifest["classes"] for r in c["references"]]
+        for rel in refs:
+            shown = view.data_path(rel)
+            assert shown is not None and shown.read_bytes() == (tree / rel).read_bytes(), rel
 
 
 def test_oracle_export_and_manifest_cli_from_a_tar(data, tmp_path):

@@ -363,7 +363,7 @@ def test_kept_rows_are_the_rows_bytes(kind):
     struct_values = [None if g else v for v, g in zip(values, gone, strict=True)]
     for col, vals in ((column, values), (R.child(image, "image.bytes"), struct_values)):
         idx = sorted(rng.choice(50, size=30, replace=False).tolist())
-        kept, sizes, views = R._nonempty(col, idx)
+        kept, sizes, views = R._Rows(col).spans(idx)
         expect = [(i, vals[5 + i]) for i in idx if vals[5 + i]]
         assert kept == [i for i, _v in expect]
         assert [bytes(v) for v in views] == [v for _i, v in expect]

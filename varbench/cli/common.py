@@ -74,9 +74,4 @@ def data_source(data, labels, sets: dict[str, str]):
         if labels is not None or typed:
             raise UsageError("--labels and --set data_*=... describe --data: give --data too")
         return None
-    return DataSource(
-        data=str(data),
-        labels=str(labels) if labels is not None else None,
-        image_column=typed.get("data_image_column"),
-        label_column=typed.get("data_label_column"),
-    )
+    return DataSource.with_options(data, str(labels) if labels is not None else None, typed)

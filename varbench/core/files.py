@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import json
 import logging
 import os
@@ -158,6 +160,16 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def keep_bytes(folder: str | os.PathLike, data: bytes, suffix: str, sync: bool = True) -> Path:
+    """``data`` stored under its sha256 in ``folder`` (``ab/<32 hex digits><suffix>``), written
+    only if absent: a content-addressed cache of container entries."""
+    digest = hashlib.sha256(data).hexdigest()
+    path = Path(folder) / digest[:2] / (digest[:32] + suffix)
+    if not path.is_file():
+        atomic_write_bytes(path, data, sync=sync)
+    return path
+
+
 def atomic_write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write an HxWx3 uint8 image as PNG atomically."""
     atomic_write_bytes(path, png_bytes(image))
@@ -186,8 +198,6 @@ ImageSource = str | os.PathLike | Blob
 def open_image(src: ImageSource) -> Image.Image:
     """``Image.open`` of a file, or of a container entry's bytes (decoded identically)."""
     if isinstance(src, Blob):
-        import io
-
         return Image.open(io.BytesIO(src.read()))
     return Image.open(src)
 

@@ -89,6 +89,11 @@ def os_problem(path: str | os.PathLike, exc: OSError) -> str:
     return f"unreadable file {path}: {exc.strerror or exc}; fix: copy it again or delete it"
 
 
+def _entry_fix(exc: Exception) -> str:
+    """The fix for a container entry that cannot be read, unless the reader's error names one."""
+    return "" if "fix:" in str(exc) else "; fix: repair or re-download the archive"
+
+
 def _open_problem(path: ImageSource, exc: Exception) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return (
@@ -97,8 +102,7 @@ def _open_problem(path: ImageSource, exc: Exception) -> str:
         )
     if isinstance(exc, OSError) and not isinstance(exc, UnidentifiedImageError):
         if isinstance(path, Blob):
-            fix = "" if "fix:" in str(exc) else "; fix: repair or re-download the archive"
-            return f"unreadable entry {path}: {exc}{fix}"
+            return f"unreadable entry {path}: {exc}{_entry_fix(exc)}"
         return os_problem(path, exc)
     return (
         f"not a decodable image {path}: PIL cannot identify it (wrong extension, a format such as "
@@ -143,8 +147,9 @@ def _entry_bytes(src: Blob) -> bytes:
     try:
         data = src.read()
     except Exception as exc:  # noqa: BLE001 - a container read failure names the entry
-        fix = "" if "fix:" in str(exc) else "; fix: repair or re-download the archive"
-        raise ImageRejected(f"unreadable entry {src}: {type(exc).__name__}: {exc}{fix}") from exc
+        raise ImageRejected(
+            f"unreadable entry {src}: {type(exc).__name__}: {exc}{_entry_fix(exc)}"
+        ) from exc
     if not data:
         raise ImageRejected(f"empty entry (0 bytes) {src}; fix: repair or re-download the archive")
     return data

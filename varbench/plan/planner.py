@@ -53,21 +53,22 @@ def load_dataset(spec: ProtocolSpec, data: DataArg, cache_dir: Path) -> DatasetL
 FOLDER_CONTAINERS = ("class folders", "embedded demo")
 
 
+def reads_container(info: Mapping[str, Any]) -> bool:
+    """Whether a run's images come from a container that ``listing_of_run`` lists again (its
+    run.json records what was given), rather than from files under its ``data_root``."""
+    origin = info.get("data_origin") or {}
+    return bool(origin.get("given")) and origin.get("container") not in (None, *FOLDER_CONTAINERS)
+
+
 def listing_of_run(
     info: Mapping[str, Any], spec: ProtocolSpec, root: str, cache_dir: Path
 ) -> DatasetListing:
     """The dataset of a finished run, to read its images again: files under ``root``, or the
     container run.json's ``data_origin`` names, listed again (indexes are cached)."""
-    origin = info.get("data_origin") or {}
-    given = origin.get("given")
-    if not given or origin.get("container") in (None, *FOLDER_CONTAINERS):
+    if not reads_container(info):
         return DatasetListing(root=Path(root), layout=spec.layout, classes={}, labels={})
-    source = DataSource(
-        data=given["data"],
-        labels=given.get("labels"),
-        image_column=given.get("data_image_column"),
-        label_column=given.get("data_label_column"),
-    )
+    given = info["data_origin"]["given"]
+    source = DataSource.with_options(given["data"], given.get("labels"), given)
     return load_dataset(spec, source, cache_dir)
 
 
@@ -133,4 +134,12 @@ def check_drift(out: Path, base_key: Mapping[str, Any], manifest: Manifest, root
             check_same(stored, manifest, run_json.parent)
 
 
-__all__ = ["RunPlan", "make_plan", "load_dataset", "listing_of_run", "run_id", "check_drift"]
+__all__ = [
+    "RunPlan",
+    "make_plan",
+    "load_dataset",
+    "listing_of_run",
+    "reads_container",
+    "run_id",
+    "check_drift",
+]

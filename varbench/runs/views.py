@@ -146,18 +146,16 @@ class RunView:
     def _container_listing(self):
         """The run's container listed again from run.json's ``data_origin`` (None: folders)."""
         from varbench.core.env import default_cache_dir
-        from varbench.plan.planner import FOLDER_CONTAINERS, listing_of_run
+        from varbench.plan.planner import listing_of_run, reads_container
         from varbench.plan.protocol import protocol_of_run
 
-        origin = self.info.get("data_origin") or {}
-        if origin.get("container") in (None, *FOLDER_CONTAINERS):
+        if not reads_container(self.info):
             return None
-
         try:
             spec = protocol_of_run(self.info, str(self.folder / "run.json"), "")
             return listing_of_run(self.info, spec, str(self.data_root), default_cache_dir())
         except Exception as exc:  # noqa: BLE001 - the data is elsewhere: show no image, say why
-            log.warning("%s: cannot open its data %s (%s)", self.folder.name, origin, exc)
+            log.warning("%s: cannot open its data %s (%s)", self.folder.name, self.info.get("data_origin"), exc)
             return None
 
     def _container_entry(self, rel: str) -> Path | None:
@@ -167,21 +165,15 @@ class RunView:
         src = listing.files[rel]
         if isinstance(src, Path):
             return src if src.is_file() else None
-        import hashlib
-
         from varbench.core.env import default_cache_dir
-        from varbench.core.files import atomic_write_bytes
+        from varbench.core.files import keep_bytes
 
         try:
             data = src.read()
         except OSError as exc:
             log.warning("%s: %s", src, exc)
             return None
-        digest = hashlib.sha256(data).hexdigest()
-        path = default_cache_dir() / "entries" / digest[:2] / (digest + Path(rel).suffix)
-        if not path.is_file():
-            atomic_write_bytes(path, data)
-        return path
+        return keep_bytes(default_cache_dir() / "entries", data, Path(rel).suffix)
 
 
 def _rows_of(folder: Path) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ picks the layout and ``open_listing`` lists classes and entries without extracti
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from varbench.errors import DatasetError
@@ -25,8 +26,6 @@ def _folder_detect(source: DataSource) -> bool:
 
 
 def _folder_listing(source: DataSource, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing:
-    from dataclasses import replace
-
     try:
         listing = list_dataset(source.path, spec.layout, spec.class_names)
     except DatasetError as exc:  # a folder that holds an archive, not the images: say which
@@ -71,8 +70,6 @@ def open_listing(data, spec: ProtocolSpec, cache_dir: Path) -> DatasetListing:
     """List ``--data`` (a path, pattern or ``DataSource``) in place, whatever its container."""
     source = as_source(data)
     listing = detect(source).listing(source, spec, Path(cache_dir))
-    from dataclasses import replace
-
     return replace(listing, origin={**listing.origin, **{"given": source.describe()}})
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from varbench.core.options import Param
 from varbench.errors import DatasetError, UsageError
@@ -34,6 +35,17 @@ class DataSource:
     image_column: str | None = None
     label_column: str | None = None
 
+    @classmethod
+    def with_options(cls, data: str, labels: str | None, options: Mapping[str, Any]) -> DataSource:
+        """From ``--data``, ``--labels`` and the ``data_*`` options (typed ``--set`` values, or
+        the keys ``describe`` records)."""
+        return cls(
+            data=str(data),
+            labels=labels,
+            image_column=options.get("data_image_column"),
+            label_column=options.get("data_label_column"),
+        )
+
     @property
     def path(self) -> Path:
         return Path(self.data).expanduser()
@@ -51,16 +63,9 @@ class DataSource:
         return out
 
 
-def as_source(data: str | os.PathLike | DataSource, options: dict | None = None) -> DataSource:
-    """A ``DataSource`` from ``--data`` (and ``--set data_*=...`` options already typed)."""
-    if isinstance(data, DataSource):
-        return data
-    options = options or {}
-    return DataSource(
-        data=str(data),
-        image_column=options.get("data_image_column"),
-        label_column=options.get("data_label_column"),
-    )
+def as_source(data: str | os.PathLike | DataSource) -> DataSource:
+    """A ``DataSource`` from ``--data`` as typed (or one already made)."""
+    return data if isinstance(data, DataSource) else DataSource(data=str(data))
 
 
 @dataclass(frozen=True)

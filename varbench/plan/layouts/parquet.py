@@ -28,7 +28,7 @@ from typing import Any
 
 from varbench.core.progress import progress_bar
 from varbench.errors import DatasetError
-from varbench.plan.datasets import DatasetListing, _default_label, imagenet_labels
+from varbench.plan.datasets import DatasetListing
 from varbench.plan.layouts.base import (
     DataSource,
     Layout,
@@ -38,7 +38,8 @@ from varbench.plan.layouts.base import (
     imagenet_wnids,
     is_pattern,
 )
-from varbench.plan.layouts.rowgroups import ROW_BITS, SHARD_FIX, Entries, Shards, child
+from varbench.plan.layouts.common import LazyFiles, human_labels
+from varbench.plan.layouts.rowgroups import ROW_BITS, SHARD_FIX, Shards, child
 from varbench.plan.lsun import sniff
 from varbench.plan.manifest import _ranked
 from varbench.plan.protocol import ProtocolSpec
@@ -274,13 +275,12 @@ def _listing(
     classes = {c: tuple(sorted(v)) for c, v in by_class.items()}
     for c, entries in classes.items():
         shards.want([codes[e] for e in _ranked(entries, c, spec.seed)[: 2 * spec.n_per_class]])
-    human = imagenet_labels() if spec.class_names == "imagenet" else {}
     return DatasetListing(
         root=paths[0].resolve() if len(paths) == 1 else paths[0].resolve().parent,
         layout=spec.layout,
         classes=classes,
-        labels={c: human.get(c, _default_label(c)) for c in classes},
-        files=Entries(shards, codes),
+        labels=human_labels(classes, spec, None),
+        files=LazyFiles(codes, shards.blob),
         validate_all=False,
         origin={
             "container": "parquet",

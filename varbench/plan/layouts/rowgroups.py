@@ -18,7 +18,6 @@ import threading
 import warnings
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from urllib.parse import quote
@@ -137,7 +136,8 @@ class Shards:
             shard, rg, _i, row = self.locate(code)
             self.wanted.setdefault((shard, rg), set()).add(row)
 
-    def blob(self, name: str, code: int) -> Blob:
+    def blob(self, code: int) -> Blob:
+        """The entry at ``code`` (a packed location), read on demand."""
         shard, rg, i, row = self.locate(code)
         return Blob(
             name=f"{self.paths[shard]}::row {row}",
@@ -322,11 +322,6 @@ class _Rows:
         )
 
 
-def _nonempty(column, idx: list[int]) -> tuple[list[int], list[int], list[memoryview]]:
-    """The rows ``idx`` of a binary column that hold bytes: indices, sizes and views."""
-    return _Rows(column).spans(idx)
-
-
 def _store_rows(
     path: Path, rows: list[int], sizes: list[int], data: list[memoryview]
 ) -> dict[int, tuple[int, int]]:
@@ -344,20 +339,3 @@ def _store_rows(
         offset += n
     atomic_write_bytes(path, [header, *data], sync=False)
     return index
-
-
-class Entries(Mapping):
-    """Entry name -> ``Blob``, made on lookup (one packed int per row, not one closure)."""
-
-    def __init__(self, shards: Shards, codes: dict[str, int]):
-        self.shards = shards
-        self.codes = codes
-
-    def __getitem__(self, name: str) -> Blob:
-        return self.shards.blob(name, self.codes[name])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.codes)
-
-    def __len__(self) -> int:
-        return len(self.codes)

@@ -13,7 +13,6 @@ to read everything in place with the same manifest as the tree.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import os
@@ -21,7 +20,7 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
-from varbench.core.files import atomic_write_bytes, atomic_write_json
+from varbench.core.files import atomic_write_json, keep_bytes
 from varbench.core.hashing import sha256_json
 from varbench.core.progress import progress_bar
 from varbench.errors import DatasetError
@@ -82,10 +81,8 @@ def _stream(path: Path, spec: ProtocolSpec, labels, folder: Path) -> dict:
                 heap = best.setdefault(cls, [])
                 if len(heap) < keep or rank < -heap[0][0]:
                     data = tf.extractfile(info).read()
-                    digest = hashlib.sha256(data).hexdigest()
-                    file = folder / digest[:2] / (digest[:32] + os.path.splitext(info.name)[1])
-                    if not file.is_file():
-                        atomic_write_bytes(file, data, sync=False)  # a cache: see lsun
+                    ext = os.path.splitext(info.name)[1]
+                    file = keep_bytes(folder, data, ext, sync=False)  # a cache: see lsun
                     item = (-rank, name, str(file))
                     if len(heap) < keep:
                         heapq.heappush(heap, item)
