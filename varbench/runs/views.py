@@ -16,9 +16,13 @@ from typing import Any
 
 import pandas as pd
 
+from varbench.core.env import default_cache_dir
+from varbench.core.files import keep_bytes
 from varbench.errors import UsageError
-from varbench.runs.results import point_result_rows, read_run_results
+from varbench.plan.planner import listing_of_run, reads_container
+from varbench.plan.protocol import protocol_of_run
 from varbench.plan.slots import point_id
+from varbench.runs.results import point_result_rows, read_run_results
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +149,18 @@ class RunView:
     @cached_property
     def _container_listing(self):
         """The run's container listed again from run.json's ``data_origin`` (None: folders)."""
-        from varbench.core.env import default_cache_dir
-        from varbench.plan.planner import listing_of_run, reads_container
-        from varbench.plan.protocol import protocol_of_run
-
         if not reads_container(self.info):
             return None
         try:
             spec = protocol_of_run(self.info, str(self.folder / "run.json"), "")
             return listing_of_run(self.info, spec, str(self.data_root), default_cache_dir())
         except Exception as exc:  # noqa: BLE001 - the data is elsewhere: show no image, say why
-            log.warning("%s: cannot open its data %s (%s)", self.folder.name, self.info.get("data_origin"), exc)
+            log.warning(
+                "%s: cannot open its data %s (%s)",
+                self.folder.name,
+                self.info.get("data_origin"),
+                exc,
+            )
             return None
 
     def _container_entry(self, rel: str) -> Path | None:
@@ -165,9 +170,6 @@ class RunView:
         src = listing.files[rel]
         if isinstance(src, Path):
             return src if src.is_file() else None
-        from varbench.core.env import default_cache_dir
-        from varbench.core.files import keep_bytes
-
         try:
             data = src.read()
         except OSError as exc:
